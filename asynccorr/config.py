@@ -1,0 +1,215 @@
+"""Experiment configuration: frozen dataclasses, TOML loading, validation.
+
+Every field is typed and range-checked at construction; loading a TOML file
+rejects unknown keys and wrong types with a ``ConfigError`` whose message names
+the offending field (``section.key``). The CLI turns that into a one-line error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from asynccorr.networks import ACTIVATIONS, check_hidden
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; the message names the field."""
+
+
+def _require(cond: bool, name: str, message: str, value: Any) -> None:
+    if not cond:
+        raise ConfigError(f"{name} {message}, got {value!r}")
+
+
+def _positive(name: str, value: float) -> None:
+    _require(math.isfinite(value) and value > 0, name, "must be a finite number > 0", value)
+
+
+def _nonnegative(name: str, value: float) -> None:
+    _require(math.isfinite(value) and value >= 0, name, "must be a finite number >= 0", value)
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Which task, and overrides of its default physical parameters."""
+
+    name: str = "kinematic"  # "kinematic" (default) or "dynamic"
+    params: dict[str, Any] = field(default_factory=dict)  # e.g. {amplitude = 2.0}
+
+    def __post_init__(self) -> None:
+        from asynccorr.envs import make
+
+        try:
+            make(self.name, **self.params)
+        except ValueError as exc:
+            raise ConfigError(f"env.{exc}" if not str(exc).startswith("env") else str(exc)) from None
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """Generalized policy iteration through the differentiable model."""
+
+    policy_hidden: tuple[int, ...] = (64, 64)  # policy MLP widths
+    value_hidden: tuple[int, ...] = (64, 64)  # value MLP widths
+    activation: str = "tanh"
+    horizon: int = 20  # model rollout length n for both losses
+    gamma: float = 0.97  # discount
+    rollout_states: int = 128  # states per batch from exploratory policy rollouts
+    reset_states: int = 128  # states per batch drawn fresh from the reset distribution
+    sampler_steps: int = 2  # env steps the exploratory rollouts advance per batch
+    exploration_noise: float = 0.1  # std of Gaussian noise on the normalised action
+
+    def __post_init__(self) -> None:
+        try:
+            check_hidden("learner.policy_hidden", self.policy_hidden)
+            check_hidden("learner.value_hidden", self.value_hidden)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        _require(self.activation in ACTIVATIONS, "learner.activation",
+                 f"must be one of {sorted(ACTIVATIONS)}", self.activation)
+        _require(self.horizon >= 1, "learner.horizon", "must be >= 1", self.horizon)
+        _require(0 < self.gamma <= 1, "learner.gamma", "must be in (0, 1]", self.gamma)
+        _require(self.rollout_states >= 0, "learner.rollout_states", "must be >= 0", self.rollout_states)
+        _require(self.reset_states >= 0, "learner.reset_states", "must be >= 0", self.reset_states)
+        _require(self.rollout_states + self.reset_states >= 1, "learner.rollout_states",
+                 "plus learner.reset_states must be >= 1", self.rollout_states)
+        _require(self.sampler_steps >= 1, "learner.sampler_steps", "must be >= 1", self.sampler_steps)
+        _nonnegative("learner.exploration_noise", self.exploration_noise)
+
+    @property
+    def batch_size(self) -> int:
+        return self.rollout_states + self.reset_states
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Server-side optimizer applied to the (possibly corrected) direction."""
+
+    name: str = "adam"  # "adam" or "sgd"
+    policy_lr: float = 1e-3
+    value_lr: float = 3e-3
+    max_grad_norm: float = 0.0  # global-norm clip of the direction; 0 disables
+
+    def __post_init__(self) -> None:
+        _require(self.name in ("adam", "sgd"), "optim.name", "must be 'adam' or 'sgd'", self.name)
+        _positive("optim.policy_lr", self.policy_lr)
+        _positive("optim.value_lr", self.value_lr)
+        _nonnegative("optim.max_grad_norm", self.max_grad_norm)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Length of a run and how often it is evaluated."""
+
+    iterations: int = 2000  # server updates
+    eval_every: int = 100  # closed-loop tracking evaluation interval
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.iterations >= 1, "train.iterations", "must be >= 1", self.iterations)
+        _require(self.eval_every >= 1, "train.eval_every", "must be >= 1", self.eval_every)
+        _require(self.seed >= 0, "train.seed", "must be >= 0", self.seed)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = "paper"  # results go to results/<name>/
+    env: EnvConfig = field(default_factory=EnvConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        _require(bool(self.name) and all(c.isalnum() or c in "-_." for c in self.name) and self.name[0] != ".",
+                 "name", "must be a non-empty name of letters, digits, '-', '_' or '.'", self.name)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _coerce(value: Any, annotation: Any, name: str) -> Any:
+    """Check ``value`` against a field annotation; convert lists to tuples, ints to floats."""
+    origin = typing.get_origin(annotation)
+    if annotation is float:
+        _require(isinstance(value, (int, float)) and not isinstance(value, bool), name, "must be a number", value)
+        return float(value)
+    if annotation is int:
+        _require(isinstance(value, int) and not isinstance(value, bool), name, "must be an integer", value)
+        return value
+    if annotation is str:
+        _require(isinstance(value, str), name, "must be a string", value)
+        return value
+    if annotation is bool:
+        _require(isinstance(value, bool), name, "must be true or false", value)
+        return value
+    if origin is tuple:
+        _require(isinstance(value, (list, tuple)), name, "must be a list", value)
+        (item,) = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+        return tuple(_coerce(v, item, f"{name}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        _require(isinstance(value, dict), name, "must be a table", value)
+        return dict(value)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(annotation):
+            try:
+                return _coerce(value, option, name)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{name} has the wrong type, got {value!r}")
+    if dataclasses.is_dataclass(annotation):
+        _require(isinstance(value, dict), name, "must be a table", value)
+        return from_dict(annotation, value, prefix=f"{name}.")
+    raise TypeError(f"unsupported annotation {annotation!r} for {name}")
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a plain dict, rejecting unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key {prefix}{unknown[0]} (allowed: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path | None) -> ExperimentConfig:
+    """Load an experiment TOML (or the built-in defaults when ``path`` is None)."""
+    if path is None:
+        return ExperimentConfig()
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"malformed TOML in {path}: {exc}") from None
+    return from_dict(ExperimentConfig, data)
+
+
+def with_overrides(config: ExperimentConfig, **section_fields: dict[str, Any]) -> ExperimentConfig:
+    """Return ``config`` with fields replaced, e.g. ``train={"seed": 3}`` (re-validated)."""
+    changes: dict[str, Any] = {}
+    for section, values in section_fields.items():
+        if not values:
+            continue
+        changes[section] = dataclasses.replace(getattr(config, section), **values)
+    return dataclasses.replace(config, **changes)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain dict (tuples as lists) suitable for JSON/TOML output."""
+    def convert(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [convert(x) for x in v]
+        if isinstance(v, dict):
+            return {k: convert(x) for k, x in v.items()}
+        return v
+    return convert(dataclasses.asdict(config))

@@ -1,0 +1,47 @@
+"""Vehicle path-tracking environments (functional, JAX) and a registry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from asynccorr.envs.base import Environment, Timestep, Tracking, wrap_angle
+from asynccorr.envs.dynamic import Dynamic2DOF, DynamicParams, DynamicState
+from asynccorr.envs.kinematic import KinematicBicycle, KinematicParams, KinematicState
+
+ENVIRONMENTS: dict[str, type[Environment]] = {
+    KinematicBicycle.name: KinematicBicycle,
+    Dynamic2DOF.name: Dynamic2DOF,
+}
+
+
+def make(name: str, **overrides: Any) -> tuple[Environment, Any]:
+    """Build ``(env, params)`` by name; ``overrides`` replace default params.
+
+    Raises ``ValueError`` naming the bad environment or parameter.
+    """
+    if name not in ENVIRONMENTS:
+        raise ValueError(f"env must be one of {sorted(ENVIRONMENTS)}, got {name!r}")
+    env = ENVIRONMENTS[name]()
+    defaults = env.default_params
+    unknown = sorted(set(overrides) - set(defaults.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"unknown {name} env parameter(s): {', '.join(unknown)}")
+    if "preview" in overrides:
+        overrides = {**overrides, "preview": tuple(float(p) for p in overrides["preview"])}
+    return env, defaults.replace(**overrides) if overrides else defaults
+
+
+__all__ = [
+    "ENVIRONMENTS",
+    "Dynamic2DOF",
+    "DynamicParams",
+    "DynamicState",
+    "Environment",
+    "KinematicBicycle",
+    "KinematicParams",
+    "KinematicState",
+    "Timestep",
+    "Tracking",
+    "make",
+    "wrap_angle",
+]

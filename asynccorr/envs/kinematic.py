@@ -1,0 +1,185 @@
+"""Kinematic bicycle tracking a sinusoidal reference path.
+
+State ``(x, y, psi, v)`` in world coordinates; action ``(steer, accel)`` given
+normalised to [-1, 1] and scaled to the physical bounds. Rear-axle kinematic
+bicycle, explicit Euler with ``dt``:
+
+    x' = x + dt v cos(psi)        y' = y + dt v sin(psi)
+    psi' = psi + dt v tan(delta) / L      v' = clip(v + dt a, v_min, v_max)
+
+Reference ``y_ref(x) = A sin(2 pi x / lambda)``, heading ``atan(dy_ref/dx)``.
+The observation is path-relative (lateral, heading and speed errors) plus a
+preview of the reference ahead in the vehicle frame, which makes it Markov:
+the preview pins down the phase of the sine under the vehicle.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from asynccorr.envs.base import (
+    Array,
+    Environment,
+    Tracking,
+    check_finite,
+    check_nonnegative,
+    check_positive,
+    check_preview,
+    wrap_angle,
+)
+
+
+@struct.dataclass
+class KinematicParams:
+    """Physics, reference, utility weights and bounds (SI units)."""
+
+    amplitude: float = 2.0  # A of the sine reference [m]
+    wavelength: float = 40.0  # lambda of the sine reference [m]
+    speed_ref: float = 5.0  # target speed [m/s]
+    wheelbase: float = 2.5  # L [m]
+    dt: float = 0.1  # integration step [s]
+    max_steer: float = 0.5  # |delta| bound [rad]
+    max_accel: float = 2.0  # |a| bound [m/s^2]
+    min_speed: float = 0.0  # [m/s]
+    max_speed: float = 10.0  # [m/s]
+    w_lateral: float = 1.0  # utility weight on lateral error^2
+    w_heading: float = 1.0  # ... heading error^2
+    w_speed: float = 0.1  # ... speed error^2
+    w_steer: float = 0.1  # ... steer^2 [rad^2]
+    w_accel: float = 0.01  # ... accel^2
+    road_half_width: float = 3.0  # |lateral error| beyond this = left the road [m]
+    max_steps: int = 200  # episode length (truncation)
+    init_lateral: float = 1.0  # reset: lateral offset ~ U(-., .) [m]
+    init_heading: float = 0.3  # reset: heading offset ~ U(-., .) [rad]
+    init_speed: float = 1.0  # reset: speed offset ~ U(-., .) [m/s]
+    scenario_lateral: float = 0.5  # fixed evaluation start: lateral offset at x = 0 [m]
+    preview: tuple[float, ...] = struct.field(pytree_node=False, default=(2.0, 4.0, 6.0, 8.0, 10.0))
+
+    def __post_init__(self) -> None:
+        for name in ("wavelength", "wheelbase", "dt", "max_steer", "max_accel", "max_speed",
+                     "road_half_width", "max_steps"):
+            check_positive(name, getattr(self, name))
+        for name in ("amplitude", "speed_ref"):
+            check_finite(name, getattr(self, name))
+        for name in ("min_speed", "w_lateral", "w_heading", "w_speed", "w_steer", "w_accel",
+                     "init_lateral", "init_heading", "init_speed"):
+            check_nonnegative(name, getattr(self, name))
+        check_finite("scenario_lateral", self.scenario_lateral)
+        check_preview("preview", self.preview)
+        if isinstance(self.max_steer, (int, float)) and self.max_steer >= math.pi / 2:
+            raise ValueError(f"max_steer must be < pi/2 rad, got {self.max_steer!r}")
+
+
+@struct.dataclass
+class KinematicState:
+    x: Array
+    y: Array
+    psi: Array
+    v: Array
+    step: Array  # integer step counter
+
+
+def reference_y(x: Array, params: KinematicParams) -> Array:
+    return params.amplitude * jnp.sin(2.0 * jnp.pi * x / params.wavelength)
+
+
+def reference_heading(x: Array, params: KinematicParams) -> Array:
+    k = 2.0 * jnp.pi / params.wavelength
+    return jnp.arctan(params.amplitude * k * jnp.cos(k * x))
+
+
+def scale_action(action: Array, params: KinematicParams) -> tuple[Array, Array]:
+    """Map a normalised action in [-1, 1]^2 to (steer [rad], accel [m/s^2])."""
+    a = jnp.clip(action, -1.0, 1.0)
+    return params.max_steer * a[0], params.max_accel * a[1]
+
+
+class KinematicBicycle(Environment):
+    """Kinematic bicycle following ``y = A sin(2 pi x / lambda)``."""
+
+    name = "kinematic"
+    action_dim = 2
+
+    @property
+    def default_params(self) -> KinematicParams:
+        return KinematicParams()
+
+    def obs_dim(self, params: KinematicParams) -> int:
+        return 3 + 2 * len(params.preview)
+
+    def reset(self, key: Array, params: KinematicParams) -> tuple[Array, KinematicState]:
+        k_x, k_y, k_psi, k_v = jax.random.split(key, 4)
+        x = jax.random.uniform(k_x, (), minval=0.0, maxval=params.wavelength)
+        dy = jax.random.uniform(k_y, (), minval=-1.0, maxval=1.0) * params.init_lateral
+        dpsi = jax.random.uniform(k_psi, (), minval=-1.0, maxval=1.0) * params.init_heading
+        dv = jax.random.uniform(k_v, (), minval=-1.0, maxval=1.0) * params.init_speed
+        state = KinematicState(
+            x=x,
+            y=reference_y(x, params) + dy,
+            psi=reference_heading(x, params) + dpsi,
+            v=jnp.clip(params.speed_ref + dv, params.min_speed, params.max_speed),
+            step=jnp.zeros((), jnp.int32),
+        )
+        return self.observation(state, params), state
+
+    def scenario(self, params: KinematicParams) -> KinematicState:
+        x = jnp.zeros(())
+        return KinematicState(
+            x=x,
+            y=reference_y(x, params) + params.scenario_lateral,
+            psi=reference_heading(x, params),
+            v=jnp.asarray(params.speed_ref, jnp.float32),
+            step=jnp.zeros((), jnp.int32),
+        )
+
+    def transition(self, state: KinematicState, action: Array, params: KinematicParams) -> KinematicState:
+        steer, accel = scale_action(action, params)
+        dt = params.dt
+        return KinematicState(
+            x=state.x + dt * state.v * jnp.cos(state.psi),
+            y=state.y + dt * state.v * jnp.sin(state.psi),
+            psi=state.psi + dt * state.v * jnp.tan(steer) / params.wheelbase,
+            v=jnp.clip(state.v + dt * accel, params.min_speed, params.max_speed),
+            step=state.step + 1,
+        )
+
+    def tracking(self, state: KinematicState, params: KinematicParams) -> Tracking:
+        y_ref = reference_y(state.x, params)
+        psi_ref = reference_heading(state.x, params)
+        return Tracking(
+            x=state.x,
+            y=state.y,
+            y_ref=y_ref,
+            lateral_error=(state.y - y_ref) * jnp.cos(psi_ref),
+            heading_error=wrap_angle(state.psi - psi_ref),
+        )
+
+    def observation(self, state: KinematicState, params: KinematicParams) -> Array:
+        tr = self.tracking(state, params)
+        ahead = jnp.asarray(params.preview, dtype=jnp.float32)
+        x_ahead = state.x + ahead
+        dy = reference_y(x_ahead, params) - state.y
+        cos_psi, sin_psi = jnp.cos(state.psi), jnp.sin(state.psi)
+        # reference points ahead, lateral coordinate in the vehicle frame
+        lateral_ahead = -sin_psi * ahead + cos_psi * dy
+        heading_ahead = wrap_angle(reference_heading(x_ahead, params) - state.psi)
+        errors = jnp.stack([tr.lateral_error, tr.heading_error, state.v - params.speed_ref])
+        return jnp.concatenate([errors, lateral_ahead, heading_ahead]).astype(jnp.float32)
+
+    def utility(self, state: KinematicState, action: Array, params: KinematicParams) -> Array:
+        tr = self.tracking(state, params)
+        steer, accel = scale_action(action, params)
+        return (
+            params.w_lateral * tr.lateral_error**2
+            + params.w_heading * tr.heading_error**2
+            + params.w_speed * (state.v - params.speed_ref) ** 2
+            + params.w_steer * steer**2
+            + params.w_accel * accel**2
+        )
+
+    def off_road(self, state: KinematicState, params: KinematicParams) -> Array:
+        return jnp.abs(self.tracking(state, params).lateral_error) > params.road_half_width

@@ -1,0 +1,195 @@
+"""Generalized policy iteration through the differentiable vehicle model.
+
+One flat float32 parameter vector ``params = [theta; phi]`` (policy then value)
+and one **update-direction field** ``F(params, batch) = [dJ/dtheta; dL_V/dphi]``:
+
+* policy improvement: ``J(theta) = E[sum_{t<n} gamma^t l(x_t, pi(x_t)) + gamma^n V(x_n)]``
+  differentiated through the model rollout;
+* policy evaluation: ``L_V(phi) = E[(V_phi(x_0) - R)^2]`` with the n-step model
+  return ``R`` as a target held fixed (semi-gradient).
+
+``F`` is written without ``stop_gradient``: the "held fixed" parts are excluded
+by differentiating w.r.t. the right argument only, so the Jacobian of ``F`` (via
+``jax.jvp`` / ``jax.linearize``) still sees how a changed critic shifts the
+actor's gradient and how a changed actor shifts the critic's target. That
+Jacobian-vector product is the building block of every staleness correction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from asynccorr.config import LearnerConfig
+from asynccorr.envs import Environment
+from asynccorr.networks import Policy, Value
+
+Array = jax.Array
+Batch = Any  # an env-state pytree with a leading batch axis
+
+
+class Losses(NamedTuple):
+    policy_loss: Array  # J: mean n-step model cost-to-go under pi (what the actor minimises)
+    value_loss: Array  # mean squared error of V on the n-step target
+
+
+class SamplerState(NamedTuple):
+    """Exploratory rollouts that supply the 'on-policy' half of each batch."""
+
+    env_state: Any  # batched env state, leading axis = rollout_states
+
+
+class Learner(NamedTuple):
+    """Pure functions of the GPI learner for one env and one config (optax-style bundle)."""
+
+    env: Environment
+    env_params: Any
+    config: LearnerConfig
+    num_policy: int  # length of theta in the flat vector
+    num_value: int  # length of phi
+    init: Callable[[Array], Array]  # key -> flat params
+    unravel: Callable[[Array], tuple[Any, Any]]  # flat -> (policy tree, value tree)
+    act: Callable[[Array, Array], Array]  # (flat params, obs) -> action
+    value: Callable[[Array, Array], Array]  # (flat params, obs) -> V
+    losses: Callable[[Array, Batch], Losses]
+    direction: Callable[[Array, Batch], tuple[Array, Losses]]
+    direction_jvp: Callable[[Array, Batch, Array], tuple[Array, Array, Losses]]
+    linearize: Callable[[Array, Batch], tuple[Array, Callable[[Array], Array], Losses]]
+    sampler_init: Callable[[Array], SamplerState]
+    sample: Callable[[Array, SamplerState, Array], tuple[Batch, SamplerState]]
+
+    @property
+    def num_params(self) -> int:
+        return self.num_policy + self.num_value
+
+
+def make_learner(env: Environment, env_params: Any, config: LearnerConfig) -> Learner:
+    """Build the learner's pure functions for ``env`` with ``env_params``."""
+    obs_dim = env.obs_dim(env_params)
+    policy_net = Policy(config.policy_hidden, env.action_dim, config.activation)
+    value_net = Value(config.value_hidden, config.activation)
+    dummy = jnp.zeros((obs_dim,), jnp.float32)
+    _, unravel_policy = ravel_pytree(policy_net.init(jax.random.PRNGKey(0), dummy))
+    _, unravel_value = ravel_pytree(value_net.init(jax.random.PRNGKey(0), dummy))
+    num_policy = ravel_pytree(policy_net.init(jax.random.PRNGKey(0), dummy))[0].size
+    num_value = ravel_pytree(value_net.init(jax.random.PRNGKey(0), dummy))[0].size
+    gamma, horizon = config.gamma, config.horizon
+
+    observe = jax.vmap(env.observation, in_axes=(0, None))
+    utility = jax.vmap(env.utility, in_axes=(0, 0, None))
+    transition = jax.vmap(env.transition, in_axes=(0, 0, None))
+
+    def init(key: Array) -> Array:
+        k_pi, k_v = jax.random.split(key)
+        theta, _ = ravel_pytree(policy_net.init(k_pi, dummy))
+        phi, _ = ravel_pytree(value_net.init(k_v, dummy))
+        return jnp.concatenate([theta, phi]).astype(jnp.float32)
+
+    def split(flat: Array) -> tuple[Array, Array]:
+        return flat[:num_policy], flat[num_policy:]
+
+    def unravel(flat: Array) -> tuple[Any, Any]:
+        theta, phi = split(flat)
+        return unravel_policy(theta), unravel_value(phi)
+
+    def pi(theta: Array, obs: Array) -> Array:
+        return policy_net.apply(unravel_policy(theta), obs)
+
+    def v(phi: Array, obs: Array) -> Array:
+        return value_net.apply(unravel_value(phi), obs)
+
+    def model_return(theta: Array, phi: Array, states: Batch) -> Array:
+        """Per-state n-step model return R = sum gamma^t l_t + gamma^n V_phi(x_n)."""
+
+        def body(carry: tuple[Batch, Array], _: None) -> tuple[tuple[Batch, Array], Array]:
+            s, discount = carry
+            a = pi(theta, observe(s, env_params))
+            cost = utility(s, a, env_params)
+            return (transition(s, a, env_params), discount * gamma), discount * cost
+
+        (s_n, discount), costs = jax.lax.scan(body, (states, jnp.ones((), jnp.float32)), None, length=horizon)
+        return costs.sum(axis=0) + discount * v(phi, observe(s_n, env_params))
+
+    def direction(flat: Array, batch: Batch) -> tuple[Array, Losses]:
+        theta, phi = split(flat)
+        ret, vjp_ret = jax.vjp(lambda th: model_return(th, phi, batch), theta)
+        v0, vjp_v = jax.vjp(lambda ph: v(ph, observe(batch, env_params)), phi)
+        n = ret.shape[0]
+        (g_theta,) = vjp_ret(jnp.full_like(ret, 1.0 / n))
+        (g_phi,) = vjp_v(2.0 * (v0 - ret) / n)
+        losses = Losses(policy_loss=ret.mean(), value_loss=jnp.mean((v0 - ret) ** 2))
+        return jnp.concatenate([g_theta, g_phi]), losses
+
+    def losses(flat: Array, batch: Batch) -> Losses:
+        theta, phi = split(flat)
+        ret = model_return(theta, phi, batch)
+        v0 = v(phi, observe(batch, env_params))
+        return Losses(policy_loss=ret.mean(), value_loss=jnp.mean((v0 - ret) ** 2))
+
+    def direction_jvp(flat: Array, batch: Batch, tangent: Array) -> tuple[Array, Array, Losses]:
+        """``(F(p), dF/dp . tangent, losses)`` in one forward-over-reverse pass."""
+        (f, loss), (jf, _) = jax.jvp(lambda p: direction(p, batch), (flat,), (tangent,))
+        return f, jf, loss
+
+    def linearize(flat: Array, batch: Batch) -> tuple[Array, Callable[[Array], Array], Losses]:
+        """``(F(p), t -> dF/dp . t, losses)``: linearise now, apply the product later."""
+        (f, loss), f_jvp = jax.linearize(lambda p: direction(p, batch), flat)
+        return f, (lambda t: f_jvp(t)[0]), loss
+
+    def sampler_init(key: Array) -> SamplerState:
+        keys = jax.random.split(key, config.rollout_states)
+        _, states = jax.vmap(env.reset, in_axes=(0, None))(keys, env_params)
+        return SamplerState(env_state=states)
+
+    def sample(key: Array, sampler: SamplerState, flat: Array) -> tuple[Batch, SamplerState]:
+        """Advance the exploratory rollouts with pi + noise, then mix in fresh reset states."""
+        theta, _ = split(flat)
+        k_roll, k_reset = jax.random.split(key)
+
+        def advance(states: Batch, k: Array) -> tuple[Batch, None]:
+            k_noise, k_reset_done = jax.random.split(k)
+            a = pi(theta, observe(states, env_params))
+            a = a + config.exploration_noise * jax.random.normal(k_noise, a.shape)
+            a = jnp.clip(a, -1.0, 1.0)
+            ts = jax.vmap(env.step, in_axes=(None, 0, 0, None))(k, states, a, env_params)
+            done = jnp.logical_or(ts.terminated, ts.truncated)
+            _, fresh = jax.vmap(env.reset, in_axes=(0, None))(
+                jax.random.split(k_reset_done, done.shape[0]), env_params)
+            nxt = jax.tree.map(lambda f, s: jnp.where(done.reshape((-1,) + (1,) * (s.ndim - 1)), f, s),
+                               fresh, ts.state)
+            return nxt, None
+
+        if config.rollout_states > 0:
+            rolled, _ = jax.lax.scan(advance, sampler.env_state, jax.random.split(k_roll, config.sampler_steps))
+        else:
+            rolled = sampler.env_state
+        if config.reset_states > 0:
+            _, fresh = jax.vmap(env.reset, in_axes=(0, None))(
+                jax.random.split(k_reset, config.reset_states), env_params)
+            batch = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), rolled, fresh) \
+                if config.rollout_states > 0 else fresh
+        else:
+            batch = rolled
+        return batch, SamplerState(env_state=rolled)
+
+    return Learner(
+        env=env,
+        env_params=env_params,
+        config=config,
+        num_policy=num_policy,
+        num_value=num_value,
+        init=init,
+        unravel=unravel,
+        act=lambda flat, obs: pi(split(flat)[0], obs),
+        value=lambda flat, obs: v(split(flat)[1], obs),
+        losses=losses,
+        direction=direction,
+        direction_jvp=direction_jvp,
+        linearize=linearize,
+        sampler_init=sampler_init,
+        sample=sample,
+    )
