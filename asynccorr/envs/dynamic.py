@@ -175,12 +175,26 @@ class Dynamic2DOF(Environment):
         )
 
     def observation(self, state: DynamicState, params: DynamicParams) -> Array:
+        """``[dy, dphi, v, w, dy_1..dy_P, sin(dphi_1)..sin(dphi_P)]``.
+
+        For each preview time ``h``: the reference's lateral offset from the
+        vehicle at ``t + h`` and the sine of its heading relative to the vehicle
+        heading; computed by angle addition from one sine/cosine of the phase.
+        """
         dy, dphi = self._errors(state, params)
-        ahead = state.time + jnp.asarray(params.preview, dtype=jnp.float32)
-        y_ahead = reference_y(ahead, params) - state.y
-        phi_ahead = wrap_angle(reference_heading(ahead, params) - state.phi)
-        errors = jnp.stack([dy, dphi, state.v, state.w])
-        return jnp.concatenate([errors, y_ahead, phi_ahead]).astype(jnp.float32)
+        omega = 2.0 * jnp.pi / params.period
+        sin_p, cos_p = jnp.sin(omega * state.time), jnp.cos(omega * state.time)
+        cos_phi, sin_phi = jnp.cos(state.phi), jnp.sin(state.phi)
+        y_ahead, heading_ahead = [], []
+        for h in params.preview:  # static: a few scalar features, each vectorised over any batch
+            sin_h, cos_h = jnp.sin(omega * h), jnp.cos(omega * h)
+            sin_a, cos_a = sin_p * cos_h + cos_p * sin_h, cos_p * cos_h - sin_p * sin_h
+            dy_dt = params.amplitude * omega * cos_a
+            inv_norm = jax.lax.rsqrt(params.speed**2 + dy_dt**2)
+            y_ahead.append(params.amplitude * sin_a - state.y)
+            heading_ahead.append((dy_dt * cos_phi - params.speed * sin_phi) * inv_norm)
+        features = [dy, dphi, state.v, state.w, *y_ahead, *heading_ahead]
+        return jnp.stack(features).astype(jnp.float32)
 
     def utility(self, state: DynamicState, action: Array, params: DynamicParams) -> Array:
         dy, dphi = self._errors(state, params)

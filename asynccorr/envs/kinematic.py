@@ -29,7 +29,6 @@ from asynccorr.envs.base import (
     check_nonnegative,
     check_positive,
     check_preview,
-    wrap_angle,
 )
 
 
@@ -92,6 +91,14 @@ def reference_heading(x: Array, params: KinematicParams) -> Array:
     return jnp.arctan(params.amplitude * k * jnp.cos(k * x))
 
 
+def _reference_frame(sin_phase: Array, cos_phase: Array, params: KinematicParams) -> tuple[Array, Array, Array]:
+    """(y_ref, cos psi_ref, sin psi_ref) from the sine's phase, without trig calls."""
+    k = 2.0 * jnp.pi / params.wavelength
+    slope = params.amplitude * k * cos_phase
+    cos_ref = jax.lax.rsqrt(1.0 + slope * slope)
+    return params.amplitude * sin_phase, cos_ref, slope * cos_ref
+
+
 def scale_action(action: Array, params: KinematicParams) -> tuple[Array, Array]:
     """Map a normalised action in [-1, 1]^2 to (steer [rad], accel [m/s^2])."""
     a = jnp.clip(action, -1.0, 1.0)
@@ -148,27 +155,42 @@ class KinematicBicycle(Environment):
         )
 
     def tracking(self, state: KinematicState, params: KinematicParams) -> Tracking:
-        y_ref = reference_y(state.x, params)
-        psi_ref = reference_heading(state.x, params)
+        phase = 2.0 * jnp.pi * state.x / params.wavelength
+        y_ref, cos_ref, sin_ref = _reference_frame(jnp.sin(phase), jnp.cos(phase), params)
+        cos_psi, sin_psi = jnp.cos(state.psi), jnp.sin(state.psi)
+        # heading error = atan2(sin(psi - psi_ref), cos(psi - psi_ref)), wrapped by construction
+        heading_error = jnp.arctan2(sin_psi * cos_ref - cos_psi * sin_ref, cos_psi * cos_ref + sin_psi * sin_ref)
         return Tracking(
             x=state.x,
             y=state.y,
             y_ref=y_ref,
-            lateral_error=(state.y - y_ref) * jnp.cos(psi_ref),
-            heading_error=wrap_angle(state.psi - psi_ref),
+            lateral_error=(state.y - y_ref) * cos_ref,
+            heading_error=heading_error,
         )
 
     def observation(self, state: KinematicState, params: KinematicParams) -> Array:
+        """``[e_lat, e_head, e_speed, lat_1..lat_P, sin(head_1)..sin(head_P)]``.
+
+        For each preview distance ``d``: the lateral coordinate of the reference
+        point ``(x + d, y_ref(x + d))`` in the vehicle frame, and the sine of the
+        reference heading there relative to the vehicle heading. Preview points
+        use the angle-addition formula, so the whole observation costs two sines
+        and cosines (speed matters: it runs inside every model rollout).
+        """
         tr = self.tracking(state, params)
-        ahead = jnp.asarray(params.preview, dtype=jnp.float32)
-        x_ahead = state.x + ahead
-        dy = reference_y(x_ahead, params) - state.y
+        k = 2.0 * jnp.pi / params.wavelength
+        phase = k * state.x
+        sin_p, cos_p = jnp.sin(phase), jnp.cos(phase)
         cos_psi, sin_psi = jnp.cos(state.psi), jnp.sin(state.psi)
-        # reference points ahead, lateral coordinate in the vehicle frame
-        lateral_ahead = -sin_psi * ahead + cos_psi * dy
-        heading_ahead = wrap_angle(reference_heading(x_ahead, params) - state.psi)
-        errors = jnp.stack([tr.lateral_error, tr.heading_error, state.v - params.speed_ref])
-        return jnp.concatenate([errors, lateral_ahead, heading_ahead]).astype(jnp.float32)
+        lateral_ahead, heading_ahead = [], []
+        for d in params.preview:  # static: a few scalar features, each vectorised over any batch
+            sin_d, cos_d = jnp.sin(k * d), jnp.cos(k * d)
+            y_ahead, cos_ref, sin_ref = _reference_frame(sin_p * cos_d + cos_p * sin_d,
+                                                         cos_p * cos_d - sin_p * sin_d, params)
+            lateral_ahead.append(-sin_psi * d + cos_psi * (y_ahead - state.y))
+            heading_ahead.append(sin_ref * cos_psi - cos_ref * sin_psi)
+        features = [tr.lateral_error, tr.heading_error, state.v - params.speed_ref, *lateral_ahead, *heading_ahead]
+        return jnp.stack(features).astype(jnp.float32)
 
     def utility(self, state: KinematicState, action: Array, params: KinematicParams) -> Array:
         tr = self.tracking(state, params)

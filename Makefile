@@ -1,0 +1,33 @@
+# One-command entry points; each creates or reuses the local virtual environment.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install run test test-fast bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(BIN)/.installed
+
+# The main job on the embedded default experiment.
+run: install
+	$(BIN)/asynccorr train --overwrite
+
+# The whole test suite (slow tests included).
+test: install
+	$(BIN)/python -m pytest -q
+
+# Everything but the tests marked slow.
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: install
+	$(BIN)/python benchmarks/bench_env.py
+	$(BIN)/python benchmarks/bench_direction.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,137 @@
+"""Run directories and crash-safe writing of results.
+
+Every file is written to a temporary sibling and moved into place with
+``os.replace``, so a crash never leaves a half-written file; an existing run
+directory is never replaced unless the caller asks to overwrite it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class RunExistsError(FileExistsError):
+    """The run directory already holds results and overwriting was not requested."""
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def write_csv(path: Path, columns: Mapping[str, Sequence[Any] | np.ndarray]) -> None:
+    """Write equal-length columns as CSV (floats with repr precision, deterministic)."""
+    names = list(columns)
+    arrays = [np.asarray(columns[n]) for n in names]
+    lengths = {a.shape[0] for a in arrays}
+    if len(lengths) > 1:
+        raise ValueError(f"columns have different lengths: {dict(zip(names, (a.shape[0] for a in arrays)))}")
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(names)
+    for row in zip(*arrays):
+        writer.writerow([_fmt(v) for v in row])
+    atomic_write_text(path, buf.getvalue())
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, (np.floating, float)):
+        return repr(float(value))
+    if isinstance(value, (np.bool_, bool)):
+        return str(int(value))
+    if isinstance(value, np.integer):
+        return str(int(value))
+    return str(value)
+
+
+def read_csv(path: Path) -> dict[str, np.ndarray]:
+    """Read a CSV written by ``write_csv`` back into float columns."""
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        raise ValueError(f"empty CSV file: {path}")
+    header, body = rows[0], rows[1:]
+    data = np.asarray(body, dtype=np.float64).reshape(len(body), len(header))
+    return {name: data[:, i] for i, name in enumerate(header)}
+
+
+def prepare_run_dir(path: Path, overwrite: bool) -> Path:
+    """Create an empty run directory; refuse to clobber an existing one unless ``overwrite``."""
+    if path.exists() and any(path.iterdir()):
+        if not overwrite:
+            raise RunExistsError(f"run directory {path} already exists (pass --overwrite to replace it)")
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def run_meta(backend: str, scheme: str, seed: int, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Provenance of a run: versions, commit, host, backend."""
+    import flax
+    import jax
+    import optax
+
+    from asynccorr import __version__
+
+    meta = {
+        "asynccorr": __version__,
+        "backend": backend,
+        "scheme": scheme,
+        "seed": seed,
+        "git_commit": git_commit(),
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "jax_backend": jax.default_backend(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if extra:
+        meta.update(extra)
+    return meta

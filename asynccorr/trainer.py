@@ -1,0 +1,128 @@
+"""The plain sequential trainer: one worker, always-fresh directions.
+
+This is the reference every asynchronous scheme is compared with: each server
+update applies ``F(params, batch)`` computed at the current parameters. A
+training step reads top to bottom (PureJaxRL style) and runs inside
+``lax.scan`` for ``eval_every`` iterations between evaluations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from asynccorr.config import ExperimentConfig, OptimConfig
+from asynccorr.envs import make
+from asynccorr.evaluation import Trajectory, TrackingSummary, evaluate
+from asynccorr.learner import Learner, SamplerState, make_learner
+
+Array = jax.Array
+
+
+class TrainState(NamedTuple):
+    params: Array  # flat [theta; phi]
+    opt_state: optax.OptState
+    sampler: SamplerState
+    key: Array
+    iteration: Array
+
+
+class StepMetrics(NamedTuple):
+    policy_loss: Array
+    value_loss: Array
+    direction_norm: Array
+    update_norm: Array
+
+
+def block_learning_rates(policy_lr: float, value_lr: float, num_policy: int, num_value: int) -> Array:
+    return jnp.concatenate([jnp.full((num_policy,), policy_lr, jnp.float32),
+                            jnp.full((num_value,), value_lr, jnp.float32)])
+
+
+def make_optimizer(config: OptimConfig, num_policy: int, num_value: int) -> optax.GradientTransformation:
+    """Descent on the flat vector: [clip] -> [adam] -> -lr, with separate actor/critic rates."""
+    lr = block_learning_rates(config.policy_lr, config.value_lr, num_policy, num_value)
+    parts = []
+    if config.max_grad_norm > 0:
+        parts.append(optax.clip_by_global_norm(config.max_grad_norm))
+    if config.name == "adam":
+        parts.append(optax.scale_by_adam())
+    parts.append(optax.stateless(lambda updates, params=None: -lr * updates))
+    return optax.chain(*parts)
+
+
+def build(config: ExperimentConfig) -> tuple[Learner, optax.GradientTransformation]:
+    """Learner and optimizer for an experiment config."""
+    env, env_params = make(config.env.name, **config.env.params)
+    learner = make_learner(env, env_params, config.learner)
+    return learner, make_optimizer(config.optim, learner.num_policy, learner.num_value)
+
+
+def init_state(learner: Learner, optimizer: optax.GradientTransformation, key: Array) -> TrainState:
+    k_params, k_sampler, k_run = jax.random.split(key, 3)
+    params = learner.init(k_params)
+    return TrainState(params, optimizer.init(params), learner.sampler_init(k_sampler), k_run,
+                      jnp.zeros((), jnp.int32))
+
+
+def make_step(learner: Learner, optimizer: optax.GradientTransformation) -> Callable[[TrainState], tuple[TrainState, StepMetrics]]:
+    """One sequential iteration: sample a batch, fresh direction, optimizer update."""
+
+    def step(state: TrainState) -> tuple[TrainState, StepMetrics]:
+        key, k_sample = jax.random.split(state.key)
+        batch, sampler = learner.sample(k_sample, state.sampler, state.params)
+        direction, losses = learner.direction(state.params, batch)
+        updates, opt_state = optimizer.update(direction, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = StepMetrics(losses.policy_loss, losses.value_loss,
+                              jnp.linalg.norm(direction), jnp.linalg.norm(updates))
+        return TrainState(params, opt_state, sampler, key, state.iteration + 1), metrics
+
+    return step
+
+
+class EvalRecord(NamedTuple):
+    iteration: int
+    summary: TrackingSummary
+
+
+class RunResult(NamedTuple):
+    params: np.ndarray
+    metrics: dict[str, np.ndarray]  # per iteration
+    evals: list[EvalRecord]
+    trajectory: Trajectory  # final closed-loop tracking
+
+
+def train_sequential(
+    config: ExperimentConfig,
+    on_chunk: Callable[[int, EvalRecord], None] | None = None,
+) -> RunResult:
+    """Train with always-fresh directions for ``config.train.iterations`` updates."""
+    learner, optimizer = build(config)
+    state = init_state(learner, optimizer, jax.random.PRNGKey(config.train.seed))
+    step = make_step(learner, optimizer)
+
+    run = jax.jit(lambda s, n: jax.lax.scan(lambda c, _: step(c), s, None, length=n), static_argnums=1)
+
+    total, every = config.train.iterations, config.train.eval_every
+    chunks: list[StepMetrics] = []
+    evals = [EvalRecord(0, evaluate(learner, state.params)[0])]
+    done = 0
+    while done < total:
+        n = min(every, total - done)
+        state, m = run(state, n)
+        done += n
+        chunks.append(jax.device_get(m))
+        record = EvalRecord(done, evaluate(learner, state.params)[0])
+        evals.append(record)
+        if on_chunk is not None:
+            on_chunk(done, record)
+    metrics = {name: np.concatenate([getattr(c, name) for c in chunks]) for name in StepMetrics._fields}
+    metrics["iteration"] = np.arange(1, total + 1)
+    summary, traj = evaluate(learner, state.params)
+    return RunResult(np.asarray(state.params), metrics, evals, traj)
