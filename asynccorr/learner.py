@@ -55,6 +55,7 @@ class Learner(NamedTuple):
     unravel: Callable[[Array], tuple[Any, Any]]  # flat -> (policy tree, value tree)
     act: Callable[[Array, Array], Array]  # (flat params, obs) -> action
     value: Callable[[Array, Array], Array]  # (flat params, obs) -> V
+    returns: Callable[[Array, Batch], Array]  # per-state n-step model return R
     losses: Callable[[Array, Batch], Losses]
     direction: Callable[[Array, Batch], tuple[Array, Losses]]
     direction_jvp: Callable[[Array, Batch, Array], tuple[Array, Array, Losses]]
@@ -67,16 +68,19 @@ class Learner(NamedTuple):
         return self.num_policy + self.num_value
 
 
-def make_learner(env: Environment, env_params: Any, config: LearnerConfig) -> Learner:
-    """Build the learner's pure functions for ``env`` with ``env_params``."""
+def make_learner(env: Environment, env_params: Any, config: LearnerConfig, dtype: Any = jnp.float32) -> Learner:
+    """Build the learner's pure functions for ``env`` with ``env_params``.
+
+    ``dtype`` is the parameter dtype (float64 needs ``jax.enable_x64``; tests use
+    it for finite differences). Parameters travel as one flat vector of it.
+    """
     obs_dim = env.obs_dim(env_params)
-    policy_net = Policy(config.policy_hidden, env.action_dim, config.activation)
-    value_net = Value(config.value_hidden, config.activation)
-    dummy = jnp.zeros((obs_dim,), jnp.float32)
-    _, unravel_policy = ravel_pytree(policy_net.init(jax.random.PRNGKey(0), dummy))
-    _, unravel_value = ravel_pytree(value_net.init(jax.random.PRNGKey(0), dummy))
-    num_policy = ravel_pytree(policy_net.init(jax.random.PRNGKey(0), dummy))[0].size
-    num_value = ravel_pytree(value_net.init(jax.random.PRNGKey(0), dummy))[0].size
+    policy_net = Policy(config.policy_hidden, env.action_dim, config.activation, dtype)
+    value_net = Value(config.value_hidden, config.activation, dtype)
+    dummy = jnp.zeros((obs_dim,), dtype)
+    theta0, unravel_policy = ravel_pytree(policy_net.init(jax.random.PRNGKey(0), dummy))
+    phi0, unravel_value = ravel_pytree(value_net.init(jax.random.PRNGKey(0), dummy))
+    num_policy, num_value = theta0.size, phi0.size
     gamma, horizon = config.gamma, config.horizon
 
     observe = jax.vmap(env.observation, in_axes=(0, None))
@@ -87,7 +91,7 @@ def make_learner(env: Environment, env_params: Any, config: LearnerConfig) -> Le
         k_pi, k_v = jax.random.split(key)
         theta, _ = ravel_pytree(policy_net.init(k_pi, dummy))
         phi, _ = ravel_pytree(value_net.init(k_v, dummy))
-        return jnp.concatenate([theta, phi]).astype(jnp.float32)
+        return jnp.concatenate([theta, phi]).astype(dtype)
 
     def split(flat: Array) -> tuple[Array, Array]:
         return flat[:num_policy], flat[num_policy:]
@@ -111,7 +115,7 @@ def make_learner(env: Environment, env_params: Any, config: LearnerConfig) -> Le
             cost = utility(s, a, env_params)
             return (transition(s, a, env_params), discount * gamma), discount * cost
 
-        (s_n, discount), costs = jax.lax.scan(body, (states, jnp.ones((), jnp.float32)), None, length=horizon)
+        (s_n, discount), costs = jax.lax.scan(body, (states, jnp.ones((), dtype)), None, length=horizon)
         return costs.sum(axis=0) + discount * v(phi, observe(s_n, env_params))
 
     def direction(flat: Array, batch: Batch) -> tuple[Array, Losses]:
@@ -186,6 +190,7 @@ def make_learner(env: Environment, env_params: Any, config: LearnerConfig) -> Le
         unravel=unravel,
         act=lambda flat, obs: pi(split(flat)[0], obs),
         value=lambda flat, obs: v(split(flat)[1], obs),
+        returns=lambda flat, batch: model_return(*split(flat), batch),
         losses=losses,
         direction=direction,
         direction_jvp=direction_jvp,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -28,14 +29,16 @@ class MLP(nn.Module):
     hidden: tuple[int, ...]
     out_dim: int
     activation: str = "tanh"
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         act = ACTIVATIONS[self.activation]
         for width in self.hidden:
-            x = act(nn.Dense(width)(x))
+            x = act(nn.Dense(width, dtype=self.dtype, param_dtype=self.dtype)(x))
         # small final layer: initial policy near zero action, initial value near zero
-        return nn.Dense(self.out_dim, kernel_init=nn.initializers.variance_scaling(0.01, "fan_in", "uniform"))(x)
+        head_init = nn.initializers.variance_scaling(0.01, "fan_in", "uniform")
+        return nn.Dense(self.out_dim, kernel_init=head_init, dtype=self.dtype, param_dtype=self.dtype)(x)
 
 
 class Policy(nn.Module):
@@ -44,10 +47,11 @@ class Policy(nn.Module):
     hidden: tuple[int, ...]
     action_dim: int
     activation: str = "tanh"
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> jax.Array:
-        return jnp.tanh(MLP(self.hidden, self.action_dim, self.activation)(obs))
+        return jnp.tanh(MLP(self.hidden, self.action_dim, self.activation, self.dtype)(obs))
 
 
 class Value(nn.Module):
@@ -55,7 +59,8 @@ class Value(nn.Module):
 
     hidden: tuple[int, ...]
     activation: str = "tanh"
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> jax.Array:
-        return MLP(self.hidden, 1, self.activation)(obs)[..., 0]
+        return MLP(self.hidden, 1, self.activation, self.dtype)(obs)[..., 0]

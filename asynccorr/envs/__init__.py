@@ -27,7 +27,11 @@ def make(name: str, **overrides: Any) -> tuple[Environment, Any]:
     if unknown:
         raise ValueError(f"unknown {name} env parameter(s): {', '.join(unknown)}")
     if "preview" in overrides:
-        overrides = {**overrides, "preview": tuple(float(p) for p in overrides["preview"])}
+        try:
+            preview = tuple(float(p) for p in overrides["preview"])
+        except (TypeError, ValueError):
+            raise ValueError(f"preview must be a non-empty list of numbers > 0, got {overrides['preview']!r}") from None
+        overrides = {**overrides, "preview": preview}
     return env, defaults.replace(**overrides) if overrides else defaults
 
 

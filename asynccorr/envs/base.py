@@ -89,6 +89,24 @@ def check_finite(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be finite, got {value!r}")
 
 
+def check_integer(name: str, value: Any) -> None:
+    """Raise ``ValueError`` naming ``name`` unless a concrete ``value`` is a positive integer."""
+    if not _is_concrete_number(value):
+        return
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "iu" and not np.all(np.mod(arr, 1) == 0):
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    check_positive(name, value)
+
+
+def check_order(low_name: str, low: Any, high_name: str, high: Any) -> None:
+    """Raise ``ValueError`` unless concrete ``low <= high``."""
+    if not (_is_concrete_number(low) and _is_concrete_number(high)):
+        return
+    if not np.all(np.asarray(low) <= np.asarray(high)):
+        raise ValueError(f"{low_name} must be <= {high_name}, got {low!r} > {high!r}")
+
+
 def check_preview(name: str, value: Any) -> None:
     """A preview is a non-empty tuple of finite positive offsets."""
     if not isinstance(value, tuple) or len(value) == 0:

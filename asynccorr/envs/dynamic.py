@@ -26,6 +26,7 @@ from asynccorr.envs.base import (
     Tracking,
     check_finite,
     check_nonnegative,
+    check_integer,
     check_positive,
     check_preview,
     wrap_angle,
@@ -72,6 +73,7 @@ class DynamicParams:
                      "init_lateral", "init_heading", "init_lateral_speed", "init_yaw_rate"):
             check_nonnegative(name, getattr(self, name))
         check_preview("preview", self.preview)
+        check_integer("max_steps", self.max_steps)
 
 
 @struct.dataclass
@@ -194,7 +196,7 @@ class Dynamic2DOF(Environment):
             y_ahead.append(params.amplitude * sin_a - state.y)
             heading_ahead.append((dy_dt * cos_phi - params.speed * sin_phi) * inv_norm)
         features = [dy, dphi, state.v, state.w, *y_ahead, *heading_ahead]
-        return jnp.stack(features).astype(jnp.float32)
+        return jnp.stack(features)
 
     def utility(self, state: DynamicState, action: Array, params: DynamicParams) -> Array:
         dy, dphi = self._errors(state, params)

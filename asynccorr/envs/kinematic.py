@@ -27,6 +27,8 @@ from asynccorr.envs.base import (
     Tracking,
     check_finite,
     check_nonnegative,
+    check_integer,
+    check_order,
     check_positive,
     check_preview,
 )
@@ -69,6 +71,8 @@ class KinematicParams:
             check_nonnegative(name, getattr(self, name))
         check_finite("scenario_lateral", self.scenario_lateral)
         check_preview("preview", self.preview)
+        check_integer("max_steps", self.max_steps)
+        check_order("min_speed", self.min_speed, "max_speed", self.max_speed)
         if isinstance(self.max_steer, (int, float)) and self.max_steer >= math.pi / 2:
             raise ValueError(f"max_steer must be < pi/2 rad, got {self.max_steer!r}")
 
@@ -139,7 +143,7 @@ class KinematicBicycle(Environment):
             x=x,
             y=reference_y(x, params) + params.scenario_lateral,
             psi=reference_heading(x, params),
-            v=jnp.asarray(params.speed_ref, jnp.float32),
+            v=x + params.speed_ref,
             step=jnp.zeros((), jnp.int32),
         )
 
@@ -190,7 +194,7 @@ class KinematicBicycle(Environment):
             lateral_ahead.append(-sin_psi * d + cos_psi * (y_ahead - state.y))
             heading_ahead.append(sin_ref * cos_psi - cos_ref * sin_psi)
         features = [tr.lateral_error, tr.heading_error, state.v - params.speed_ref, *lateral_ahead, *heading_ahead]
-        return jnp.stack(features).astype(jnp.float32)
+        return jnp.stack(features)
 
     def utility(self, state: KinematicState, action: Array, params: KinematicParams) -> Array:
         tr = self.tracking(state, params)

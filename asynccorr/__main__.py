@@ -1,0 +1,3 @@
+from asynccorr.cli import main
+
+main()
