@@ -108,7 +108,7 @@ class OptimConfig:
 class TrainConfig:
     """Length of a run and how often it is evaluated."""
 
-    iterations: int = 2000  # server updates
+    iterations: int = 1000  # server updates
     eval_every: int = 100  # closed-loop tracking evaluation interval
     seed: int = 0
 

@@ -8,6 +8,8 @@ training step reads top to bottom (PureJaxRL style) and runs inside
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -16,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from asynccorr.config import ExperimentConfig, OptimConfig
+from asynccorr.config import ExperimentConfig, LearnerConfig, OptimConfig, from_dict, to_dict
 from asynccorr.envs import make
 from asynccorr.evaluation import Trajectory, TrackingSummary, evaluate
 from asynccorr.learner import Learner, SamplerState, make_learner
@@ -57,10 +59,24 @@ def make_optimizer(config: OptimConfig, num_policy: int, num_value: int) -> opta
 
 
 def build(config: ExperimentConfig) -> tuple[Learner, optax.GradientTransformation]:
-    """Learner and optimizer for an experiment config."""
-    env, env_params = make(config.env.name, **config.env.params)
-    learner = make_learner(env, env_params, config.learner)
-    return learner, make_optimizer(config.optim, learner.num_policy, learner.num_value)
+    """Learner and optimizer for an experiment config (memoised: runs that differ only
+    in seed or length share them, and so share jit-compiled code)."""
+    key = json.dumps([to_dict(config.env), to_dict(config.learner), to_dict(config.optim)], sort_keys=True)
+    return _build(key)
+
+
+@functools.lru_cache(maxsize=16)
+def _build(key: str) -> tuple[Learner, optax.GradientTransformation]:
+    env_cfg, learner_cfg, optim_cfg = json.loads(key)
+    env, env_params = make(env_cfg["name"], **env_cfg["params"])
+    learner = make_learner(env, env_params, from_dict(LearnerConfig, learner_cfg))
+    return learner, make_optimizer(from_dict(OptimConfig, optim_cfg), learner.num_policy, learner.num_value)
+
+
+@functools.lru_cache(maxsize=16)
+def _chunk_runner(learner: Learner, optimizer: optax.GradientTransformation) -> Callable[[TrainState, int], tuple[TrainState, StepMetrics]]:
+    step = make_step(learner, optimizer)
+    return jax.jit(lambda s, n: jax.lax.scan(lambda c, _: step(c), s, None, length=n), static_argnums=1)
 
 
 def init_state(learner: Learner, optimizer: optax.GradientTransformation, key: Array) -> TrainState:
@@ -105,9 +121,7 @@ def train_sequential(
     """Train with always-fresh directions for ``config.train.iterations`` updates."""
     learner, optimizer = build(config)
     state = init_state(learner, optimizer, jax.random.PRNGKey(config.train.seed))
-    step = make_step(learner, optimizer)
-
-    run = jax.jit(lambda s, n: jax.lax.scan(lambda c, _: step(c), s, None, length=n), static_argnums=1)
+    run = _chunk_runner(learner, optimizer)
 
     total, every = config.train.iterations, config.train.eval_every
     chunks: list[StepMetrics] = []
