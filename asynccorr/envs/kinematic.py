@@ -16,6 +16,7 @@ the preview pins down the phase of the sine under the vehicle.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,13 +25,17 @@ from flax import struct
 from asynccorr.envs.base import (
     Array,
     Environment,
+    Timestep,
     Tracking,
+    atan2,
     check_finite,
     check_nonnegative,
     check_integer,
     check_order,
     check_positive,
     check_preview,
+    inv_sqrt,
+    sincos,
 )
 
 
@@ -87,20 +92,90 @@ class KinematicState:
 
 
 def reference_y(x: Array, params: KinematicParams) -> Array:
-    return params.amplitude * jnp.sin(2.0 * jnp.pi * x / params.wavelength)
+    return params.amplitude * sincos(2.0 * jnp.pi * x / params.wavelength)[0]
 
 
 def reference_heading(x: Array, params: KinematicParams) -> Array:
     k = 2.0 * jnp.pi / params.wavelength
-    return jnp.arctan(params.amplitude * k * jnp.cos(k * x))
+    slope = params.amplitude * k * sincos(k * x)[1]
+    return atan2(slope, jnp.ones_like(slope))
 
 
 def _reference_frame(sin_phase: Array, cos_phase: Array, params: KinematicParams) -> tuple[Array, Array, Array]:
     """(y_ref, cos psi_ref, sin psi_ref) from the sine's phase, without trig calls."""
     k = 2.0 * jnp.pi / params.wavelength
     slope = params.amplitude * k * cos_phase
-    cos_ref = jax.lax.rsqrt(1.0 + slope * slope)
+    cos_ref = inv_sqrt(1.0 + slope * slope)
     return params.amplitude * sin_phase, cos_ref, slope * cos_ref
+
+
+class _Frame(NamedTuple):
+    """The trigonometry of one state, computed once and shared by every quantity of ``step``."""
+
+    sin_phase: Array  # sin(2 pi x / lambda)
+    cos_phase: Array
+    sin_psi: Array
+    cos_psi: Array
+    y_ref: Array
+    cos_ref: Array  # cos / sin of the reference heading at x
+    sin_ref: Array
+
+
+def _frame(state: KinematicState, params: KinematicParams) -> _Frame:
+    sin_p, cos_p = sincos(2.0 * jnp.pi / params.wavelength * state.x)
+    sin_psi, cos_psi = sincos(state.psi)
+    return _Frame(sin_p, cos_p, sin_psi, cos_psi, *_reference_frame(sin_p, cos_p, params))
+
+
+def _tracking(state: KinematicState, f: _Frame) -> Tracking:
+    # heading error = atan2(sin(psi - psi_ref), cos(psi - psi_ref)), wrapped by construction
+    heading_error = atan2(f.sin_psi * f.cos_ref - f.cos_psi * f.sin_ref, f.cos_psi * f.cos_ref + f.sin_psi * f.sin_ref)
+    return Tracking(
+        x=state.x,
+        y=state.y,
+        y_ref=f.y_ref,
+        lateral_error=(state.y - f.y_ref) * f.cos_ref,
+        heading_error=heading_error,
+    )
+
+
+def _observation(state: KinematicState, f: _Frame, tr: Tracking, params: KinematicParams) -> Array:
+    k = 2.0 * jnp.pi / params.wavelength
+    lateral_ahead, heading_ahead = [], []
+    for d in params.preview:  # static: a few scalar features, each vectorised over any batch
+        sin_d, cos_d = math.sin(k * d), math.cos(k * d)  # Python floats unless params are traced
+        if not isinstance(k, float):
+            sin_d, cos_d = sincos(k * d)
+        y_ahead, cos_ref, sin_ref = _reference_frame(f.sin_phase * cos_d + f.cos_phase * sin_d,
+                                                     f.cos_phase * cos_d - f.sin_phase * sin_d, params)
+        lateral_ahead.append(-f.sin_psi * d + f.cos_psi * (y_ahead - state.y))
+        heading_ahead.append(sin_ref * f.cos_psi - cos_ref * f.sin_psi)
+    features = [tr.lateral_error, tr.heading_error, state.v - params.speed_ref, *lateral_ahead, *heading_ahead]
+    return jnp.stack(features)
+
+
+def _utility(state: KinematicState, tr: Tracking, action: Array, params: KinematicParams) -> Array:
+    steer, accel = scale_action(action, params)
+    return (
+        params.w_lateral * tr.lateral_error**2
+        + params.w_heading * tr.heading_error**2
+        + params.w_speed * (state.v - params.speed_ref) ** 2
+        + params.w_steer * steer**2
+        + params.w_accel * accel**2
+    )
+
+
+def _transition(state: KinematicState, f: _Frame, action: Array, params: KinematicParams) -> KinematicState:
+    steer, accel = scale_action(action, params)
+    sin_steer, cos_steer = sincos(steer)
+    dt, dist = params.dt, params.dt * state.v
+    return KinematicState(
+        x=state.x + dist * f.cos_psi,
+        y=state.y + dist * f.sin_psi,
+        psi=state.psi + dist * (sin_steer / cos_steer) / params.wheelbase,
+        v=jnp.clip(state.v + dt * accel, params.min_speed, params.max_speed),
+        step=state.step + 1,
+    )
 
 
 def scale_action(action: Array, params: KinematicParams) -> tuple[Array, Array]:
@@ -147,30 +222,24 @@ class KinematicBicycle(Environment):
             step=jnp.zeros((), jnp.int32),
         )
 
+    def step(self, key: Array, state: KinematicState, action: Array, params: KinematicParams) -> Timestep:
+        """Same as ``Environment.step``, with the trigonometry of each state computed once."""
+        del key
+        f = _frame(state, params)
+        cost = _utility(state, _tracking(state, f), action, params)
+        next_state = _transition(state, f, action, params)
+        f_next = _frame(next_state, params)
+        tr_next = _tracking(next_state, f_next)
+        terminated = jnp.abs(tr_next.lateral_error) > params.road_half_width
+        truncated = jnp.logical_and(next_state.step >= params.max_steps, jnp.logical_not(terminated))
+        obs = _observation(next_state, f_next, tr_next, params)
+        return Timestep(obs, next_state, -cost, terminated, truncated, {"utility": cost})
+
     def transition(self, state: KinematicState, action: Array, params: KinematicParams) -> KinematicState:
-        steer, accel = scale_action(action, params)
-        dt = params.dt
-        return KinematicState(
-            x=state.x + dt * state.v * jnp.cos(state.psi),
-            y=state.y + dt * state.v * jnp.sin(state.psi),
-            psi=state.psi + dt * state.v * jnp.tan(steer) / params.wheelbase,
-            v=jnp.clip(state.v + dt * accel, params.min_speed, params.max_speed),
-            step=state.step + 1,
-        )
+        return _transition(state, _frame(state, params), action, params)
 
     def tracking(self, state: KinematicState, params: KinematicParams) -> Tracking:
-        phase = 2.0 * jnp.pi * state.x / params.wavelength
-        y_ref, cos_ref, sin_ref = _reference_frame(jnp.sin(phase), jnp.cos(phase), params)
-        cos_psi, sin_psi = jnp.cos(state.psi), jnp.sin(state.psi)
-        # heading error = atan2(sin(psi - psi_ref), cos(psi - psi_ref)), wrapped by construction
-        heading_error = jnp.arctan2(sin_psi * cos_ref - cos_psi * sin_ref, cos_psi * cos_ref + sin_psi * sin_ref)
-        return Tracking(
-            x=state.x,
-            y=state.y,
-            y_ref=y_ref,
-            lateral_error=(state.y - y_ref) * cos_ref,
-            heading_error=heading_error,
-        )
+        return _tracking(state, _frame(state, params))
 
     def observation(self, state: KinematicState, params: KinematicParams) -> Array:
         """``[e_lat, e_head, e_speed, lat_1..lat_P, sin(head_1)..sin(head_P)]``.
@@ -178,34 +247,15 @@ class KinematicBicycle(Environment):
         For each preview distance ``d``: the lateral coordinate of the reference
         point ``(x + d, y_ref(x + d))`` in the vehicle frame, and the sine of the
         reference heading there relative to the vehicle heading. Preview points
-        use the angle-addition formula, so the whole observation costs two sines
-        and cosines (speed matters: it runs inside every model rollout).
+        use the angle-addition formula, so the whole observation costs one sine
+        and cosine of the phase and of the heading, and one arctangent (speed
+        matters: it runs inside every model rollout).
         """
-        tr = self.tracking(state, params)
-        k = 2.0 * jnp.pi / params.wavelength
-        phase = k * state.x
-        sin_p, cos_p = jnp.sin(phase), jnp.cos(phase)
-        cos_psi, sin_psi = jnp.cos(state.psi), jnp.sin(state.psi)
-        lateral_ahead, heading_ahead = [], []
-        for d in params.preview:  # static: a few scalar features, each vectorised over any batch
-            sin_d, cos_d = jnp.sin(k * d), jnp.cos(k * d)
-            y_ahead, cos_ref, sin_ref = _reference_frame(sin_p * cos_d + cos_p * sin_d,
-                                                         cos_p * cos_d - sin_p * sin_d, params)
-            lateral_ahead.append(-sin_psi * d + cos_psi * (y_ahead - state.y))
-            heading_ahead.append(sin_ref * cos_psi - cos_ref * sin_psi)
-        features = [tr.lateral_error, tr.heading_error, state.v - params.speed_ref, *lateral_ahead, *heading_ahead]
-        return jnp.stack(features)
+        f = _frame(state, params)
+        return _observation(state, f, _tracking(state, f), params)
 
     def utility(self, state: KinematicState, action: Array, params: KinematicParams) -> Array:
-        tr = self.tracking(state, params)
-        steer, accel = scale_action(action, params)
-        return (
-            params.w_lateral * tr.lateral_error**2
-            + params.w_heading * tr.heading_error**2
-            + params.w_speed * (state.v - params.speed_ref) ** 2
-            + params.w_steer * steer**2
-            + params.w_accel * accel**2
-        )
+        return _utility(state, self.tracking(state, params), action, params)
 
     def off_road(self, state: KinematicState, params: KinematicParams) -> Array:
         return jnp.abs(self.tracking(state, params).lateral_error) > params.road_half_width
