@@ -118,6 +118,67 @@ class TrainConfig:
         _require(self.seed >= 0, "train.seed", "must be >= 0", self.seed)
 
 
+BACKENDS = ("sim",)
+
+
+@dataclass(frozen=True)
+class WorkersConfig:
+    """The asynchronous workers and, on the ``sim`` backend, their simulated timing."""
+
+    count: int = 8  # number of workers N
+    backend: str = "sim"  # execution backend
+    delay: str = "homogeneous"  # "homogeneous", "heterogeneous" or "stragglers"
+    jitter: float = 0.1  # lognormal sigma of each job's duration
+    speed_spread: float = 4.0  # heterogeneous: slowest / fastest worker
+    straggler_prob: float = 0.05  # stragglers: probability a job straggles
+    straggler_tail: float = 1.5  # stragglers: Pareto shape of the slowdown (smaller = heavier tail)
+    direction_time: float = 0.010  # simulated seconds per direction evaluation (measured, benchmarks/)
+    jvp_cost_ratio: float = 2.5  # (direction + JVP) / direction (measured, benchmarks/bench_direction.py)
+    dense_cost_ratio: float = 50.0  # dense Jacobian / direction (modify-dense, small nets only)
+
+    def __post_init__(self) -> None:
+        from asynccorr.delays import DELAY_KINDS
+
+        _require(self.count >= 1, "workers.count", "must be >= 1", self.count)
+        _require(self.backend in BACKENDS, "workers.backend", f"must be one of {list(BACKENDS)}", self.backend)
+        _require(self.delay in DELAY_KINDS, "workers.delay", f"must be one of {list(DELAY_KINDS)}", self.delay)
+        _nonnegative("workers.jitter", self.jitter)
+        _require(math.isfinite(self.speed_spread) and self.speed_spread >= 1, "workers.speed_spread",
+                 "must be >= 1", self.speed_spread)
+        _require(0 <= self.straggler_prob <= 1, "workers.straggler_prob", "must be in [0, 1]",
+                 self.straggler_prob)
+        _positive("workers.straggler_tail", self.straggler_tail)
+        _positive("workers.direction_time", self.direction_time)
+        _require(math.isfinite(self.jvp_cost_ratio) and self.jvp_cost_ratio >= 1, "workers.jvp_cost_ratio",
+                 "must be >= 1", self.jvp_cost_ratio)
+        _require(math.isfinite(self.dense_cost_ratio) and self.dense_cost_ratio >= 1,
+                 "workers.dense_cost_ratio", "must be >= 1", self.dense_cost_ratio)
+
+
+@dataclass(frozen=True)
+class SchemesConfig:
+    """Which schemes ``compare`` runs, on which seeds, and the schemes' own knobs."""
+
+    compare: tuple[str, ...] = ("sync", "async", "modify", "modify-safe")
+    seeds: tuple[int, ...] = (0,)
+    trust_ratio: float = 1.0  # modify-safe: cap |correction| at trust_ratio * |G|
+    dense_max_params: int = 2048  # modify-dense refuses larger networks (dense H has n^2 entries)
+
+    def __post_init__(self) -> None:
+        from asynccorr.schemes import SCHEMES, SEQUENTIAL
+
+        _require(len(self.compare) >= 1, "schemes.compare", "must name at least one scheme", self.compare)
+        for name in self.compare:
+            _require(name in SCHEMES or name == SEQUENTIAL, "schemes.compare",
+                     f"must hold names from {[SEQUENTIAL, *SCHEMES]}", name)
+        _require(len(set(self.compare)) == len(self.compare), "schemes.compare", "has duplicates", self.compare)
+        _require(len(self.seeds) >= 1, "schemes.seeds", "must list at least one seed", self.seeds)
+        _require(all(s >= 0 for s in self.seeds), "schemes.seeds", "must be >= 0", self.seeds)
+        _require(len(set(self.seeds)) == len(self.seeds), "schemes.seeds", "has duplicates", self.seeds)
+        _positive("schemes.trust_ratio", self.trust_ratio)
+        _require(self.dense_max_params >= 1, "schemes.dense_max_params", "must be >= 1", self.dense_max_params)
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
     name: str = "paper"  # results go to results/<name>/
@@ -125,6 +186,8 @@ class ExperimentConfig:
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    workers: WorkersConfig = field(default_factory=WorkersConfig)
+    schemes: SchemesConfig = field(default_factory=SchemesConfig)
 
     def __post_init__(self) -> None:
         _require(bool(self.name) and all(c.isalnum() or c in "-_." for c in self.name) and self.name[0] != ".",

@@ -79,10 +79,18 @@ def _chunk_runner(learner: Learner, optimizer: optax.GradientTransformation) -> 
     return jax.jit(lambda s, n: jax.lax.scan(lambda c, _: step(c), s, None, length=n), static_argnums=1)
 
 
+def worker_stream(workers_key: Array, index: int) -> tuple[Array, Array]:
+    """(run key, sampler key) of worker ``index``: the same derivation for every
+    backend and for the sequential trainer (worker 0), so one worker reproduces it."""
+    run_key, sampler_key = jax.random.split(jax.random.fold_in(workers_key, index))
+    return run_key, sampler_key
+
+
 def init_state(learner: Learner, optimizer: optax.GradientTransformation, key: Array) -> TrainState:
-    k_params, k_sampler, k_run = jax.random.split(key, 3)
+    k_params, k_workers = jax.random.split(key)
     params = learner.init(k_params)
-    return TrainState(params, optimizer.init(params), learner.sampler_init(k_sampler), k_run,
+    run_key, sampler_key = worker_stream(k_workers, 0)
+    return TrainState(params, optimizer.init(params), learner.sampler_init(sampler_key), run_key,
                       jnp.zeros((), jnp.int32))
 
 

@@ -1,0 +1,1 @@
+"""Execution backends: where workers run. All produce the same ``RunResult``."""
