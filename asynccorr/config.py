@@ -257,13 +257,14 @@ def load_config(path: str | Path | None) -> ExperimentConfig:
     return from_dict(ExperimentConfig, data)
 
 
-def with_overrides(config: ExperimentConfig, **section_fields: dict[str, Any]) -> ExperimentConfig:
-    """Return ``config`` with fields replaced, e.g. ``train={"seed": 3}`` (re-validated)."""
+def with_overrides(config: ExperimentConfig, **section_fields: Any) -> ExperimentConfig:
+    """Return ``config`` with fields replaced, e.g. ``train={"seed": 3}`` or ``name="x"`` (re-validated)."""
     changes: dict[str, Any] = {}
     for section, values in section_fields.items():
-        if not values:
-            continue
-        changes[section] = dataclasses.replace(getattr(config, section), **values)
+        if not isinstance(values, dict):
+            changes[section] = values
+        elif values:
+            changes[section] = dataclasses.replace(getattr(config, section), **values)
     return dataclasses.replace(config, **changes)
 
 

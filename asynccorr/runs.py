@@ -1,39 +1,94 @@
-"""Run one training job and leave its results on disk.
+"""Run training jobs and leave their results on disk.
 
-The glue between the trainer (pure computation) and the results directory
-layout ``results/<experiment>/<scheme>-seed<k>/``:
+The glue between the trainers (pure computation) and the results layout::
 
-* ``config.json``   resolved experiment config
-* ``meta.json``     versions, commit, host, backend, wall time, final summary
-* ``metrics.csv``   one row per server update
-* ``eval.csv``      periodic closed-loop tracking evaluation
-* ``trajectory.csv`` final policy on the fixed scenario
-* ``params.npy``    final flat parameter vector
+    results/<experiment>/<scheme>-seed<k>/
+        config.json     resolved experiment config (with the scheme and seed of this run)
+        meta.json       versions, commit, host, backend, wall time, summary
+        metrics.csv     one row per server update
+        eval.csv        periodic closed-loop tracking evaluation
+        trajectory.csv  final policy on the fixed scenario
+        params.npy      final flat parameter vector
+    results/<experiment>/summary.csv, summary.md   written by ``compare``
 """
 
 from __future__ import annotations
 
 import io
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from asynccorr.config import ExperimentConfig, to_dict
+from asynccorr.config import ExperimentConfig, to_dict, with_overrides
 from asynccorr.evaluation import TrackingSummary
-from asynccorr.results import atomic_write_text, prepare_run_dir, run_meta, write_csv, write_json
+from asynccorr.results import (
+    RunExistsError,
+    atomic_write_text,
+    prepare_run_dir,
+    run_meta,
+    write_csv,
+    write_json,
+)
+from asynccorr.schemes import SEQUENTIAL, get_scheme
 from asynccorr.trainer import EvalRecord, RunResult, train_sequential
+
+SUMMARY_FIELDS = (
+    "scheme", "seed", "workers", "iterations", "sim_time", "mean_staleness", "max_staleness",
+    "final_policy_loss", "grad_error_mean", "grad_error_final", "stale_grad_error_mean",
+    "rms_lateral", "left_road", "finite", "wall_time_s",
+)
 
 
 def run_dir_for(results_root: Path, config: ExperimentConfig, scheme: str) -> Path:
     return Path(results_root) / config.name / f"{scheme}-seed{config.train.seed}"
 
 
-def write_run(run_dir: Path, config: ExperimentConfig, result: RunResult, meta: dict) -> None:
-    write_json(run_dir / "config.json", to_dict(config))
-    write_csv(run_dir / "metrics.csv", {"iteration": result.metrics["iteration"],
-                                        **{k: v for k, v in result.metrics.items() if k != "iteration"}})
+def train(config: ExperimentConfig, scheme: str,
+          on_chunk: Callable[[int, EvalRecord], None] | None = None) -> RunResult:
+    """Train one run in memory: the sequential reference or a scheme on the configured backend."""
+    if scheme == SEQUENTIAL:
+        return train_sequential(config, on_chunk=on_chunk)
+    get_scheme(scheme)
+    from asynccorr.backends.sim import run_sim
+
+    return run_sim(config, scheme, on_chunk=on_chunk)
+
+
+def summarize_run(scheme: str, config: ExperimentConfig, result: RunResult, wall: float) -> dict[str, Any]:
+    """One row of the comparison table."""
+    m = result.metrics
+    n = len(m["iteration"])
+    tail = max(1, n // 10)
+    final: TrackingSummary = result.evals[-1].summary
+    staleness = m.get("staleness", np.zeros(n))
+    grad_error = m.get("grad_error", np.zeros(n))
+    stale_error = m.get("stale_grad_error", np.zeros(n))
+    return {
+        "scheme": scheme,
+        "seed": config.train.seed,
+        "workers": 1 if scheme == SEQUENTIAL else config.workers.count,
+        "iterations": n,
+        "sim_time": float(m["time"][-1]) if "time" in m else float("nan"),
+        "mean_staleness": float(np.mean(staleness)),
+        "max_staleness": int(np.max(staleness)),
+        "final_policy_loss": float(np.mean(m["policy_loss"][-tail:])),
+        "grad_error_mean": float(np.mean(grad_error)),
+        "grad_error_final": float(np.mean(grad_error[-tail:])),
+        "stale_grad_error_mean": float(np.mean(stale_error)),
+        "rms_lateral": final.rms_lateral,
+        "left_road": final.left_road,
+        "finite": bool(np.all(np.isfinite(result.params))),
+        "wall_time_s": round(wall, 3),
+    }
+
+
+def write_run(run_dir: Path, config: ExperimentConfig, scheme: str, result: RunResult, meta: dict) -> None:
+    write_json(run_dir / "config.json", {"scheme": scheme, **to_dict(config)})
+    write_csv(run_dir / "metrics.csv", result.metrics)
     write_csv(run_dir / "eval.csv", {
         "iteration": [e.iteration for e in result.evals],
         **{field: [getattr(e.summary, field) for e in result.evals] for field in TrackingSummary._fields},
@@ -54,19 +109,80 @@ def write_run(run_dir: Path, config: ExperimentConfig, result: RunResult, meta: 
 
 def train_run(
     config: ExperimentConfig,
+    scheme: str,
     results_root: Path,
     overwrite: bool = False,
     on_chunk: Callable[[int, EvalRecord], None] | None = None,
-) -> tuple[Path, RunResult]:
-    """Train with the sequential trainer and write the run directory; returns both."""
-    run_dir = run_dir_for(results_root, config, "sequential")
+) -> tuple[Path, RunResult, dict[str, Any]]:
+    """Train one run and write its directory; returns (run dir, result, summary row)."""
+    run_dir = run_dir_for(results_root, config, scheme)
     prepare_run_dir(run_dir, overwrite)
     start = time.perf_counter()
-    result = train_sequential(config, on_chunk=on_chunk)
+    result = train(config, scheme, on_chunk=on_chunk)
     wall = time.perf_counter() - start
-    final = result.evals[-1].summary
-    meta = run_meta("sequential", "sequential", config.train.seed,
-                    {"wall_time_s": round(wall, 3), "final_tracking": final._asdict(),
-                     "experiment": config.name})
-    write_run(run_dir, config, result, meta)
-    return run_dir, result
+    summary = summarize_run(scheme, config, result, wall)
+    backend = "sequential" if scheme == SEQUENTIAL else config.workers.backend
+    meta = run_meta(backend, scheme, config.train.seed, {
+        "experiment": config.name, "wall_time_s": round(wall, 3), "summary": summary,
+        "final_tracking": result.evals[-1].summary._asdict(),
+    })
+    write_run(run_dir, config, scheme, result, meta)
+    return run_dir, result, summary
+
+
+def planned_runs(config: ExperimentConfig, schemes: Sequence[str], seeds: Sequence[int]) -> list[tuple[str, ExperimentConfig]]:
+    """(scheme, config-with-seed) for every run of a comparison, validated up front."""
+    from asynccorr.backends.sim import check_scheme_fits
+    from asynccorr.trainer import build
+
+    learner, _ = build(config)
+    for scheme in schemes:
+        if scheme != SEQUENTIAL:
+            check_scheme_fits(get_scheme(scheme), learner.num_params, config)
+    return [(s, with_overrides(config, train={"seed": seed})) for s in schemes for seed in seeds]
+
+
+def check_no_existing_runs(results_root: Path, plan: Sequence[tuple[str, ExperimentConfig]]) -> None:
+    for scheme, cfg in plan:
+        d = run_dir_for(results_root, cfg, scheme)
+        if d.exists() and any(d.iterdir()):
+            raise RunExistsError(f"run directory {d} already exists (pass --overwrite to replace it)")
+
+
+def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per scheme: mean and standard deviation over seeds of the numeric summary fields."""
+    out = []
+    for scheme in dict.fromkeys(r["scheme"] for r in rows):
+        group = [r for r in rows if r["scheme"] == scheme]
+        agg: dict[str, Any] = {"scheme": scheme, "seeds": len(group)}
+        for key in ("final_policy_loss", "grad_error_mean", "grad_error_final", "rms_lateral", "mean_staleness",
+                    "sim_time", "wall_time_s"):
+            values = np.array([r[key] for r in group], np.float64)
+            agg[key] = float(np.mean(values))
+            agg[key + "_std"] = float(np.std(values)) if len(values) > 1 else 0.0
+        agg["left_road"] = sum(bool(r["left_road"]) for r in group)
+        agg["finite"] = all(bool(r["finite"]) for r in group)
+        out.append(agg)
+    return out
+
+
+def write_summary(folder: Path, rows: Sequence[dict[str, Any]], title: str) -> None:
+    """summary.csv (one row per run) and summary.md (per scheme, mean ± std over seeds)."""
+    write_csv(folder / "summary.csv", {k: [r[k] for r in rows] for k in SUMMARY_FIELDS})
+    lines = [f"# {title}", "",
+             "| scheme | seeds | final policy loss | gradient error (mean) | gradient error (last 10%) "
+             "| RMS lateral [m] | left road | mean staleness | sim time [s] |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+
+    def pm(a: dict[str, Any], key: str, fmt: str) -> str:
+        v, s = a[key], a[key + "_std"]
+        if not math.isfinite(v):
+            return "nan"
+        return f"{v:{fmt}} ± {s:{fmt}}" if a["seeds"] > 1 else f"{v:{fmt}}"
+
+    for a in aggregate(rows):
+        lines.append(f"| {a['scheme']} | {a['seeds']} | {pm(a, 'final_policy_loss', '.3f')} | "
+                     f"{pm(a, 'grad_error_mean', '.3f')} | {pm(a, 'grad_error_final', '.3f')} | "
+                     f"{pm(a, 'rms_lateral', '.4f')} | {a['left_road']}/{a['seeds']} | "
+                     f"{pm(a, 'mean_staleness', '.2f')} | {pm(a, 'sim_time', '.2f')} |")
+    atomic_write_text(folder / "summary.md", "\n".join(lines) + "\n")

@@ -146,5 +146,14 @@ def train_sequential(
             on_chunk(done, record)
     metrics = {name: np.concatenate([getattr(c, name) for c in chunks]) for name in StepMetrics._fields}
     metrics["iteration"] = np.arange(1, total + 1)
+    # the same columns as the asynchronous backends: one worker, never stale, simulated clock
+    metrics["time"] = metrics["iteration"] * config.workers.direction_time
+    metrics["worker"] = np.zeros(total, np.int64)
+    metrics["staleness"] = np.zeros(total, np.int64)
+    for name in ("grad_error", "policy_grad_error", "stale_grad_error", "correction_norm"):
+        metrics[name] = np.zeros(total)
+    order = ["iteration", "time", "worker", "staleness", "policy_loss", "value_loss", "grad_error",
+             "policy_grad_error", "stale_grad_error", "direction_norm", "correction_norm", "update_norm"]
+    metrics = {k: metrics[k] for k in order}
     summary, traj = evaluate(learner, state.params)
     return RunResult(np.asarray(state.params), metrics, evals, traj)

@@ -101,40 +101,35 @@ def reference_heading(x: Array, params: KinematicParams) -> Array:
     return atan2(slope, jnp.ones_like(slope))
 
 
-def _reference_frame(sin_phase: Array, cos_phase: Array, params: KinematicParams) -> tuple[Array, Array, Array]:
-    """(y_ref, cos psi_ref, sin psi_ref) from the sine's phase, without trig calls."""
-    k = 2.0 * jnp.pi / params.wavelength
-    slope = params.amplitude * k * cos_phase
-    cos_ref = inv_sqrt(1.0 + slope * slope)
-    return params.amplitude * sin_phase, cos_ref, slope * cos_ref
-
-
 class _Frame(NamedTuple):
-    """The trigonometry of one state, computed once and shared by every quantity of ``step``."""
+    """The trigonometry of one state, computed once and shared by everything ``step`` returns."""
 
-    sin_phase: Array  # sin(2 pi x / lambda)
+    sin_phase: Array  # sin / cos of the reference's phase 2 pi x / lambda
     cos_phase: Array
-    sin_psi: Array
+    sin_psi: Array  # sin / cos of the vehicle heading
     cos_psi: Array
-    y_ref: Array
-    cos_ref: Array  # cos / sin of the reference heading at x
-    sin_ref: Array
+    y_ref: Array  # A sin(phase)
+    slope: Array  # dy_ref/dx = tan(psi_ref)
 
 
 def _frame(state: KinematicState, params: KinematicParams) -> _Frame:
-    sin_p, cos_p = sincos(2.0 * jnp.pi / params.wavelength * state.x)
+    k = 2.0 * jnp.pi / params.wavelength
+    sin_p, cos_p = sincos(k * state.x)
     sin_psi, cos_psi = sincos(state.psi)
-    return _Frame(sin_p, cos_p, sin_psi, cos_psi, *_reference_frame(sin_p, cos_p, params))
+    return _Frame(sin_p, cos_p, sin_psi, cos_psi, params.amplitude * sin_p, params.amplitude * k * cos_p)
 
 
 def _tracking(state: KinematicState, f: _Frame) -> Tracking:
-    # heading error = atan2(sin(psi - psi_ref), cos(psi - psi_ref)), wrapped by construction
-    heading_error = atan2(f.sin_psi * f.cos_ref - f.cos_psi * f.sin_ref, f.cos_psi * f.cos_ref + f.sin_psi * f.sin_ref)
+    # cos(psi_ref) = 1 / sqrt(1 + slope^2) and sin(psi_ref) = slope cos(psi_ref), so
+    # sin(psi - psi_ref) = cos(psi_ref) (sin psi - slope cos psi) and
+    # cos(psi - psi_ref) = cos(psi_ref) (cos psi + slope sin psi); atan2 drops the
+    # common positive factor: the heading error is wrapped by construction.
+    heading_error = atan2(f.sin_psi - f.slope * f.cos_psi, f.cos_psi + f.slope * f.sin_psi)
     return Tracking(
         x=state.x,
         y=state.y,
         y_ref=f.y_ref,
-        lateral_error=(state.y - f.y_ref) * f.cos_ref,
+        lateral_error=(state.y - f.y_ref) * inv_sqrt(1.0 + f.slope * f.slope),
         heading_error=heading_error,
     )
 
@@ -143,13 +138,14 @@ def _observation(state: KinematicState, f: _Frame, tr: Tracking, params: Kinemat
     k = 2.0 * jnp.pi / params.wavelength
     lateral_ahead, heading_ahead = [], []
     for d in params.preview:  # static: a few scalar features, each vectorised over any batch
-        sin_d, cos_d = math.sin(k * d), math.cos(k * d)  # Python floats unless params are traced
-        if not isinstance(k, float):
-            sin_d, cos_d = sincos(k * d)
-        y_ahead, cos_ref, sin_ref = _reference_frame(f.sin_phase * cos_d + f.cos_phase * sin_d,
-                                                     f.cos_phase * cos_d - f.sin_phase * sin_d, params)
-        lateral_ahead.append(-f.sin_psi * d + f.cos_psi * (y_ahead - state.y))
-        heading_ahead.append(sin_ref * f.cos_psi - cos_ref * f.sin_psi)
+        sin_d, cos_d = sincos(k * d)  # scalars unless params are batched
+        # reference point d ahead, by angle addition: phase + k d
+        sin_a = f.sin_phase * cos_d + f.cos_phase * sin_d
+        cos_a = f.cos_phase * cos_d - f.sin_phase * sin_d
+        slope = params.amplitude * k * cos_a
+        lateral_ahead.append(-f.sin_psi * d + f.cos_psi * (params.amplitude * sin_a - state.y))
+        # sin(psi_ref_ahead - psi) = cos(psi_ref_ahead) (slope cos psi - sin psi)
+        heading_ahead.append(inv_sqrt(1.0 + slope * slope) * (slope * f.cos_psi - f.sin_psi))
     features = [tr.lateral_error, tr.heading_error, state.v - params.speed_ref, *lateral_ahead, *heading_ahead]
     return jnp.stack(features)
 
