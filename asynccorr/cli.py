@@ -46,9 +46,40 @@ def resolve_config(config: Path | None, **overrides: dict[str, Any]) -> Experime
     return with_overrides(base, **{k: {f: v for f, v in d.items() if v is not None} for k, d in overrides.items()})
 
 
+def _progress(quiet: bool) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("rms lateral {task.fields[rms]}"), TimeElapsedColumn(),
+                    console=console, disable=quiet)
+
+
+def _parse_list(text: str | None, name: str, cast: type) -> tuple | None:
+    if text is None:
+        return None
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise CliError(f"{name} must be a comma-separated list, got {text!r}")
+    try:
+        return tuple(cast(t) for t in items)
+    except ValueError:
+        raise CliError(f"{name} must be a comma-separated list of {cast.__name__}s, got {text!r}") from None
+
+
+def _check_scheme(scheme: str) -> None:
+    from asynccorr.schemes import get_scheme, SEQUENTIAL
+
+    if scheme != SEQUENTIAL:
+        try:
+            get_scheme(scheme)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+
+
 @app.command()
 def train(
+    scheme: Annotated[str, typer.Option(help="sequential, sync, async, modify, modify-safe, modify-dense.")] = "modify",
     config: Annotated[Path | None, typer.Option(help="Experiment TOML (default: experiments/paper.toml).")] = None,
+    backend: Annotated[str | None, typer.Option(help="Execution backend (overrides workers.backend): sim.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Number of workers (overrides workers.count).")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (overrides train.seed).")] = None,
     iterations: Annotated[int | None, typer.Option(help="Server updates (overrides train.iterations).")] = None,
     env: Annotated[str | None, typer.Option(help="Environment: kinematic or dynamic.")] = None,
@@ -56,38 +87,107 @@ def train(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
-    """Train the GPI controller with the sequential (always-fresh) trainer."""
-    from asynccorr.runs import run_dir_for, train_run
+    """Train one run of a scheme and write results/<experiment>/<scheme>-seed<k>/."""
+    from asynccorr.runs import check_no_existing_runs, planned_runs, train_run
 
-    cfg = resolve_config(config, train={"seed": seed, "iterations": iterations})
-    if env is not None:
-        from asynccorr.config import EnvConfig
+    _check_scheme(scheme)
+    cfg = resolve_config(config, train={"seed": seed, "iterations": iterations},
+                         workers={"count": workers, "backend": backend})
+    if env is not None and env != cfg.env.name:
+        cfg = with_overrides(cfg, env={"name": env, "params": {}})
+    [(scheme, cfg)] = planned_runs(cfg, [scheme], [cfg.train.seed])
+    if not overwrite:
+        check_no_existing_runs(results, [(scheme, cfg)])
 
-        cfg = with_overrides(cfg, env={"name": env, "params": {} if env != cfg.env.name else cfg.env.params})
-        del EnvConfig
-    run_dir = run_dir_for(results, cfg, "sequential")
-    if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
-        raise RunExistsError(f"run directory {run_dir} already exists (pass --overwrite to replace it)")
-
-    with Progress(TextColumn("[bold]train[/] sequential"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("rms lateral {task.fields[rms]}"), TimeElapsedColumn(),
-                  console=console, disable=quiet) as progress:
-        task = progress.add_task("train", total=cfg.train.iterations, rms="-")
+    with _progress(quiet) as progress:
+        task = progress.add_task(f"{scheme} seed {cfg.train.seed}", total=cfg.train.iterations, rms="-")
 
         def on_chunk(done: int, record: Any) -> None:
             progress.update(task, completed=done, rms=f"{record.summary.rms_lateral:.3f} m")
 
-        run_dir, result = train_run(cfg, results, overwrite=overwrite, on_chunk=on_chunk)
+        run_dir, result, summary = train_run(cfg, scheme, results, overwrite=overwrite, on_chunk=on_chunk)
 
     first, last = result.evals[0].summary, result.evals[-1].summary
-    table = Table(title=f"{cfg.name}: sequential, seed {cfg.train.seed}, {cfg.train.iterations} iterations")
-    for col in ("", "rms lateral [m]", "max lateral [m]", "rms heading [rad]", "utility", "on road"):
+    workers_text = "1 worker" if summary["workers"] == 1 else f"{summary['workers']} workers"
+    table = Table(title=f"{cfg.name}: {scheme}, {workers_text}, seed {cfg.train.seed}, "
+                        f"{cfg.train.iterations} updates")
+    for col in ("policy", "rms lateral [m]", "max lateral [m]", "rms heading [rad]", "utility", "on road"):
         table.add_column(col)
-    for label, s in (("initial policy", first), ("final policy", last)):
+    for label, s in (("initial", first), ("final", last)):
         table.add_row(label, f"{s.rms_lateral:.4f}", f"{s.max_lateral:.4f}", f"{s.rms_heading:.4f}",
                       f"{s.total_utility:.3f}", f"{s.steps_on_road}/{len(result.trajectory.x)}")
+    out = Console()
+    out.print(table)
+    out.print(f"mean staleness {summary['mean_staleness']:.2f}, gradient error {summary['grad_error_mean']:.4f} "
+              f"(stale: {summary['stale_grad_error_mean']:.4f}), final policy loss {summary['final_policy_loss']:.4f}")
+    out.print(f"results: {run_dir}")
+
+
+@app.command()
+def compare(
+    config: Annotated[Path | None, typer.Option(help="Experiment TOML (default: experiments/paper.toml).")] = None,
+    schemes: Annotated[str | None, typer.Option(help="Comma-separated schemes (overrides schemes.compare).")] = None,
+    seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds (overrides schemes.seeds).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Number of workers (overrides workers.count).")] = None,
+    iterations: Annotated[int | None, typer.Option(help="Server updates (overrides train.iterations).")] = None,
+    results: Annotated[Path, typer.Option(help="Root folder for run directories.")] = Path("results"),
+    overwrite: Annotated[bool, typer.Option(help="Replace existing run directories.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Run every scheme of the experiment on every seed; print and save a summary table."""
+    from asynccorr.runs import aggregate, check_no_existing_runs, planned_runs, train_run, write_summary
+
+    scheme_list = _parse_list(schemes, "--schemes", str)
+    seed_list = _parse_list(seeds, "--seeds", int)
+    cfg = resolve_config(config, train={"iterations": iterations}, workers={"count": workers},
+                         schemes={"compare": scheme_list, "seeds": seed_list})
+    plan = planned_runs(cfg, cfg.schemes.compare, cfg.schemes.seeds)
+    if not overwrite:
+        check_no_existing_runs(results, plan)
+
+    rows = []
+    with _progress(quiet) as progress:
+        overall = progress.add_task("compare", total=len(plan), rms="")
+        for scheme, run_cfg in plan:
+            task = progress.add_task(f"{scheme} seed {run_cfg.train.seed}", total=run_cfg.train.iterations, rms="-")
+
+            def on_chunk(done: int, record: Any, task: Any = task) -> None:
+                progress.update(task, completed=done, rms=f"{record.summary.rms_lateral:.3f} m")
+
+            _, _, row = train_run(run_cfg, scheme, results, overwrite=overwrite, on_chunk=on_chunk)
+            rows.append(row)
+            progress.advance(overall)
+    folder = results / cfg.name
+    write_summary(folder, rows, f"{cfg.name}: {cfg.workers.count} workers ({cfg.workers.delay}), "
+                                f"{cfg.train.iterations} updates")
+
+    table = Table(title=f"{cfg.name}: {cfg.workers.count} workers ({cfg.workers.delay} delays), "
+                        f"{cfg.train.iterations} updates, seeds {','.join(map(str, cfg.schemes.seeds))}")
+    for col in ("scheme", "final policy loss", "gradient error", "RMS lateral [m]", "left road",
+                "mean staleness", "sim time [s]", "wall [s]"):
+        table.add_column(col)
+    for a in aggregate(rows):
+        table.add_row(a["scheme"], f"{a['final_policy_loss']:.3f} ± {a['final_policy_loss_std']:.3f}",
+                      f"{a['grad_error_mean']:.3f}", f"{a['rms_lateral']:.4f}", f"{a['left_road']}/{a['seeds']}",
+                      f"{a['mean_staleness']:.2f}", f"{a['sim_time']:.2f}", f"{a['wall_time_s']:.1f}")
     Console().print(table)
-    Console().print(f"results: {run_dir}")
+    Console().print(f"summary: {folder / 'summary.md'}")
+
+
+@app.command()
+def plot(
+    folder: Annotated[Path, typer.Argument(help="An experiment folder, e.g. results/paper.")],
+    out: Annotated[Path | None, typer.Option(help="Where to write figures (default: <folder>/figures).")] = None,
+) -> None:
+    """Write the loss, gradient-error, tracking, loss-vs-time and staleness figures (PNG and PDF)."""
+    from asynccorr.plots import PlotError, plot_experiment
+
+    try:
+        paths = plot_experiment(folder, out)
+    except PlotError as exc:
+        raise CliError(str(exc)) from None
+    for p in paths:
+        Console().print(str(p))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,595 @@
+"""Figures of one experiment folder (``results/<experiment>/``; layout in ``asynccorr.runs``).
+
+``plot_experiment`` reads every ``<scheme>-seed<k>/`` run directory (read only)
+and writes five figures, each as PNG and PDF, into ``<experiment>/figures/``:
+
+* ``loss_vs_iteration``           policy loss vs server update
+* ``gradient_error_vs_iteration`` relative error of the applied direction (and of the stale one)
+* ``tracking``                    final policies on the fixed scenario: path and lateral error
+* ``loss_vs_time``                policy loss vs simulated wall-clock time
+* ``staleness``                   histogram of the staleness of applied updates
+
+Curves are the mean over seeds of a centred moving average, the band spans the
+seeds' minimum to maximum. Each scheme keeps its colour in every figure. A run
+that diverged (``"diverged": true`` in ``meta.json``, or non-finite losses) is
+drawn up to its divergence point, marked with an ``x`` on the loss figures.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg", force=True)  # files only; never open a window (set before pyplot is ever imported)
+
+import numpy as np  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import LogFormatter  # noqa: E402
+
+from asynccorr.results import read_csv  # noqa: E402
+
+RUN_DIR_RE = re.compile(r"^(?P<scheme>.+)-seed(?P<seed>\d+)$")
+SCHEME_ORDER = ("sequential", "sync", "async", "modify", "modify-safe", "modify-dense", "dc-asgd", "dc-asgd-a",
+                "staleness-lr", "gap-aware", "drop-stale")
+_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+            "#bcbd22", "#17becf", "#393b79")
+_EXTRA_PALETTE = ("#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354", "#756bb1")
+FIGURE_NAMES = ("loss_vs_iteration", "gradient_error_vs_iteration", "tracking", "loss_vs_time", "staleness")
+MAX_POINTS = 2000  # points per plotted curve (long runs are resampled after smoothing)
+DPI = 150
+
+
+class PlotError(ValueError):
+    """The experiment folder or one of its runs cannot be plotted."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run directory, loaded (columns as float arrays; missing optional files as empty dicts)."""
+
+    scheme: str
+    seed: int
+    path: Path
+    metrics: dict[str, np.ndarray]
+    evals: dict[str, np.ndarray] = field(default_factory=dict)
+    trajectory: dict[str, np.ndarray] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> int:
+        return len(self.metrics["iteration"])
+
+    @property
+    def valid_rows(self) -> int:
+        """Rows before the first non-finite loss (all rows if the losses stay finite)."""
+        bad = np.zeros(self.rows, bool)
+        for name in ("policy_loss", "value_loss"):
+            if name in self.metrics:
+                bad |= ~np.isfinite(self.metrics[name])
+        return int(np.argmax(bad)) if bad.any() else self.rows
+
+    @property
+    def diverged(self) -> bool:
+        return self.meta.get("diverged") is True or self.valid_rows < self.rows
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def load_runs(folder: Path) -> list[Run]:
+    """Every ``<scheme>-seed<k>`` directory of ``folder``, in scheme order then seed."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise PlotError(f"experiment folder {folder} does not exist")
+    if not folder.is_dir():
+        raise PlotError(f"{folder} is not a directory")
+    runs = [_load_run(p, m["scheme"], int(m["seed"])) for p in sorted(folder.iterdir())
+            if p.is_dir() and not p.name.startswith(".") and (m := RUN_DIR_RE.match(p.name))]
+    if not runs:
+        raise PlotError(f"no run directories (<scheme>-seed<k>/) in {folder}")
+    rank = {s: i for i, s in enumerate(scheme_order([r.scheme for r in runs]))}
+    return sorted(runs, key=lambda r: (rank[r.scheme], r.seed))
+
+
+def _load_run(path: Path, scheme: str, seed: int) -> Run:
+    metrics = _read_table(path / "metrics.csv", required=True)
+    if not metrics or len(next(iter(metrics.values()))) == 0:
+        raise PlotError(f"{path / 'metrics.csv'} has no rows")
+    missing = [c for c in ("iteration", "policy_loss") if c not in metrics]
+    if missing:
+        raise PlotError(f"{path / 'metrics.csv'} lacks column(s) {', '.join(missing)}")
+    return Run(scheme, seed, path, metrics, _read_table(path / "eval.csv"), _read_table(path / "trajectory.csv"),
+               _read_json(path / "meta.json"), _read_json(path / "config.json"))
+
+
+def _read_table(path: Path, required: bool = False) -> dict[str, np.ndarray]:
+    if not path.is_file() or path.stat().st_size == 0:
+        if required:
+            raise PlotError(f"{path} is {'empty' if path.is_file() else 'missing'}")
+        return {}
+    try:
+        return read_csv(path)
+    except (ValueError, OSError, csv.Error) as e:
+        raise PlotError(f"{path} is corrupt: {_one_line(e)}") from e
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, OSError) as e:
+        raise PlotError(f"{path} is corrupt: {_one_line(e)}") from e
+    return data if isinstance(data, dict) else {}
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+# ---------------------------------------------------------------------------------------------- styling
+
+
+def scheme_order(schemes: Sequence[str]) -> list[str]:
+    """Distinct schemes: the known ones in their fixed order, then the others alphabetically."""
+    present = set(schemes)
+    return [s for s in SCHEME_ORDER if s in present] + sorted(present - set(SCHEME_ORDER))
+
+
+def scheme_colors(schemes: Sequence[str]) -> dict[str, str]:
+    """A fixed colour per known scheme; unknown ones get the extra colours in alphabetical order."""
+    colors = dict(zip(SCHEME_ORDER, _PALETTE))
+    others = [s for s in scheme_order(schemes) if s not in colors]
+    colors.update({s: _EXTRA_PALETTE[i % len(_EXTRA_PALETTE)] for i, s in enumerate(others)})
+    return {s: colors[s] for s in scheme_order(schemes)}
+
+
+def _by_scheme(runs: Sequence[Run]) -> dict[str, list[Run]]:
+    return {s: [r for r in runs if r.scheme == s] for s in scheme_order([r.scheme for r in runs])}
+
+
+def _same_metrics(a: Sequence[Run], b: Sequence[Run]) -> bool:
+    """Whether two schemes produced the same metrics for the same seeds (their curves coincide)."""
+    if [r.seed for r in a] != [r.seed for r in b]:
+        return False
+    for ra, rb in zip(a, b):
+        if ra.metrics.keys() != rb.metrics.keys() or ra.rows != rb.rows:
+            return False
+        if not all(np.array_equal(ra.metrics[k], rb.metrics[k], equal_nan=True) for k in ra.metrics):
+            return False
+    return True
+
+
+def duplicates(runs: Sequence[Run]) -> dict[str, str]:
+    """Scheme -> the earlier scheme whose runs it reproduces exactly (drawn thinner, on top, and labelled)."""
+    groups = _by_scheme(runs)
+    out: dict[str, str] = {}
+    for i, (scheme, group) in enumerate(groups.items()):
+        for other in list(groups)[:i]:
+            if other not in out and _same_metrics(groups[other], group):
+                out[scheme] = other
+                break
+    return out
+
+
+def _label(scheme: str, group: Sequence[Run], same_as: str | None = None) -> str:
+    bad = sum(r.diverged for r in group)
+    notes = [f"identical to {same_as}"] if same_as else []
+    if bad:
+        notes.append("diverged" if bad == len(group) else f"diverged: {bad} of {len(group)} seeds")
+    return f"{scheme} ({'; '.join(notes)})" if notes else scheme
+
+
+def _width(scheme: str, dups: dict[str, str]) -> float:
+    return 0.9 if scheme in dups else 1.8
+
+
+def _experiment(runs: Sequence[Run]) -> str:
+    names = [r.config.get("name") for r in runs if isinstance(r.config.get("name"), str)]
+    return names[0] if names else runs[0].path.parent.name
+
+
+def _workers(runs: Sequence[Run]) -> int | None:
+    for r in runs:
+        count = (r.config.get("workers") or {}).get("count") if isinstance(r.config.get("workers"), dict) else None
+        if r.scheme != "sequential" and isinstance(count, int):
+            return count
+    return None
+
+
+def _title(fig: Figure, runs: Sequence[Run], what: str) -> None:
+    workers = _workers(runs)
+    seeds = sorted({r.seed for r in runs})
+    bits = ([f"N = {workers} workers"] if workers else []) + [f"seed{'s' if len(seeds) > 1 else ''} "
+                                                               + ", ".join(map(str, seeds))]
+    fig.suptitle(f"{_experiment(runs)}: {what}  ({'; '.join(bits)})", fontsize=11)
+
+
+def _new_figure(rows: int = 1, height: float = 4.2) -> tuple[Figure, list[Axes]]:
+    fig = Figure(figsize=(8.0, height), layout="constrained")
+    axes = fig.subplots(rows, 1, squeeze=False)[:, 0]
+    for ax in axes:
+        ax.grid(True, which="major", alpha=0.3)
+    return fig, list(axes)
+
+
+def _set_log_if_positive(ax: Axes, values: Sequence[np.ndarray]) -> None:
+    """Log y axis (plain-number tick labels) when every plotted value is > 0; linear otherwise."""
+    finite = np.concatenate([v[np.isfinite(v)] for v in values] or [np.zeros(0)])
+    if finite.size and np.all(finite > 0):
+        _log_y(ax)
+
+
+def _log_y(ax: Axes) -> None:
+    ax.set_yscale("log", nonpositive="mask")
+    ax.yaxis.set_major_formatter(_PlainLogFormatter())
+    ax.yaxis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    ax.grid(True, which="minor", alpha=0.12)
+
+
+class _PlainLogFormatter(LogFormatter):
+    """Log-axis tick labels as plain numbers (0.01, 30) on the ticks ``LogFormatter`` would label."""
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        return f"{x:g}" if super().__call__(x, pos) else ""
+
+
+def _legend(fig: Figure, ax: Axes, handles: list[Any] | None = None, labels: list[str] | None = None,
+            ncols: int = 3) -> None:
+    """One legend below the axes, outside the data (it never hides a curve)."""
+    if handles is None or labels is None:
+        handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, fontsize=8, loc="outside lower center", ncols=min(ncols, len(labels)),
+                   frameon=False)
+
+
+def _note(ax: Axes, text: str) -> None:
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=10, color="0.35")
+
+
+# ---------------------------------------------------------------------------------------------- series
+
+
+def smoothing_window(runs: Sequence[Run], smooth: int | None) -> int:
+    """The moving-average window: ``smooth`` if given, else about 1/50 of the longest run."""
+    if smooth is not None:
+        return max(1, int(smooth))
+    return max(1, max(r.rows for r in runs) // 50)
+
+
+def moving_average(y: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving average; the window shrinks at both ends so the output has the input's length."""
+    y = np.asarray(y, np.float64)
+    if window <= 1 or y.size == 0:
+        return y.copy()
+    c = np.concatenate([[0.0], np.cumsum(y)])
+    i = np.arange(y.size)
+    lo, hi = np.maximum(0, i - (window - 1) // 2), np.minimum(y.size, i + window // 2 + 1)
+    return (c[hi] - c[lo]) / (hi - lo)
+
+
+def _series(run: Run, column: str, x_column: str = "iteration") -> tuple[np.ndarray, np.ndarray] | None:
+    """(x, y) up to the divergence point and the column's first non-finite value; None if absent/empty."""
+    if column not in run.metrics or x_column not in run.metrics:
+        return None
+    n = run.valid_rows
+    x, y = run.metrics[x_column][:n], run.metrics[column][:n]
+    bad = ~(np.isfinite(y) & np.isfinite(x))
+    if bad.any():
+        x, y = x[: np.argmax(bad)], y[: np.argmax(bad)]
+    return (x, y) if x.size else None
+
+
+def _on_grid(x: np.ndarray, y: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    order = np.argsort(x, kind="stable")
+    x, y = x[order], y[order]
+    out = np.full(grid.shape, np.nan)
+    inside = (grid >= x[0]) & (grid <= x[-1])
+    out[inside] = np.interp(grid[inside], x, y)
+    return out
+
+
+def _grid(curves: Sequence[tuple[np.ndarray, np.ndarray]], uniform: bool) -> np.ndarray:
+    """Common abscissae: the union of the curves' x (or a uniform grid), at most ~MAX_POINTS, plus their ends."""
+    ends = np.array([v for x, _ in curves for v in (x.min(), x.max())])
+    if uniform:
+        n = min(MAX_POINTS, max(len(x) for x, _ in curves))
+        base = np.linspace(ends.min(), ends.max(), max(n, 2))
+    else:
+        base = np.unique(np.concatenate([x for x, _ in curves]))
+        if base.size > MAX_POINTS:
+            base = base[np.linspace(0, base.size - 1, MAX_POINTS).astype(int)]
+    return np.unique(np.concatenate([base, ends]))
+
+
+def aggregate(curves: Sequence[tuple[np.ndarray, np.ndarray]], uniform: bool = False
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(grid, mean, min, max, count) over the curves on a common grid; each curve counts only within its range."""
+    grid = _grid(curves, uniform)
+    stack = np.stack([_on_grid(x, y, grid) for x, y in curves])
+    have = np.isfinite(stack)
+    count = have.sum(axis=0)
+    safe = np.where(have, stack, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(count > 0, safe.sum(axis=0) / np.maximum(count, 1), np.nan)
+    lo = np.where(count > 0, np.where(have, stack, np.inf).min(axis=0), np.nan)
+    hi = np.where(count > 0, np.where(have, stack, -np.inf).max(axis=0), np.nan)
+    return grid, mean, lo, hi, count
+
+
+def _draw_mean_band(ax: Axes, curves: Sequence[tuple[np.ndarray, np.ndarray]], color: str, label: str,
+                    uniform: bool = False, linestyle: str = "-", lw: float = 1.8) -> np.ndarray:
+    """Mean line and (with >= 2 curves) a min..max band; returns the plotted mean."""
+    grid, mean, lo, hi, count = aggregate(curves, uniform)
+    ax.plot(grid, mean, color=color, lw=lw, ls=linestyle, label=label)
+    if len(curves) > 1:
+        ax.fill_between(grid, lo, hi, where=count > 1, color=color, alpha=0.15, lw=0)
+    return mean
+
+
+def _mark_divergence(ax: Axes, run: Run, x_column: str, window: int, color: str) -> bool:
+    """An ``x`` where a diverged run stops, at its last finite (smoothed) loss; False if it has none."""
+    s = _series(run, "policy_loss", x_column)
+    if s is None:
+        return False
+    x, y = s
+    ax.plot([x[-1]], [moving_average(y, window)[-1]], ls="none", marker="x", ms=9, mew=2.2, color=color,
+            zorder=5)
+    return True
+
+
+def _smoothed(group: Sequence[Run], column: str, window: int, x_column: str = "iteration"
+              ) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(s[0], moving_average(s[1], window)) for r in group if (s := _series(r, column, x_column))]
+
+
+def _window_note(window: int) -> str:
+    return f"  (moving average, {window} updates)" if window > 1 else ""
+
+
+# ---------------------------------------------------------------------------------------------- figures
+
+
+def _loss_figure(runs: Sequence[Run], smooth: int | None, x_column: str) -> Figure:
+    window = smoothing_window(runs, smooth)
+    colors, dups = scheme_colors([r.scheme for r in runs]), duplicates(runs)
+    fig, (ax,) = _new_figure()
+    plotted: list[np.ndarray] = []
+    marked = False
+    for scheme, group in _by_scheme(runs).items():
+        curves = _smoothed(group, "policy_loss", window, x_column)
+        if curves:
+            plotted.append(_draw_mean_band(ax, curves, colors[scheme], _label(scheme, group, dups.get(scheme)),
+                                           uniform=x_column == "time", lw=_width(scheme, dups)))
+        for r in group:
+            if r.diverged:
+                marked |= _mark_divergence(ax, r, x_column, window, colors[scheme])
+    _set_log_if_positive(ax, plotted)
+    ax.set_xlabel("server update (iteration)" if x_column == "iteration" else "simulated time [s]")
+    ax.set_ylabel("policy loss" + _window_note(window))
+    ax.set_title("line: mean over seeds; band: min to max over seeds" + ("; x: run diverged" if marked else ""),
+                 fontsize=9, color="0.3")
+    _title(fig, runs, "policy loss vs " + ("server update" if x_column == "iteration" else "simulated time"))
+    _legend(fig, ax)
+    if not plotted:
+        _note(ax, f"no finite policy loss{'' if x_column == 'iteration' else ' with a time column'} to plot")
+    return fig
+
+
+def loss_vs_iteration(runs: Sequence[Run], smooth: int | None = None) -> Figure:
+    """Policy loss vs server update."""
+    return _loss_figure(runs, smooth, "iteration")
+
+
+def loss_vs_time(runs: Sequence[Run], smooth: int | None = None) -> Figure:
+    """Policy loss vs simulated time (seeds interpolated onto a common time grid)."""
+    return _loss_figure(runs, smooth, "time")
+
+
+def _identically_zero(group: Sequence[Run], column: str) -> bool:
+    values = np.concatenate([r.metrics[column] for r in group if column in r.metrics] or [np.zeros(0)])
+    values = values[np.isfinite(values)]
+    return values.size > 0 and bool(np.all(values == 0))
+
+
+def _differs(group: Sequence[Run], a: str, b: str) -> bool:
+    """Whether column ``b`` carries information beyond ``a`` (e.g. the stale error of a corrected scheme)."""
+    for r in group:
+        if a in r.metrics and b in r.metrics:
+            x, y = r.metrics[a], r.metrics[b]
+            ok = np.isfinite(x) & np.isfinite(y)
+            if ok.any() and not np.allclose(x[ok], y[ok], rtol=1e-6, atol=0) and np.any(y[ok] != 0):
+                return True
+    return False
+
+
+def gradient_error_vs_iteration(runs: Sequence[Run], smooth: int | None = None) -> Figure:
+    """Relative error of the applied direction vs the fresh gradient; dashed: the stale direction's error."""
+    window = smoothing_window(runs, smooth)
+    colors, dups = scheme_colors([r.scheme for r in runs]), duplicates(runs)
+    fig, (ax,) = _new_figure(height=4.8)
+    plotted: list[np.ndarray] = []
+    zero: list[str] = []
+    for scheme, group in _by_scheme(runs).items():
+        if _identically_zero(group, "grad_error"):
+            zero.append(scheme)
+            continue
+        lw = _width(scheme, dups)
+        curves = _smoothed(group, "grad_error", window)
+        if curves:
+            plotted.append(_draw_mean_band(ax, curves, colors[scheme], _label(scheme, group, dups.get(scheme)),
+                                           lw=lw))
+        stale = _smoothed(group, "stale_grad_error", window) if _differs(group, "grad_error",
+                                                                         "stale_grad_error") else []
+        if stale:
+            plotted.append(_draw_mean_band(ax, stale, colors[scheme], f"{scheme}: stale gradient before correction",
+                                           linestyle="--", lw=lw))
+    _set_log_if_positive(ax, [p[p > 0] for p in plotted])
+    handles, labels = ax.get_legend_handles_labels()
+    for scheme in zero:
+        handles.append(Line2D([], [], color=colors[scheme], ls="none", marker="o", ms=5))
+        labels.append(f"{scheme}: 0 by construction (fresh gradient, not drawn)")
+    _legend(fig, ax, handles, labels, ncols=2)
+    if not plotted:
+        _note(ax, "every scheme applies the fresh gradient: error 0 by construction")
+    ax.set_xlabel("server update (iteration)")
+    ax.set_ylabel("relative gradient error" + _window_note(window))
+    ax.set_title("|applied direction - fresh gradient| / |fresh gradient|  (line: mean over seeds; "
+                 "band: min to max)", fontsize=9, color="0.3")
+    _title(fig, runs, "gradient error vs server update")
+    return fig
+
+
+def _on_road(traj: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The rows before the vehicle first left the road."""
+    n = len(next(iter(traj.values())))
+    if "on_road" in traj:
+        off = ~(traj["on_road"] > 0.5)
+        n = int(np.argmax(off)) if off.any() else n
+    return {k: v[:n] for k, v in traj.items()}
+
+
+def _final_policy_runs(runs: Sequence[Run]) -> dict[str, Run]:
+    """Per scheme, the lowest-seed run with a usable trajectory."""
+    out: dict[str, Run] = {}
+    for scheme, group in _by_scheme(runs).items():
+        for r in group:
+            if {"x", "y", "time"} <= r.trajectory.keys() and len(r.trajectory["x"]) > 0:
+                out[scheme] = r
+                break
+    return out
+
+
+def _same_trajectory(a: Run, b: Run) -> bool:
+    return a.trajectory.keys() == b.trajectory.keys() and all(
+        np.array_equal(a.trajectory[k], b.trajectory[k], equal_nan=True) for k in a.trajectory)
+
+
+def _path_label(scheme: str, run: Run, on_road: dict[str, np.ndarray], same_as: str | None) -> str:
+    notes = [f"seed {run.seed}"] + ([f"identical to {same_as}"] if same_as else [])
+    if len(on_road["x"]) < len(run.trajectory["x"]):
+        notes.append(f"left road at t = {on_road['time'][-1]:.1f} s" if len(on_road["x"]) else "left road at start")
+    return f"{scheme} ({'; '.join(notes)})"
+
+
+def _draw_reference(ax: Axes, paths: Sequence[dict[str, np.ndarray]]) -> None:
+    """The reference y_ref(x), from the union of the on-road rows of all drawn paths."""
+    refs = [(t["x"], t["y_ref"]) for t in paths if "y_ref" in t and len(t["x"])]
+    if refs:
+        x = np.concatenate([x for x, _ in refs])
+        order = np.argsort(x, kind="stable")
+        ax.plot(x[order], np.concatenate([y for _, y in refs])[order], "k--", lw=1.1, label="reference", zorder=1)
+
+
+def tracking(runs: Sequence[Run], smooth: int | None = None) -> Figure:
+    """Final policies (lowest seed) on the fixed scenario: x-y path with the reference, and lateral error."""
+    colors = scheme_colors([r.scheme for r in runs])
+    fig, (top, bottom) = _new_figure(rows=2, height=6.8)
+    chosen = _final_policy_runs(runs)
+    paths = []
+    for i, (scheme, r) in enumerate(chosen.items()):
+        t = _on_road(r.trajectory)
+        same_as = next((s for s in list(chosen)[:i] if _same_trajectory(chosen[s], r)), None)
+        lw = 0.9 if same_as else 1.8
+        top.plot(t["x"], t["y"], color=colors[scheme], lw=lw, label=_path_label(scheme, r, t, same_as))
+        if len(t["x"]) < len(r.trajectory["x"]) and len(t["x"]):
+            top.plot([t["x"][-1]], [t["y"][-1]], ls="none", marker="x", ms=8, mew=2, color=colors[scheme])
+        if "lateral_error" in t:
+            bottom.plot(t["time"], t["lateral_error"], color=colors[scheme], lw=lw)
+        paths.append(t)
+    _draw_reference(top, paths)
+    _legend(fig, top, ncols=2)
+    if chosen:
+        bottom.axhline(0.0, color="k", lw=0.8, ls="--")
+    else:
+        _note(top, "no trajectory.csv to plot")
+    top.set_xlabel("x [m]")
+    top.set_ylabel("y [m]")
+    top.set_title("path of the final policy, on-road part (x: where it left the road)", fontsize=9, color="0.3")
+    bottom.set_xlabel("time along the scenario [s]")
+    bottom.set_ylabel("lateral error [m]")
+    bottom.set_title("lateral error of the same runs (on-road part)", fontsize=9, color="0.3")
+    _title(fig, runs, "tracking by the final policy")
+    return fig
+
+
+def staleness(runs: Sequence[Run], smooth: int | None = None) -> Figure:
+    """Histogram of the staleness of applied updates (pooled over seeds), per scheme with any staleness."""
+    colors = scheme_colors([r.scheme for r in runs])
+    fig, (ax,) = _new_figure()
+    data: dict[str, np.ndarray] = {}
+    for scheme, group in _by_scheme(runs).items():
+        values = np.concatenate([r.metrics["staleness"] for r in group if "staleness" in r.metrics] or [np.zeros(0)])
+        values = values[np.isfinite(values)]
+        if values.size and np.any(values != 0):
+            data[scheme] = values
+    if data:
+        top = int(max(v.max() for v in data.values()))
+        bins = np.arange(-0.5, top + 1.5)
+        labels = [f"{s} (mean {v.mean():.2f})" for s, v in data.items()]
+        ax.hist(list(data.values()), bins=bins, weights=[np.full(v.size, 1 / v.size) for v in data.values()],
+                color=[colors[s] for s in data], label=labels, histtype="bar" if top <= 40 else "step", lw=1.4)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        _legend(fig, ax)
+    else:
+        _note(ax, "no scheme applied a stale update (staleness 0 throughout)")
+    ax.set_xlabel("staleness (server updates since the worker read its parameters)")
+    ax.set_ylabel("fraction of updates")
+    ax.set_title("pooled over seeds", fontsize=9, color="0.3")
+    _title(fig, runs, "staleness of applied updates")
+    return fig
+
+
+FIGURES: dict[str, Callable[[Sequence[Run], int | None], Figure]] = {
+    "loss_vs_iteration": loss_vs_iteration,
+    "gradient_error_vs_iteration": gradient_error_vs_iteration,
+    "tracking": tracking,
+    "loss_vs_time": loss_vs_time,
+    "staleness": staleness,
+}
+
+
+# ---------------------------------------------------------------------------------------------- output
+
+
+def save_figure(fig: Figure, path: Path) -> None:
+    """Save atomically (temporary sibling, then ``os.replace``); format from the suffix."""
+    fmt = path.suffix.lstrip(".")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format=fmt, dpi=DPI, metadata={"CreationDate": None} if fmt == "pdf" else None)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def plot_experiment(folder: Path, out_dir: Path | None = None, smooth: int | None = None) -> list[Path]:
+    """Write every figure of ``folder`` as PNG and PDF into ``out_dir`` (default ``folder/figures``)."""
+    folder = Path(folder)
+    runs = load_runs(folder)
+    out = Path(out_dir) if out_dir is not None else folder / "figures"
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, make in FIGURES.items():
+        fig = make(runs, smooth)
+        for ext in ("png", "pdf"):
+            path = out / f"{name}.{ext}"
+            save_figure(fig, path)
+            written.append(path)
+    return written

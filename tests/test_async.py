@@ -1,0 +1,209 @@
+"""Specification of asynchronous training on the simulated backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from asynccorr import corrections
+from asynccorr.backends.sim import run_sim
+from asynccorr.config import ConfigError, ExperimentConfig, with_overrides
+from asynccorr.learner import Learner, Losses
+from asynccorr.runs import train_run
+from asynccorr.schemes import SCHEMES, get_scheme, make_correction
+from asynccorr.server import init_server, make_async_update
+from asynccorr.trainer import make_optimizer, train_sequential
+
+
+def small_config(**sections) -> ExperimentConfig:
+    base = with_overrides(
+        ExperimentConfig(),
+        name="spec",
+        learner={"policy_hidden": (8,), "value_hidden": (8,), "rollout_states": 8, "reset_states": 8, "horizon": 5},
+        train={"iterations": 6, "eval_every": 3},
+        workers={"count": 1},
+    )
+    return with_overrides(base, **sections)
+
+
+# ----------------------------------------------------------------------------- a quadratic objective
+
+
+def quadratic_learner(dim: int = 6, seed: int = 0) -> tuple[Learner, jax.Array, jax.Array]:
+    """A real learner whose direction field is the gradient of a quadratic: F(p) = A p - b."""
+    ka, kb = jax.random.split(jax.random.PRNGKey(seed))
+    m = jax.random.normal(ka, (dim, dim))
+    a = m @ m.T / dim + jnp.eye(dim)
+    b = jax.random.normal(kb, (dim,))
+
+    def direction(p, batch):
+        del batch
+        return a @ p - b, Losses(0.5 * p @ a @ p - b @ p, jnp.zeros(()))
+
+    def linearize(p, batch):
+        (f, loss), jvp = jax.linearize(lambda q: direction(q, batch), p)
+        return f, (lambda v: jvp(v)[0]), loss
+
+    learner = Learner(env=None, env_params=None, config=None, num_policy=dim // 2, num_value=dim - dim // 2,
+                      init=None, unravel=None, act=None, value=None, returns=None, losses=None,
+                      direction=direction, direction_jvp=None, linearize=linearize, sampler_init=None, sample=None)
+    return learner, a, b
+
+
+@pytest.mark.parametrize("staleness", [0, 1, 7, 50])
+def test_modify_applies_exactly_the_fresh_gradient_on_a_quadratic_at_any_staleness(staleness):
+    learner, a, b = quadratic_learner()
+    optimizer = make_optimizer(ExperimentConfig().optim.__class__(name="sgd", policy_lr=0.01, value_lr=0.01),
+                               learner.num_policy, learner.num_value)
+    scheme = get_scheme("modify")
+    correction = make_correction("modify")
+    update = make_async_update(learner, optimizer, scheme, correction)
+    # the worker pulled theta_i; the server then took `staleness` steps (a random walk) away from it
+    worker_params = jax.random.normal(jax.random.PRNGKey(staleness + 1), (6,))
+    steps = jax.random.normal(jax.random.PRNGKey(100 + staleness), (max(staleness, 1), 6))
+    server_params = worker_params + 0.3 * steps[:staleness].sum(axis=0)
+    server = init_server(server_params, optimizer, correction)
+    new_server, metrics = update(server, worker_params, None, jnp.int32(staleness))
+    fresh = a @ server_params - b
+    applied = (server_params - new_server.params) / 0.01
+    np.testing.assert_allclose(np.asarray(applied), np.asarray(fresh), rtol=1e-5, atol=1e-5)
+    assert float(metrics.grad_error) < 1e-5
+    if staleness > 0:
+        assert float(metrics.stale_grad_error) > 1e-3  # the uncorrected gradient was wrong
+
+
+def test_async_applies_the_stale_gradient_on_a_quadratic():
+    learner, a, b = quadratic_learner()
+    optimizer = make_optimizer(ExperimentConfig().optim.__class__(name="sgd"), learner.num_policy, learner.num_value)
+    correction = make_correction("async")
+    update = make_async_update(learner, optimizer, get_scheme("async"), correction)
+    worker_params, server_params = jnp.zeros(6), jnp.ones(6)
+    _, metrics = update(init_server(server_params, optimizer, correction), worker_params, None, jnp.int32(3))
+    expected = np.linalg.norm(a @ worker_params - b - (a @ server_params - b)) / np.linalg.norm(a @ server_params - b)
+    assert float(metrics.grad_error) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_dense_correction_equals_hessian_vector_correction_on_a_quadratic():
+    _, a, b = quadratic_learner()
+    g_at = lambda p: a @ p - b  # noqa: E731
+    theta_i, theta_k = jnp.zeros(6), jnp.arange(6.0)
+    dense = corrections.dense_hessian_correction()
+    hvp = corrections.hessian_correction()
+    out_dense, _ = dense.update(g_at(theta_i), dense.init(theta_k), theta_k, worker_params=theta_i, hessian=a)
+    out_hvp, _ = hvp.update(g_at(theta_i), hvp.init(theta_k), theta_k, worker_params=theta_i, jvp=lambda v: a @ v)
+    np.testing.assert_allclose(np.asarray(out_dense), np.asarray(out_hvp), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(out_hvp), np.asarray(g_at(theta_k)), rtol=1e-5)
+
+
+def test_trust_region_caps_the_correction_at_the_ratio_of_the_gradient_norm():
+    tx = corrections.trust_region_hessian_correction(max_ratio=0.5)
+    g = jnp.array([3.0, 4.0])  # |g| = 5
+    big = lambda v: jnp.array([100.0, 0.0])  # noqa: E731  |correction| = 100 -> capped to 2.5
+    out, _ = tx.update(g, tx.init(g), jnp.ones(2), worker_params=jnp.zeros(2), jvp=big)
+    np.testing.assert_allclose(np.asarray(out), [5.5, 4.0], rtol=1e-6)
+    small = lambda v: jnp.array([1.0, 0.0])  # noqa: E731  within the region: unchanged
+    out, _ = tx.update(g, tx.init(g), jnp.ones(2), worker_params=jnp.zeros(2), jvp=small)
+    np.testing.assert_allclose(np.asarray(out), [4.0, 4.0], rtol=1e-6)
+
+
+def test_corrections_say_which_extra_argument_is_missing():
+    tx = corrections.hessian_correction()
+    with pytest.raises(ValueError, match="jvp"):
+        tx.update(jnp.ones(2), tx.init(jnp.ones(2)), jnp.ones(2), worker_params=jnp.zeros(2))
+
+
+# ----------------------------------------------------------------------------- the GPI learner
+
+
+def test_modify_dense_equals_modify_on_a_small_network():
+    cfg = small_config(workers={"count": 3}, train={"iterations": 8, "eval_every": 8})
+    dense = run_sim(cfg, "modify-dense")
+    hvp = run_sim(cfg, "modify")
+    assert dense.metrics["staleness"].max() >= 1
+    np.testing.assert_allclose(dense.params, hvp.params, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(dense.metrics["grad_error"], hvp.metrics["grad_error"], rtol=1e-3, atol=1e-5)
+
+
+def test_modify_dense_refuses_networks_above_its_stated_size():
+    with pytest.raises(ConfigError, match="dense_max_params"):
+        run_sim(small_config(schemes={"dense_max_params": 100}), "modify-dense")
+
+
+@pytest.mark.parametrize("scheme", sorted(SCHEMES))
+def test_with_one_worker_every_scheme_equals_the_sequential_trainer(scheme):
+    cfg = small_config()
+    reference = train_sequential(cfg)
+    result = run_sim(cfg, scheme)
+    assert np.all(result.metrics["staleness"] == 0)
+    np.testing.assert_allclose(result.params, reference.params, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(result.metrics["policy_loss"], reference.metrics["policy_loss"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("workers", [4, 16])
+def test_with_n_homogeneous_workers_the_mean_staleness_is_about_n_minus_1(workers):
+    cfg = small_config(workers={"count": workers}, train={"iterations": 20 * workers, "eval_every": 20 * workers})
+    staleness = run_sim(cfg, "async").metrics["staleness"]
+    steady = staleness[2 * workers:]  # after the first round of jobs
+    assert abs(steady.mean() - (workers - 1)) < 0.1 * workers
+    assert staleness[:workers].tolist() == list(range(workers))  # first round: 0, 1, ..., N-1
+
+
+def test_heterogeneous_workers_make_slow_workers_staler():
+    cfg = small_config(workers={"count": 4, "delay": "heterogeneous", "speed_spread": 4.0},
+                       train={"iterations": 120, "eval_every": 120})
+    m = run_sim(cfg, "async").metrics
+    per_worker = [m["staleness"][m["worker"] == i].mean() for i in range(4)]
+    counts = [int((m["worker"] == i).sum()) for i in range(4)]
+    assert per_worker[0] < per_worker[3]  # worker 0 is fastest, worker 3 slowest
+    assert counts[0] > counts[3]
+
+
+def test_stragglers_give_a_heavy_tail_of_staleness():
+    cfg = small_config(workers={"count": 4, "delay": "stragglers", "straggler_prob": 0.1},
+                       train={"iterations": 200, "eval_every": 200})
+    s = run_sim(cfg, "async").metrics["staleness"]
+    assert s.max() > 4 * s.mean()
+
+
+def test_sync_waits_for_the_slowest_worker_and_is_never_stale():
+    cfg = small_config(workers={"count": 4}, train={"iterations": 10, "eval_every": 10})
+    sync, async_ = run_sim(cfg, "sync").metrics, run_sim(cfg, "async").metrics
+    assert np.all(sync["staleness"] == 0) and np.all(sync["grad_error"] == 0)
+    # each sync update costs a whole round (the max of 4 jobs); async updates arrive ~4x as often
+    assert sync["time"][-1] > 3 * async_["time"][-1]
+
+
+def test_the_simulated_clock_charges_modify_its_hessian_vector_cost():
+    cfg = small_config(workers={"count": 4, "jitter": 0.0, "jvp_cost_ratio": 2.5},
+                       train={"iterations": 8, "eval_every": 8})
+    t_async = run_sim(cfg, "async").metrics["time"]
+    t_modify = run_sim(cfg, "modify").metrics["time"]
+    np.testing.assert_allclose(t_modify, 2.5 * t_async, rtol=1e-12)
+
+
+def test_same_seed_gives_byte_identical_results_and_different_seeds_differ(tmp_path: Path):
+    cfg = small_config(workers={"count": 3}, train={"iterations": 9, "eval_every": 3})
+    dirs = []
+    for root, seed in (("a", 0), ("b", 0), ("c", 1)):
+        run_dir, _, _ = train_run(with_overrides(cfg, train={"seed": seed}), "modify", tmp_path / root)
+        dirs.append(run_dir)
+    for name in ("metrics.csv", "eval.csv", "trajectory.csv", "params.npy"):
+        assert (dirs[0] / name).read_bytes() == (dirs[1] / name).read_bytes(), name
+    assert (dirs[0] / "metrics.csv").read_bytes() != (dirs[2] / "metrics.csv").read_bytes()
+
+
+def test_metrics_record_staleness_worker_and_time_per_update():
+    cfg = small_config(workers={"count": 3}, train={"iterations": 9, "eval_every": 9})
+    m = run_sim(cfg, "modify").metrics
+    assert list(m["iteration"]) == list(range(1, 10))
+    assert np.all(np.diff(m["time"]) >= 0)
+    assert set(m["worker"].tolist()) == {0, 1, 2}
+    for name in ("grad_error", "policy_grad_error", "stale_grad_error", "correction_norm", "update_norm"):
+        assert np.all(np.isfinite(m[name])), name
+    stale = m["staleness"] > 0
+    assert np.all(m["correction_norm"][stale] > 0)  # modify corrects every stale direction
+    assert np.all(m["correction_norm"][~stale] == 0)
