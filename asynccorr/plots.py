@@ -31,13 +31,13 @@ import matplotlib
 
 matplotlib.use("Agg", force=True)  # files only; never open a window (set before pyplot is ever imported)
 
-import numpy as np  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import LogFormatter  # noqa: E402
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import LogFormatter
 
-from asynccorr.results import read_csv  # noqa: E402
+from asynccorr.results import read_csv
 
 RUN_DIR_RE = re.compile(r"^(?P<scheme>.+)-seed(?P<seed>\d+)$")
 SCHEME_ORDER = ("sequential", "sync", "async", "modify", "modify-safe", "modify-dense", "dc-asgd", "dc-asgd-a",
@@ -54,9 +54,12 @@ class PlotError(ValueError):
     """The experiment folder or one of its runs cannot be plotted."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Run:
-    """One run directory, loaded (columns as float arrays; missing optional files as empty dicts)."""
+    """One run directory, loaded (columns as float arrays; missing optional files as empty dicts).
+
+    Compared by identity: its fields hold arrays.
+    """
 
     scheme: str
     seed: int
@@ -213,8 +216,9 @@ def _workers(runs: Sequence[Run]) -> int | None:
 def _title(fig: Figure, runs: Sequence[Run], what: str) -> None:
     workers = _workers(runs)
     seeds = sorted({r.seed for r in runs})
-    bits = ([f"N = {workers} workers"] if workers else []) + [f"seed{'s' if len(seeds) > 1 else ''} "
-                                                               + ", ".join(map(str, seeds))]
+    seed_text = f"{len(seeds)} seeds" if len(seeds) > 4 else ("seeds " if len(seeds) > 1 else "seed ") + ", ".join(
+        map(str, seeds))
+    bits = ([f"N = {workers} workers"] if workers else []) + [seed_text]
     fig.suptitle(f"{_experiment(runs)}: {what}  ({'; '.join(bits)})", fontsize=11)
 
 
@@ -279,7 +283,8 @@ def moving_average(y: np.ndarray, window: int) -> np.ndarray:
     c = np.concatenate([[0.0], np.cumsum(y)])
     i = np.arange(y.size)
     lo, hi = np.maximum(0, i - (window - 1) // 2), np.minimum(y.size, i + window // 2 + 1)
-    return (c[hi] - c[lo]) / (hi - lo)
+    # the clip guards against cancellation in the running sum after a huge value
+    return np.clip((c[hi] - c[lo]) / (hi - lo), y.min(), y.max())
 
 
 def _series(run: Run, column: str, x_column: str = "iteration") -> tuple[np.ndarray, np.ndarray] | None:
@@ -341,15 +346,36 @@ def _draw_mean_band(ax: Axes, curves: Sequence[tuple[np.ndarray, np.ndarray]], c
     return mean
 
 
-def _mark_divergence(ax: Axes, run: Run, x_column: str, window: int, color: str) -> bool:
-    """An ``x`` where a diverged run stops, at its last finite (smoothed) loss; False if it has none."""
+def _divergence_point(run: Run, x_column: str, window: int) -> tuple[float, float] | None:
+    """Where a diverged run stops: its last finite (smoothed) loss; None if it never had one."""
     s = _series(run, "policy_loss", x_column)
-    if s is None:
-        return False
-    x, y = s
-    ax.plot([x[-1]], [moving_average(y, window)[-1]], ls="none", marker="x", ms=9, mew=2.2, color=color,
-            zorder=5)
-    return True
+    return None if s is None else (float(s[0][-1]), float(moving_average(s[1], window)[-1]))
+
+
+def _mark_divergence(ax: Axes, point: tuple[float, float], color: str, top: float | None) -> None:
+    """An ``x`` at the divergence point (at the upper edge if the axis was cut below it)."""
+    x, y = point
+    ax.plot([x], [y if top is None else min(y, top)], ls="none", marker="x", ms=9, mew=2.2, color=color,
+            zorder=5, clip_on=False)
+
+
+def _cut_blowup(ax: Axes, curves: Sequence[np.ndarray]) -> float | None:
+    """Cut the y axis above the curves' early values when a blow-up would flatten everything else.
+
+    The limit is 10x the largest value in the first tenth of any curve (log axis), or that value plus twice
+    the curves' span below it (linear axis); returns the new top, or None when nothing was that high.
+    """
+    finite = [c[np.isfinite(c)] for c in curves]
+    finite = [c for c in finite if c.size]
+    if not finite:
+        return None
+    early = max(float(c[: max(1, c.size // 10)].max()) for c in finite)
+    lowest = min(float(c.min()) for c in finite)
+    top = 10 * early if ax.get_yscale() == "log" else early + 2 * (early - lowest)
+    if max(float(c.max()) for c in finite) <= top or not np.isfinite(top) or top <= lowest:
+        return None
+    ax.set_ylim(top=top)
+    return top
 
 
 def _smoothed(group: Sequence[Run], column: str, window: int, x_column: str = "iteration"
@@ -369,20 +395,26 @@ def _loss_figure(runs: Sequence[Run], smooth: int | None, x_column: str) -> Figu
     colors, dups = scheme_colors([r.scheme for r in runs]), duplicates(runs)
     fig, (ax,) = _new_figure()
     plotted: list[np.ndarray] = []
-    marked = False
+    points: list[tuple[tuple[float, float], str]] = []
     for scheme, group in _by_scheme(runs).items():
         curves = _smoothed(group, "policy_loss", window, x_column)
+        label = _label(scheme, group, dups.get(scheme))
         if curves:
-            plotted.append(_draw_mean_band(ax, curves, colors[scheme], _label(scheme, group, dups.get(scheme)),
-                                           uniform=x_column == "time", lw=_width(scheme, dups)))
-        for r in group:
-            if r.diverged:
-                marked |= _mark_divergence(ax, r, x_column, window, colors[scheme])
+            plotted.append(_draw_mean_band(ax, curves, colors[scheme], label, uniform=x_column == "time",
+                                           lw=_width(scheme, dups)))
+        else:  # still listed, so a run that never had a finite loss is not silently missing
+            missing = "no time column" if all(x_column not in r.metrics for r in group) else "no finite loss"
+            ax.plot([], [], color=colors[scheme], lw=_width(scheme, dups), label=f"{label}: {missing}")
+        points += [(p, colors[scheme]) for r in group if r.diverged
+                   and (p := _divergence_point(r, x_column, window)) is not None]
     _set_log_if_positive(ax, plotted)
+    top = _cut_blowup(ax, plotted)
+    for point, color in points:
+        _mark_divergence(ax, point, color, top)
     ax.set_xlabel("server update (iteration)" if x_column == "iteration" else "simulated time [s]")
     ax.set_ylabel("policy loss" + _window_note(window))
-    ax.set_title("line: mean over seeds; band: min to max over seeds" + ("; x: run diverged" if marked else ""),
-                 fontsize=9, color="0.3")
+    ax.set_title("line: mean over seeds; band: min to max over seeds" + ("; x: run diverged" if points else "")
+                 + (f"; axis cut at {top:.3g}" if top is not None else ""), fontsize=9, color="0.3")
     _title(fig, runs, "policy loss vs " + ("server update" if x_column == "iteration" else "simulated time"))
     _legend(fig, ax)
     if not plotted:
@@ -430,9 +462,11 @@ def gradient_error_vs_iteration(runs: Sequence[Run], smooth: int | None = None) 
             continue
         lw = _width(scheme, dups)
         curves = _smoothed(group, "grad_error", window)
+        label = _label(scheme, group, dups.get(scheme))
         if curves:
-            plotted.append(_draw_mean_band(ax, curves, colors[scheme], _label(scheme, group, dups.get(scheme)),
-                                           lw=lw))
+            plotted.append(_draw_mean_band(ax, curves, colors[scheme], label, lw=lw))
+        else:
+            ax.plot([], [], color=colors[scheme], lw=lw, label=f"{label}: no finite gradient error")
         stale = _smoothed(group, "stale_grad_error", window) if _differs(group, "grad_error",
                                                                          "stale_grad_error") else []
         if stale:
@@ -527,22 +561,37 @@ def tracking(runs: Sequence[Run], smooth: int | None = None) -> Figure:
     return fig
 
 
-def staleness(runs: Sequence[Run], smooth: int | None = None) -> Figure:
-    """Histogram of the staleness of applied updates (pooled over seeds), per scheme with any staleness."""
-    colors = scheme_colors([r.scheme for r in runs])
-    fig, (ax,) = _new_figure()
+def _staleness_values(runs: Sequence[Run]) -> dict[str, np.ndarray]:
+    """Per scheme with any stale update: the finite staleness values pooled over seeds."""
     data: dict[str, np.ndarray] = {}
     for scheme, group in _by_scheme(runs).items():
         values = np.concatenate([r.metrics["staleness"] for r in group if "staleness" in r.metrics] or [np.zeros(0)])
         values = values[np.isfinite(values)]
         if values.size and np.any(values != 0):
             data[scheme] = values
+    return data
+
+
+def staleness(runs: Sequence[Run], smooth: int | None = None) -> Figure:
+    """Histogram of the staleness of applied updates (pooled over seeds), per scheme with any staleness.
+
+    Side-by-side bars per integer staleness up to 40; outlines (one per scheme) beyond.
+    """
+    colors = scheme_colors([r.scheme for r in runs])
+    fig, (ax,) = _new_figure()
+    data = _staleness_values(runs)
+    top = int(max((v.max() for v in data.values()), default=0))
+    edges = np.arange(-0.5, top + 1.5)
+    fractions = {s: np.histogram(v, edges)[0] / v.size for s, v in data.items()}
+    width = 0.8 / max(1, len(data))
+    for i, (scheme, frac) in enumerate(fractions.items()):
+        same = next((o for o in list(fractions)[:i] if np.array_equal(fractions[o], frac)), None)
+        label = f"{scheme} (mean {data[scheme].mean():.2f}" + (f"; same as {same})" if same else ")")
+        if top <= 40:
+            ax.bar(edges[:-1] + 0.5 - 0.4 + (i + 0.5) * width, frac, width, color=colors[scheme], label=label)
+        else:
+            ax.stairs(frac, edges, color=colors[scheme], lw=0.9 if same else 1.6, label=label)
     if data:
-        top = int(max(v.max() for v in data.values()))
-        bins = np.arange(-0.5, top + 1.5)
-        labels = [f"{s} (mean {v.mean():.2f})" for s, v in data.items()]
-        ax.hist(list(data.values()), bins=bins, weights=[np.full(v.size, 1 / v.size) for v in data.values()],
-                color=[colors[s] for s in data], label=labels, histtype="bar" if top <= 40 else "step", lw=1.4)
         ax.xaxis.get_major_locator().set_params(integer=True)
         _legend(fig, ax)
     else:
