@@ -92,9 +92,9 @@ class LearnerConfig:
 class OptimConfig:
     """Server-side optimizer applied to the (possibly corrected) direction."""
 
-    name: str = "adam"  # "adam" or "sgd"
-    policy_lr: float = 1e-3
-    value_lr: float = 3e-3
+    name: str = "sgd"  # "adam" or "sgd"
+    policy_lr: float = 3e-4
+    value_lr: float = 1e-3
     max_grad_norm: float = 0.0  # global-norm clip of the direction; 0 disables
 
     def __post_init__(self) -> None:
@@ -160,7 +160,7 @@ class SchemesConfig:
     """Which schemes ``compare`` runs, on which seeds, and the schemes' own knobs."""
 
     compare: tuple[str, ...] = ("sync", "async", "modify", "modify-safe")
-    seeds: tuple[int, ...] = (0,)
+    seeds: tuple[int, ...] = (0, 1)
     trust_ratio: float = 1.0  # modify-safe: cap |correction| at trust_ratio * |G|
     dense_max_params: int = 2048  # modify-dense refuses larger networks (dense H has n^2 entries)
 

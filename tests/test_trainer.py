@@ -29,7 +29,7 @@ def test_sequential_trainer_tracks_the_sine_within_the_iteration_budget():
     assert not final.left_road  # ... the trained one stays on it for the whole episode
     assert final.rms_lateral < RMS_THRESHOLD_M, final
     assert final.total_utility < 0.1 * initial.total_utility
-    assert np.mean(result.metrics["policy_loss"][-50:]) < 0.2 * np.mean(result.metrics["policy_loss"][:10])
+    assert np.mean(result.metrics["policy_loss"][-50:]) < 0.2 * result.metrics["policy_loss"][0]
 
 
 def test_training_is_deterministic_given_the_seed_and_differs_across_seeds():
