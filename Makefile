@@ -13,9 +13,10 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
-# The main job on the embedded default experiment.
+# The main job: every scheme of the default experiment, then its figures.
 run: install
-	$(BIN)/asynccorr train --overwrite
+	$(BIN)/asynccorr compare --overwrite
+	$(BIN)/asynccorr plot results/paper
 
 # The whole test suite (slow tests included).
 test: install

@@ -207,3 +207,17 @@ def test_metrics_record_staleness_worker_and_time_per_update():
     stale = m["staleness"] > 0
     assert np.all(m["correction_norm"][stale] > 0)  # modify corrects every stale direction
     assert np.all(m["correction_norm"][~stale] == 0)
+
+
+@pytest.mark.slow
+def test_on_the_default_experiment_modify_has_a_smaller_gradient_error_than_async():
+    """The paper's figure (b), shortened: the same 8 workers, the first 150 updates."""
+    from asynccorr.config import load_config
+
+    cfg = with_overrides(load_config(Path(__file__).resolve().parents[1] / "experiments" / "paper.toml"),
+                         train={"iterations": 150, "eval_every": 150})
+    naive = run_sim(cfg, "async").metrics
+    corrected = run_sim(cfg, "modify").metrics
+    np.testing.assert_array_equal(naive["staleness"], corrected["staleness"])  # same timing, same staleness
+    assert naive["staleness"].mean() > 6
+    assert corrected["grad_error"].mean() < 0.5 * naive["grad_error"].mean()
