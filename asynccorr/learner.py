@@ -115,7 +115,12 @@ def make_learner(env: Environment, env_params: Any, config: LearnerConfig, dtype
             cost = utility(s, a, env_params)
             return (transition(s, a, env_params), discount * gamma), discount * cost
 
-        (s_n, discount), costs = jax.lax.scan(body, (states, jnp.ones((), dtype)), None, length=horizon)
+        # Rematerialise each step in the backward pass except its matmul outputs:
+        # on CPU every saved residual costs a dynamic-update-slice per step and
+        # the env's elementwise arithmetic is cheaper to recompute than to store.
+        # Same values; ~10% faster direction and ~15% faster direction_jvp.
+        step = jax.checkpoint(body, prevent_cse=False, policy=jax.checkpoint_policies.dots_saveable)
+        (s_n, discount), costs = jax.lax.scan(step, (states, jnp.ones((), dtype)), None, length=horizon)
         return costs.sum(axis=0) + discount * v(phi, observe(s_n, env_params))
 
     def direction(flat: Array, batch: Batch) -> tuple[Array, Losses]:
@@ -145,9 +150,18 @@ def make_learner(env: Environment, env_params: Any, config: LearnerConfig, dtype
         return f, (lambda t: f_jvp(t)[0]), loss
 
     def sampler_init(key: Array) -> SamplerState:
-        keys = jax.random.split(key, config.rollout_states)
+        """Reset states whose episode clocks are staggered over [0, max_steps).
+
+        Without the stagger every exploratory episode would hit the time limit
+        on the same iteration and restart together, a periodic jolt of the
+        batch distribution (visible as loss bumps every max_steps/sampler_steps
+        updates).
+        """
+        k_reset, k_clock = jax.random.split(key)
+        keys = jax.random.split(k_reset, config.rollout_states)
         _, states = jax.vmap(env.reset, in_axes=(0, None))(keys, env_params)
-        return SamplerState(env_state=states)
+        clock = jax.random.randint(k_clock, (config.rollout_states,), 0, env_params.max_steps)
+        return SamplerState(env_state=states.replace(step=clock.astype(states.step.dtype)))
 
     def sample(key: Array, sampler: SamplerState, flat: Array) -> tuple[Batch, SamplerState]:
         """Advance the exploratory rollouts with pi + noise, then mix in fresh reset states."""

@@ -86,8 +86,9 @@ def make_async_update(
         fresh, losses = learner.direction(server.params, batch)
         extra: dict[str, Any] = {"worker_params": worker_params, "staleness": staleness}
         if scheme.compute == "jvp":
-            stale, jvp, _ = learner.linearize(worker_params, batch)
-            extra["jvp"] = jvp
+            # G and H(theta_i)(theta_k - theta_i) in one forward-over-reverse pass
+            stale, extra["gap_product"], _ = learner.direction_jvp(worker_params, batch,
+                                                                   server.params - worker_params)
         elif scheme.compute == "dense":
             stale, _ = learner.direction(worker_params, batch)
             extra["hessian"] = jax.jacfwd(lambda p: learner.direction(p, batch)[0])(worker_params)

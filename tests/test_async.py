@@ -44,13 +44,14 @@ def quadratic_learner(dim: int = 6, seed: int = 0) -> tuple[Learner, jax.Array, 
         del batch
         return a @ p - b, Losses(0.5 * p @ a @ p - b @ p, jnp.zeros(()))
 
-    def linearize(p, batch):
-        (f, loss), jvp = jax.linearize(lambda q: direction(q, batch), p)
-        return f, (lambda v: jvp(v)[0]), loss
+    def direction_jvp(p, batch, tangent):
+        (f, loss), (jf, _) = jax.jvp(lambda q: direction(q, batch), (p,), (tangent,))
+        return f, jf, loss
 
     learner = Learner(env=None, env_params=None, config=None, num_policy=dim // 2, num_value=dim - dim // 2,
                       init=None, unravel=None, act=None, value=None, returns=None, losses=None,
-                      direction=direction, direction_jvp=None, linearize=linearize, sampler_init=None, sample=None)
+                      direction=direction, direction_jvp=direction_jvp, linearize=None, sampler_init=None,
+                      sample=None)
     return learner, a, b
 
 
@@ -97,6 +98,16 @@ def test_dense_correction_equals_hessian_vector_correction_on_a_quadratic():
     out_hvp, _ = hvp.update(g_at(theta_i), hvp.init(theta_k), theta_k, worker_params=theta_i, jvp=lambda v: a @ v)
     np.testing.assert_allclose(np.asarray(out_dense), np.asarray(out_hvp), rtol=1e-6)
     np.testing.assert_allclose(np.asarray(out_hvp), np.asarray(g_at(theta_k)), rtol=1e-5)
+
+
+def test_a_shipped_gap_product_replaces_the_jvp_callable():
+    _, a, b = quadratic_learner()
+    theta_i, theta_k = jnp.zeros(6), jnp.arange(6.0)
+    g = a @ theta_i - b
+    for tx in (corrections.hessian_correction(), corrections.trust_region_hessian_correction(2.0)):
+        via_jvp, _ = tx.update(g, tx.init(g), theta_k, worker_params=theta_i, jvp=lambda v: a @ v)
+        via_product, _ = tx.update(g, tx.init(g), theta_k, gap_product=a @ (theta_k - theta_i))
+        np.testing.assert_allclose(np.asarray(via_jvp), np.asarray(via_product), rtol=1e-6)
 
 
 def test_trust_region_caps_the_correction_at_the_ratio_of_the_gradient_norm():

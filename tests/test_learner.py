@@ -108,10 +108,18 @@ def test_batch_mixes_exploratory_rollout_states_and_reset_states():
     sampler = learner.sampler_init(key)
     batch, sampler2 = jax.jit(learner.sample)(jax.random.PRNGKey(1), sampler, params)
     assert batch.x.shape == (16,)
-    steps = np.asarray(batch.step)
-    assert np.all(steps[:6] == 3)  # advanced 3 steps (no episode ends that early)
+    steps, start = np.asarray(batch.step), np.asarray(sampler.env_state.step)
+    # advanced 3 steps, or restarted (a new episode's clock) if the episode ended on the way
+    assert np.all((steps[:6] == start + 3) | (steps[:6] < 3))
     assert np.all(steps[6:] == 0)  # fresh from the reset distribution
     np.testing.assert_array_equal(np.asarray(sampler2.env_state.x), np.asarray(batch.x[:6]))
+
+
+def test_exploratory_episode_clocks_start_staggered():
+    learner = small_learner(rollout_states=64)
+    clocks = np.asarray(learner.sampler_init(jax.random.PRNGKey(0)).env_state.step)
+    assert clocks.min() >= 0 and clocks.max() < learner.env_params.max_steps
+    assert len(set(clocks.tolist())) > 32  # not all restarting on the same iteration
 
 
 def test_sampler_restarts_episodes_that_end():

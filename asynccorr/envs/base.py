@@ -65,7 +65,7 @@ _TAN_PI_8 = 0.41421356237309503
 
 
 def _is_f32(x: Array) -> bool:
-    return jnp.result_type(x) == jnp.float32
+    return x.dtype == jnp.float32
 
 
 @jax.custom_jvp
@@ -130,8 +130,8 @@ def sincos(x: Array) -> tuple[Array, Array]:
 
 def atan2(y: Array, x: Array) -> Array:
     """``arctan2(y, x)`` in (-pi, pi] (vectorised for float32)."""
-    y, x = jnp.asarray(y), jnp.asarray(x)
-    if _is_f32(y) and _is_f32(x):
+    if jnp.result_type(y, x) == jnp.float32:
+        y, x = jnp.broadcast_arrays(jnp.asarray(y, jnp.float32), jnp.asarray(x, jnp.float32))
         return _atan2_f32(y, x)
     return jnp.arctan2(y, x)
 

@@ -16,6 +16,8 @@ evaluated before the step. Leaves the road when ``|dy| > 2`` or ``|dphi| > pi``.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from flax import struct
@@ -23,12 +25,16 @@ from flax import struct
 from asynccorr.envs.base import (
     Array,
     Environment,
+    Timestep,
     Tracking,
+    atan2,
     check_finite,
     check_nonnegative,
     check_integer,
     check_positive,
     check_preview,
+    inv_sqrt,
+    sincos,
     wrap_angle,
 )
 
@@ -87,17 +93,85 @@ class DynamicState:
 
 
 def reference_y(time: Array, params: DynamicParams) -> Array:
-    return params.amplitude * jnp.sin(2.0 * jnp.pi * time / params.period)
+    return params.amplitude * sincos(2.0 * jnp.pi * time / params.period)[0]
 
 
 def reference_heading(time: Array, params: DynamicParams) -> Array:
     omega = 2.0 * jnp.pi / params.period
-    dy_dt = params.amplitude * omega * jnp.cos(omega * time)
-    return jnp.arctan2(dy_dt, params.speed)
+    dy_dt = params.amplitude * omega * sincos(omega * time)[1]
+    return atan2(dy_dt, params.speed)
 
 
 def scale_action(action: Array, params: DynamicParams) -> Array:
     return params.max_steer * jnp.clip(action[0], -1.0, 1.0)
+
+
+class _Frame(NamedTuple):
+    """The trigonometry of one state, computed once and shared by everything ``step`` returns."""
+
+    sin_phase: Array  # sin / cos of the reference's phase 2 pi t / T
+    cos_phase: Array
+    sin_phi: Array  # sin / cos of the vehicle heading
+    cos_phi: Array
+    dy: Array  # lateral error y - y_ref(t)
+    dphi: Array  # heading error phi - psi_ref(t), unwrapped (GOPS)
+
+
+def _frame(state: DynamicState, params: DynamicParams) -> _Frame:
+    omega = 2.0 * jnp.pi / params.period
+    sin_p, cos_p = sincos(omega * state.time)
+    sin_phi, cos_phi = sincos(state.phi)
+    heading_ref = atan2(params.amplitude * omega * cos_p, params.speed)
+    return _Frame(sin_p, cos_p, sin_phi, cos_phi, state.y - params.amplitude * sin_p, state.phi - heading_ref)
+
+
+def _transition(state: DynamicState, f: _Frame, action: Array, params: DynamicParams) -> DynamicState:
+    delta = scale_action(action, params)
+    dt, u, m, iz = params.dt, params.speed, params.mass, params.inertia
+    kf, kr, lf, lr = params.kf, params.kr, params.lf, params.lr
+    y, phi, v, w = state.y, state.phi, state.v, state.w
+    v_next = (m * u * v + dt * (lf * kf - lr * kr) * w - dt * kf * delta * u - dt * m * u**2 * w) / (
+        m * u - dt * (kf + kr)
+    )
+    w_next = (iz * u * w + dt * (lf * kf - lr * kr) * v - dt * lf * kf * delta * u) / (
+        iz * u - dt * (lf**2 * kf + lr**2 * kr)
+    )
+    return DynamicState(
+        y=y + dt * (u * f.sin_phi + v * f.cos_phi),
+        phi=phi + dt * w,
+        v=v_next,
+        w=w_next,
+        time=state.time + dt,
+        step=state.step + 1,
+    )
+
+
+def _observation(state: DynamicState, f: _Frame, params: DynamicParams) -> Array:
+    omega = 2.0 * jnp.pi / params.period
+    y_ahead, heading_ahead = [], []
+    for h in params.preview:  # static: a few scalar features, each vectorised over any batch
+        sin_h, cos_h = sincos(omega * h)  # scalars unless params are batched
+        sin_a, cos_a = f.sin_phase * cos_h + f.cos_phase * sin_h, f.cos_phase * cos_h - f.sin_phase * sin_h
+        dy_dt = params.amplitude * omega * cos_a
+        y_ahead.append(params.amplitude * sin_a - state.y)
+        heading_ahead.append((dy_dt * f.cos_phi - params.speed * f.sin_phi) * inv_sqrt(params.speed**2 + dy_dt**2))
+    features = [f.dy, f.dphi, state.v, state.w, *y_ahead, *heading_ahead]
+    return jnp.stack(features)
+
+
+def _utility(state: DynamicState, f: _Frame, action: Array, params: DynamicParams) -> Array:
+    delta = scale_action(action, params)
+    return (
+        params.w_lateral * f.dy**2
+        + params.w_heading * f.dphi**2
+        + params.w_lateral_speed * state.v**2
+        + params.w_yaw_rate * state.w**2
+        + params.w_steer * delta**2
+    )
+
+
+def _off_road(f: _Frame, params: DynamicParams) -> Array:
+    return jnp.logical_or(jnp.abs(f.dy) > params.max_lateral_error, jnp.abs(f.dphi) > params.max_heading_error)
 
 
 class Dynamic2DOF(Environment):
@@ -141,39 +215,34 @@ class Dynamic2DOF(Environment):
             step=jnp.zeros((), jnp.int32),
         )
 
+    def step(self, key: Array, state: DynamicState, action: Array, params: DynamicParams) -> Timestep:
+        """Same as ``Environment.step``, with the trigonometry of each state computed once."""
+        del key
+        f = _frame(state, params)
+        cost = _utility(state, f, action, params)
+        next_state = _transition(state, f, action, params)
+        f_next = _frame(next_state, params)
+        terminated = _off_road(f_next, params)
+        truncated = jnp.logical_and(next_state.step >= params.max_steps, jnp.logical_not(terminated))
+        obs = _observation(next_state, f_next, params)
+        return Timestep(obs, next_state, -cost, terminated, truncated, {"utility": cost})
+
     def transition(self, state: DynamicState, action: Array, params: DynamicParams) -> DynamicState:
-        delta = scale_action(action, params)
-        dt, u, m, iz = params.dt, params.speed, params.mass, params.inertia
-        kf, kr, lf, lr = params.kf, params.kr, params.lf, params.lr
-        y, phi, v, w = state.y, state.phi, state.v, state.w
-        v_next = (m * u * v + dt * (lf * kf - lr * kr) * w - dt * kf * delta * u - dt * m * u**2 * w) / (
-            m * u - dt * (kf + kr)
-        )
-        w_next = (iz * u * w + dt * (lf * kf - lr * kr) * v - dt * lf * kf * delta * u) / (
-            iz * u - dt * (lf**2 * kf + lr**2 * kr)
-        )
-        return DynamicState(
-            y=y + dt * (u * jnp.sin(phi) + v * jnp.cos(phi)),
-            phi=phi + dt * w,
-            v=v_next,
-            w=w_next,
-            time=state.time + dt,
-            step=state.step + 1,
-        )
+        return _transition(state, _frame(state, params), action, params)
 
     def _errors(self, state: DynamicState, params: DynamicParams) -> tuple[Array, Array]:
         """(dy, dphi): unwrapped, as GOPS measures them."""
-        return (state.y - reference_y(state.time, params),
-                state.phi - reference_heading(state.time, params))
+        f = _frame(state, params)
+        return f.dy, f.dphi
 
     def tracking(self, state: DynamicState, params: DynamicParams) -> Tracking:
-        dy, dphi = self._errors(state, params)
+        f = _frame(state, params)
         return Tracking(
             x=params.speed * state.time,
             y=state.y,
-            y_ref=reference_y(state.time, params),
-            lateral_error=dy,
-            heading_error=wrap_angle(dphi),
+            y_ref=params.amplitude * f.sin_phase,
+            lateral_error=f.dy,
+            heading_error=wrap_angle(f.dphi),
         )
 
     def observation(self, state: DynamicState, params: DynamicParams) -> Array:
@@ -183,33 +252,10 @@ class Dynamic2DOF(Environment):
         vehicle at ``t + h`` and the sine of its heading relative to the vehicle
         heading; computed by angle addition from one sine/cosine of the phase.
         """
-        dy, dphi = self._errors(state, params)
-        omega = 2.0 * jnp.pi / params.period
-        sin_p, cos_p = jnp.sin(omega * state.time), jnp.cos(omega * state.time)
-        cos_phi, sin_phi = jnp.cos(state.phi), jnp.sin(state.phi)
-        y_ahead, heading_ahead = [], []
-        for h in params.preview:  # static: a few scalar features, each vectorised over any batch
-            sin_h, cos_h = jnp.sin(omega * h), jnp.cos(omega * h)
-            sin_a, cos_a = sin_p * cos_h + cos_p * sin_h, cos_p * cos_h - sin_p * sin_h
-            dy_dt = params.amplitude * omega * cos_a
-            inv_norm = jax.lax.rsqrt(params.speed**2 + dy_dt**2)
-            y_ahead.append(params.amplitude * sin_a - state.y)
-            heading_ahead.append((dy_dt * cos_phi - params.speed * sin_phi) * inv_norm)
-        features = [dy, dphi, state.v, state.w, *y_ahead, *heading_ahead]
-        return jnp.stack(features)
+        return _observation(state, _frame(state, params), params)
 
     def utility(self, state: DynamicState, action: Array, params: DynamicParams) -> Array:
-        dy, dphi = self._errors(state, params)
-        delta = scale_action(action, params)
-        return (
-            params.w_lateral * dy**2
-            + params.w_heading * dphi**2
-            + params.w_lateral_speed * state.v**2
-            + params.w_yaw_rate * state.w**2
-            + params.w_steer * delta**2
-        )
+        return _utility(state, _frame(state, params), action, params)
 
     def off_road(self, state: DynamicState, params: DynamicParams) -> Array:
-        dy, dphi = self._errors(state, params)
-        return jnp.logical_or(jnp.abs(dy) > params.max_lateral_error,
-                              jnp.abs(dphi) > params.max_heading_error)
+        return _off_road(_frame(state, params), params)

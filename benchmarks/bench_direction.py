@@ -1,0 +1,141 @@
+"""Cost of the update-direction field F and of its Jacobian-vector product.
+
+On the default learner (``make_learner(*make("kinematic"), LearnerConfig())``,
+one batch from ``learner.sample``) this times, after a warm-up call that
+compiles, every call ending in ``block_until_ready``:
+
+* ``direction``      jitted ``learner.direction(params, batch)``: F alone;
+* ``direction_jvp``  jitted ``learner.direction_jvp(params, batch, tangent)``:
+                     F and dF/dp . tangent in one forward-over-reverse pass;
+* ``linearize+apply`` ``learner.linearize`` followed by applying the returned
+                     product, both inside one jitted function: how the async
+                     server uses it (``linearize`` returns a Python closure, so it
+                     cannot itself be the output of a jitted function);
+* ``linearize+2 applies`` the same with the product applied to two tangents,
+                     whose difference from the row above is the marginal cost of
+                     one more product once linearised.
+
+Calls are interleaved round-robin (so all cases see the same background
+load); it reports the best and median over ``--repeats`` calls of each and the
+ratios to ``direction`` alone; the target is ``direction_jvp <= 2.5 x direction`` (best
+times).
+
+    python benchmarks/bench_direction.py [--repeats 30] [--env kinematic] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+from asynccorr.config import LearnerConfig
+from asynccorr.envs import make
+from asynccorr.learner import make_learner
+
+TARGET_RATIO = 2.5
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repeats", type=int, default=30, help="timed calls per function")
+    p.add_argument("--env", default="kinematic", help="environment name")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", metavar="PATH", help="also write the figures to this JSON file")
+    return p.parse_args(argv)
+
+
+def time_interleaved(cases: dict, repeats: int) -> dict[str, dict]:
+    """Warm up (compile) every case, then time them round-robin so that each
+    sees the same background load; returns best / median per case."""
+    first = {}
+    for name, fn in cases.items():
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        first[name] = time.perf_counter() - t0
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, fn in cases.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name].append(time.perf_counter() - t0)
+    return {name: {"best_ms": 1e3 * min(ts), "median_ms": 1e3 * statistics.median(ts),
+                   "first_call_s": first[name], "repeats": repeats} for name, ts in times.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    env, env_params = make(args.env)
+    config = LearnerConfig()
+    learner = make_learner(env, env_params, config)
+    k_init, k_sampler, k_batch, k_tangent = jax.random.split(jax.random.PRNGKey(args.seed), 4)
+    params = jax.jit(learner.init)(k_init)
+    batch, _ = jax.jit(learner.sample)(k_batch, jax.jit(learner.sampler_init)(k_sampler), params)
+    tangent = jax.random.normal(k_tangent, params.shape, params.dtype)
+    tangent = tangent / jnp.linalg.norm(tangent)
+
+    direction = jax.jit(learner.direction)
+    direction_jvp = jax.jit(learner.direction_jvp)
+
+    @jax.jit
+    def linearize_apply(p, b, t):
+        f, apply, loss = learner.linearize(p, b)
+        return f, apply(t), loss
+
+    @jax.jit
+    def linearize_apply2(p, b, t):
+        f, apply, loss = learner.linearize(p, b)
+        return f, apply(t), apply(2.0 * t + 1.0), loss
+
+    # the three fused variants must agree (a cheap guard against timing the wrong thing)
+    f0, _ = direction(params, batch)
+    f1, jf1, _ = direction_jvp(params, batch, tangent)
+    f2, jf2, _ = linearize_apply(params, batch, tangent)
+    jf3 = linearize_apply2(params, batch, tangent)[1]
+    scale = float(jnp.linalg.norm(jf1))
+    for name, a, b in [("F", f0, f1), ("F (linearize)", f0, f2), ("JVP (linearize)", jf1, jf2),
+                       ("JVP (2 applies)", jf1, jf3)]:
+        err = float(jnp.linalg.norm(a - b)) / max(float(jnp.linalg.norm(a)), 1e-30)
+        if not err < 1e-4:
+            raise RuntimeError(f"{name} disagrees between variants: relative error {err:.2e} (|JVP| = {scale:.3g})")
+
+    cases = {
+        "direction": lambda: direction(params, batch),
+        "direction_jvp": lambda: direction_jvp(params, batch, tangent),
+        "linearize+apply": lambda: linearize_apply(params, batch, tangent),
+        "linearize+2 applies": lambda: linearize_apply2(params, batch, tangent),
+    }
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({os.cpu_count()} CPUs, "
+          f"{platform.processor() or platform.machine()}); env {args.env}, batch {config.batch_size}, "
+          f"horizon {config.horizon}, policy {config.policy_hidden}, value {config.value_hidden}, "
+          f"{learner.num_params} params; {args.repeats} repeats")
+    print(f"{'':<22} {'best ms':>9} {'median ms':>10} {'best x dir':>11} {'median x dir':>13}")
+    results = time_interleaved(cases, args.repeats)
+    base = results["direction"]
+    for name, r in results.items():
+        r["best_ratio"] = r["best_ms"] / base["best_ms"]
+        r["median_ratio"] = r["median_ms"] / base["median_ms"]
+        print(f"{name:<22} {r['best_ms']:>9.2f} {r['median_ms']:>10.2f} {r['best_ratio']:>11.2f} "
+              f"{r['median_ratio']:>13.2f}")
+    jvp = results["direction_jvp"]
+    passed = jvp["best_ratio"] <= TARGET_RATIO
+    print(f"target: direction + JVP <= {TARGET_RATIO}x direction alone: best {jvp['best_ms']:.2f} ms / "
+          f"{base['best_ms']:.2f} ms = {jvp['best_ratio']:.2f}x (median {jvp['median_ratio']:.2f}x) "
+          f"-> {'PASS' if passed else 'FAIL'}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"benchmark": "direction", "jax": jax.__version__, "env": args.env,
+                       "num_params": learner.num_params, "batch_size": config.batch_size,
+                       "target_ratio": TARGET_RATIO, "target_pass": passed, "results": results}, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
