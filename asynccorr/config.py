@@ -160,7 +160,7 @@ class SchemesConfig:
     """Which schemes ``compare`` runs, on which seeds, and the schemes' own knobs."""
 
     compare: tuple[str, ...] = ("sync", "async", "modify", "modify-safe")
-    seeds: tuple[int, ...] = (0, 1)
+    seeds: tuple[int, ...] = (0, 1, 2)
     trust_ratio: float = 1.0  # modify-safe: cap |correction| at trust_ratio * |G|
     dense_max_params: int = 2048  # modify-dense refuses larger networks (dense H has n^2 entries)
 
