@@ -168,7 +168,7 @@ def compare(
         table.add_column(col)
     for a in aggregate(rows):
         table.add_row(a["scheme"], f"{a['final_policy_loss']:.3f} ± {a['final_policy_loss_std']:.3f}",
-                      f"{a['grad_error_mean']:.3f}", f"{a['rms_lateral']:.4f}", f"{a['left_road']}/{a['seeds']}",
+                      f"{a['grad_error_mean']:.3g}", f"{a['rms_lateral']:.4f}", f"{a['left_road']}/{a['seeds']}",
                       f"{a['mean_staleness']:.2f}", f"{a['sim_time']:.2f}", f"{a['wall_time_s']:.1f}")
     Console().print(table)
     Console().print(f"summary: {folder / 'summary.md'}")

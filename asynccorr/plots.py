@@ -231,10 +231,13 @@ def _new_figure(rows: int = 1, height: float = 4.2) -> tuple[Figure, list[Axes]]
 
 
 def _set_log_if_positive(ax: Axes, values: Sequence[np.ndarray]) -> None:
-    """Log y axis (plain-number tick labels) when every plotted value is > 0; linear otherwise."""
+    """Log y axis (plain-number tick labels) when every plotted value is > 0; otherwise symmetric-log
+    (linear within +-1), so a run blowing up to -1e6 does not flatten the ones near 2."""
     finite = np.concatenate([v[np.isfinite(v)] for v in values] or [np.zeros(0)])
     if finite.size and np.all(finite > 0):
         _log_y(ax)
+    elif finite.size and np.ptp(finite) > 100:
+        ax.set_yscale("symlog", linthresh=1.0)
 
 
 def _log_y(ax: Axes) -> None:
@@ -352,30 +355,39 @@ def _divergence_point(run: Run, x_column: str, window: int) -> tuple[float, floa
     return None if s is None else (float(s[0][-1]), float(moving_average(s[1], window)[-1]))
 
 
-def _mark_divergence(ax: Axes, point: tuple[float, float], color: str, top: float | None) -> None:
-    """An ``x`` at the divergence point (at the upper edge if the axis was cut below it)."""
+def _mark_divergence(ax: Axes, point: tuple[float, float], color: str, limits: tuple[float, float] | None) -> None:
+    """An ``x`` at the divergence point (on the axis edge if the axis was cut short of it)."""
     x, y = point
-    ax.plot([x], [y if top is None else min(y, top)], ls="none", marker="x", ms=9, mew=2.2, color=color,
-            zorder=5, clip_on=False)
+    if limits is not None:
+        y = min(max(y, limits[0]), limits[1])
+    ax.plot([x], [y], ls="none", marker="x", ms=9, mew=2.2, color=color, zorder=5, clip_on=False)
 
 
-def _cut_blowup(ax: Axes, curves: Sequence[np.ndarray]) -> float | None:
-    """Cut the y axis above the curves' early values when a blow-up would flatten everything else.
+def _cut_blowup(ax: Axes, basis: Sequence[np.ndarray], curves: Sequence[np.ndarray]) -> tuple[float, float] | None:
+    """Limit the y axis to the ``basis`` curves (the runs that did not diverge) when a blow-up in
+    ``curves`` -- upwards or downwards -- would flatten everything else; returns the limits or None.
 
-    The limit is 10x the largest value in the first tenth of any curve (log axis), or that value plus twice
-    the curves' span below it (linear axis); returns the new top, or None when nothing was that high.
+    Log axis: from half the basis minimum to 10x its early maximum; linear axis: the basis range
+    padded by its span. Nothing is cut when every curve already fits.
     """
-    finite = [c[np.isfinite(c)] for c in curves]
-    finite = [c for c in finite if c.size]
-    if not finite:
+    def finite(cs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return [f for c in cs if (f := c[np.isfinite(c)]).size]
+
+    base, every = finite(basis), finite(curves)
+    if not base or not every:
         return None
-    early = max(float(c[: max(1, c.size // 10)].max()) for c in finite)
-    lowest = min(float(c.min()) for c in finite)
-    top = 10 * early if ax.get_yscale() == "log" else early + 2 * (early - lowest)
-    if max(float(c.max()) for c in finite) <= top or not np.isfinite(top) or top <= lowest:
+    early = max(float(c[: max(1, c.size // 10)].max()) for c in base)
+    low = min(float(c.min()) for c in base)
+    high = max(float(c.max()) for c in base)
+    if ax.get_yscale() == "log":
+        bottom, top = low / 2, max(10 * early, 2 * high)
+    else:
+        span = max(high - low, 1e-12)
+        bottom, top = low - span, max(early, high) + 2 * span
+    if min(float(c.min()) for c in every) >= bottom and max(float(c.max()) for c in every) <= top:
         return None
-    ax.set_ylim(top=top)
-    return top
+    ax.set_ylim(bottom, top)
+    return bottom, top
 
 
 def _smoothed(group: Sequence[Run], column: str, window: int, x_column: str = "iteration"
@@ -395,6 +407,7 @@ def _loss_figure(runs: Sequence[Run], smooth: int | None, x_column: str) -> Figu
     colors, dups = scheme_colors([r.scheme for r in runs]), duplicates(runs)
     fig, (ax,) = _new_figure()
     plotted: list[np.ndarray] = []
+    healthy: list[np.ndarray] = []  # schemes none of whose runs diverged: they set the axis
     points: list[tuple[tuple[float, float], str]] = []
     for scheme, group in _by_scheme(runs).items():
         curves = _smoothed(group, "policy_loss", window, x_column)
@@ -402,19 +415,22 @@ def _loss_figure(runs: Sequence[Run], smooth: int | None, x_column: str) -> Figu
         if curves:
             plotted.append(_draw_mean_band(ax, curves, colors[scheme], label, uniform=x_column == "time",
                                            lw=_width(scheme, dups)))
+            if not any(r.diverged for r in group):
+                healthy.append(plotted[-1])
         else:  # still listed, so a run that never had a finite loss is not silently missing
             missing = "no time column" if all(x_column not in r.metrics for r in group) else "no finite loss"
             ax.plot([], [], color=colors[scheme], lw=_width(scheme, dups), label=f"{label}: {missing}")
         points += [(p, colors[scheme]) for r in group if r.diverged
                    and (p := _divergence_point(r, x_column, window)) is not None]
     _set_log_if_positive(ax, plotted)
-    top = _cut_blowup(ax, plotted)
+    limits = None if ax.get_yscale() == "symlog" else _cut_blowup(ax, healthy or plotted, plotted)
     for point, color in points:
-        _mark_divergence(ax, point, color, top)
+        _mark_divergence(ax, point, color, limits)
     ax.set_xlabel("server update (iteration)" if x_column == "iteration" else "simulated time [s]")
     ax.set_ylabel("policy loss" + _window_note(window))
     ax.set_title("line: mean over seeds; band: min to max over seeds" + ("; x: run diverged" if points else "")
-                 + (f"; axis cut at {top:.3g}" if top is not None else ""), fontsize=9, color="0.3")
+                 + (f"; axis cut to [{limits[0]:.3g}, {limits[1]:.3g}]" if limits is not None else ""),
+                 fontsize=9, color="0.3")
     _title(fig, runs, "policy loss vs " + ("server update" if x_column == "iteration" else "simulated time"))
     _legend(fig, ax)
     if not plotted:

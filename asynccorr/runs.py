@@ -182,7 +182,7 @@ def write_summary(folder: Path, rows: Sequence[dict[str, Any]], title: str) -> N
 
     for a in aggregate(rows):
         lines.append(f"| {a['scheme']} | {a['seeds']} | {pm(a, 'final_policy_loss', '.3f')} | "
-                     f"{pm(a, 'grad_error_mean', '.3f')} | {pm(a, 'grad_error_final', '.3f')} | "
+                     f"{pm(a, 'grad_error_mean', '.3g')} | {pm(a, 'grad_error_final', '.3g')} | "
                      f"{pm(a, 'rms_lateral', '.4f')} | {a['left_road']}/{a['seeds']} | "
                      f"{pm(a, 'mean_staleness', '.2f')} | {pm(a, 'sim_time', '.2f')} |")
     atomic_write_text(folder / "summary.md", "\n".join(lines) + "\n")
