@@ -20,6 +20,8 @@ horizon = 5
 [train]
 iterations = 4
 eval_every = 2
+[workers]
+count = 2
 """
 
 
@@ -42,24 +44,24 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_train_writes_a_complete_run_directory(capsys, tmp_path, tiny_config):
+def test_train_runs_modify_by_default_and_writes_a_complete_run_directory(capsys, tmp_path, tiny_config):
     code, out, _ = run_cli(capsys, "train", "--config", str(tiny_config), "--results", str(tmp_path / "r"), "--quiet")
     assert code == 0
-    run = tmp_path / "r" / "tiny" / "sequential-seed0"
+    run = tmp_path / "r" / "tiny" / "modify-seed0"
     assert {p.name for p in run.iterdir()} == {"config.json", "meta.json", "metrics.csv", "eval.csv",
                                                "trajectory.csv", "params.npy"}
     config = json.loads((run / "config.json").read_text())
     assert config["train"]["iterations"] == 4 and config["learner"]["horizon"] == 5
     meta = json.loads((run / "meta.json").read_text())
-    assert meta["backend"] == "sequential" and meta["seed"] == 0 and "jax" in meta
+    assert meta["backend"] == "sim" and meta["scheme"] == "modify" and meta["seed"] == 0 and "jax" in meta
     assert len((run / "metrics.csv").read_text().splitlines()) == 1 + 4
     assert len((run / "trajectory.csv").read_text().splitlines()) == 1 + 200
     assert "rms lateral" in out
 
 
 def test_cli_overrides_take_precedence_over_the_config(capsys, tmp_path, tiny_config):
-    code, _, _ = run_cli(capsys, "train", "--config", str(tiny_config), "--results", str(tmp_path),
-                         "--seed", "3", "--iterations", "2", "--quiet")
+    code, _, _ = run_cli(capsys, "train", "--scheme", "sequential", "--config", str(tiny_config),
+                         "--results", str(tmp_path), "--seed", "3", "--iterations", "2", "--quiet")
     assert code == 0
     config = json.loads((tmp_path / "tiny" / "sequential-seed3" / "config.json").read_text())
     assert config["train"]["seed"] == 3 and config["train"]["iterations"] == 2
@@ -114,18 +116,27 @@ def test_bad_config_gives_one_line_error_and_status_2(capsys, tmp_path, case):
         (("train", "--config", "does/not/exist.toml"), "not found"),
         (("train", "--no-such-flag"), "--no-such-flag"),
         (("fly",), "fly"),
+        (("train", "--scheme", "hogwild"), "hogwild"),
+        (("train", "--workers", "0"), "workers.count"),
+        (("train", "--backend", "mpi"), "workers.backend"),
+        (("train", "--scheme", "modify-dense"), "dense_max_params"),
+        (("compare", "--schemes", "async,teleport"), "schemes.compare"),
+        (("compare", "--schemes", ","), "--schemes"),
+        (("compare", "--seeds", "0,x"), "--seeds"),
+        (("compare", "--seeds", "1,1"), "schemes.seeds"),
+        (("plot", "no/such/folder"), "does not exist"),
     ],
 )
 def test_bad_arguments_give_one_line_error_and_status_2(capsys, tmp_path, args, needle):
-    code, _, err = run_cli(capsys, *args, *(("--results", str(tmp_path)) if args[0] == "train" else ()))
+    code, _, err = run_cli(capsys, *args, *(("--results", str(tmp_path)) if args[0] in ("train", "compare") else ()))
     assert code == 2
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert needle in err
 
 
 def test_console_script_runs_as_a_module(tmp_path, tiny_config):
-    proc = subprocess.run([sys.executable, "-m", "asynccorr", "train", "--config", str(tiny_config),
-                           "--results", str(tmp_path), "--quiet", "--iterations", "1"],
+    proc = subprocess.run([sys.executable, "-m", "asynccorr", "train", "--scheme", "async", "--config",
+                           str(tiny_config), "--results", str(tmp_path), "--quiet", "--iterations", "1"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "tiny" / "sequential-seed0" / "meta.json").is_file()
+    assert (tmp_path / "tiny" / "async-seed0" / "meta.json").is_file()
