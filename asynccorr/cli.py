@@ -65,7 +65,7 @@ def _parse_list(text: str | None, name: str, cast: type) -> tuple | None:
 
 
 def _check_scheme(scheme: str) -> None:
-    from asynccorr.schemes import get_scheme, SEQUENTIAL
+    from asynccorr.schemes import SEQUENTIAL, get_scheme
 
     if scheme != SEQUENTIAL:
         try:

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +130,7 @@ def run_meta(backend: str, scheme: str, seed: int, extra: Mapping[str, Any] | No
         "flax": flax.__version__,
         "optax": optax.__version__,
         "jax_backend": jax.default_backend(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     if extra:
         meta.update(extra)

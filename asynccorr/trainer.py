@@ -20,7 +20,7 @@ import optax
 
 from asynccorr.config import ExperimentConfig, LearnerConfig, OptimConfig, from_dict, to_dict
 from asynccorr.envs import make
-from asynccorr.evaluation import Trajectory, TrackingSummary, evaluate
+from asynccorr.evaluation import TrackingSummary, Trajectory, evaluate
 from asynccorr.learner import Learner, SamplerState, make_learner
 
 Array = jax.Array
@@ -155,5 +155,5 @@ def train_sequential(
     order = ["iteration", "time", "worker", "staleness", "policy_loss", "value_loss", "grad_error",
              "policy_grad_error", "stale_grad_error", "direction_norm", "correction_norm", "update_norm"]
     metrics = {k: metrics[k] for k in order}
-    summary, traj = evaluate(learner, state.params)
+    _, traj = evaluate(learner, state.params)
     return RunResult(np.asarray(state.params), metrics, evals, traj)

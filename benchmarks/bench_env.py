@@ -56,11 +56,11 @@ if ARGS.devices > 1:  # must happen before jax is imported
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + f" --xla_force_host_platform_device_count={ARGS.devices}").strip()
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-from asynccorr.envs import make  # noqa: E402
+from asynccorr.envs import make
 
 
 def controller(obs: jax.Array, action_dim: int) -> jax.Array:
@@ -105,7 +105,8 @@ def bench_one(name: str, n: int, args: argparse.Namespace) -> dict:
     obs, states = jax.jit(jax.vmap(env.reset, in_axes=(0, None)))(keys, params)
     rollout = make_rollout(env, params, args.steps, args.unroll)
     if args.devices > 1:
-        from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+        from jax.sharding import Mesh, NamedSharding
+        from jax.sharding import PartitionSpec as P
 
         try:
             from jax import shard_map

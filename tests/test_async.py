@@ -90,7 +90,7 @@ def test_async_applies_the_stale_gradient_on_a_quadratic():
 
 def test_dense_correction_equals_hessian_vector_correction_on_a_quadratic():
     _, a, b = quadratic_learner()
-    g_at = lambda p: a @ p - b  # noqa: E731
+    g_at = lambda p: a @ p - b
     theta_i, theta_k = jnp.zeros(6), jnp.arange(6.0)
     dense = corrections.dense_hessian_correction()
     hvp = corrections.hessian_correction()
@@ -113,10 +113,10 @@ def test_a_shipped_gap_product_replaces_the_jvp_callable():
 def test_trust_region_caps_the_correction_at_the_ratio_of_the_gradient_norm():
     tx = corrections.trust_region_hessian_correction(max_ratio=0.5)
     g = jnp.array([3.0, 4.0])  # |g| = 5
-    big = lambda v: jnp.array([100.0, 0.0])  # noqa: E731  |correction| = 100 -> capped to 2.5
+    big = lambda v: jnp.array([100.0, 0.0])
     out, _ = tx.update(g, tx.init(g), jnp.ones(2), worker_params=jnp.zeros(2), jvp=big)
     np.testing.assert_allclose(np.asarray(out), [5.5, 4.0], rtol=1e-6)
-    small = lambda v: jnp.array([1.0, 0.0])  # noqa: E731  within the region: unchanged
+    small = lambda v: jnp.array([1.0, 0.0])
     out, _ = tx.update(g, tx.init(g), jnp.ones(2), worker_params=jnp.zeros(2), jvp=small)
     np.testing.assert_allclose(np.asarray(out), [4.0, 4.0], rtol=1e-6)
 

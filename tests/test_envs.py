@@ -40,12 +40,12 @@ def _x64():
 
 
 def _kin_state(x, y, psi, v, step=0) -> KinematicState:
-    f = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
+    f = lambda a: jnp.asarray(a, jnp.float32)
     return KinematicState(x=f(x), y=f(y), psi=f(psi), v=f(v), step=jnp.asarray(step, jnp.int32))
 
 
 def _dyn_state(y, phi, v, w, time, step=0) -> DynamicState:
-    f = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
+    f = lambda a: jnp.asarray(a, jnp.float32)
     return DynamicState(y=f(y), phi=f(phi), v=f(v), w=f(w), time=f(time), step=jnp.asarray(step, jnp.int32))
 
 

@@ -9,11 +9,11 @@ import pytest
 
 gymnasium = pytest.importorskip("gymnasium")
 
-from gymnasium.error import ResetNeeded  # noqa: E402
-from gymnasium.utils.env_checker import check_env  # noqa: E402
+from gymnasium.error import ResetNeeded
+from gymnasium.utils.env_checker import check_env
 
-from asynccorr.envs import make  # noqa: E402
-from asynccorr.envs.gym_adapter import GymnasiumEnv  # noqa: E402
+from asynccorr.envs import make
+from asynccorr.envs.gym_adapter import GymnasiumEnv
 
 ENV_NAMES = ("kinematic", "dynamic")
 

@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import sample_batch, small_learner
 
 from asynccorr.config import ConfigError, LearnerConfig
-from conftest import sample_batch, small_learner
 
 
 def _unit(key, n, dtype):

@@ -157,4 +157,4 @@ class GymnasiumEnv(gymnasium.Env):
 
     def render(self) -> None:
         """No rendering is supported (``render_mode`` must be ``None``)."""
-        return None
+        return
