@@ -163,6 +163,7 @@ class SchemesConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     trust_ratio: float = 1.0  # modify-safe: cap |correction| at trust_ratio * |G|
     dense_max_params: int = 2048  # modify-dense refuses larger networks (dense H has n^2 entries)
+    staleness_bound: int = 8  # drop-stale: messages with staleness above this are discarded
 
     def __post_init__(self) -> None:
         from asynccorr.schemes import SCHEMES, SEQUENTIAL
@@ -177,6 +178,7 @@ class SchemesConfig:
         _require(len(set(self.seeds)) == len(self.seeds), "schemes.seeds", "has duplicates", self.seeds)
         _positive("schemes.trust_ratio", self.trust_ratio)
         _require(self.dense_max_params >= 1, "schemes.dense_max_params", "must be >= 1", self.dense_max_params)
+        _require(self.staleness_bound >= 0, "schemes.staleness_bound", "must be >= 0", self.staleness_bound)
 
 
 @dataclass(frozen=True)

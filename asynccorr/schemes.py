@@ -27,6 +27,7 @@ class Scheme:
     compute: Compute  # what a worker evaluates per job
     synchronous: bool
     make_correction: Callable[..., optax.GradientTransformationExtraArgs]
+    drops_stale: bool = False  # the backend discards messages staler than schemes.staleness_bound
 
 
 SCHEMES: dict[str, Scheme] = {

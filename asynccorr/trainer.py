@@ -120,6 +120,9 @@ class RunResult(NamedTuple):
     metrics: dict[str, np.ndarray]  # per iteration
     evals: list[EvalRecord]
     trajectory: Trajectory  # final closed-loop tracking
+    status: str = "completed"  # "completed" or "diverged" (issue 6: divergence detection)
+    diverged_at: int | None = None  # server iteration at which the run was declared diverged
+    dropped: int = 0  # messages a drop-stale scheme discarded (not counted as iterations)
 
 
 def train_sequential(

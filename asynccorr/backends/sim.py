@@ -105,6 +105,7 @@ def run_sim(
         if on_chunk is not None:
             on_chunk(done, record)
 
+    dropped = 0
     if scheme.synchronous:
         update = make_sync_update(learner, optimizer)
         now = 0.0
@@ -128,10 +129,17 @@ def run_sim(
 
         for i in range(count):
             start(i, 0.0)
-        for it in range(1, total + 1):
+        it = dropped = 0
+        while it < total:
             now, i = heapq.heappop(events)
             job = jobs.pop(i)
             staleness = version - job.version
+            if scheme.drops_stale and staleness > config.schemes.staleness_bound:
+                # discarded: no server update, no version bump; the worker pulls afresh
+                dropped += 1
+                start(i, now)
+                continue
+            it += 1
             server, metrics = update(server, job.params, job.batch, np.int32(staleness))
             version += 1
             rows.append((it, now, i, staleness))
@@ -149,4 +157,4 @@ def run_sim(
     for name in UpdateMetrics._fields:
         columns[name] = np.array([getattr(m, name) for m in fetched], np.float64)
     _, trajectory = evaluate(learner, server.params)
-    return RunResult(np.asarray(server.params), columns, evals, trajectory)
+    return RunResult(np.asarray(server.params), columns, evals, trajectory, dropped=dropped)
