@@ -120,9 +120,22 @@ class RunResult(NamedTuple):
     metrics: dict[str, np.ndarray]  # per iteration
     evals: list[EvalRecord]
     trajectory: Trajectory  # final closed-loop tracking
-    status: str = "completed"  # "completed" or "diverged" (issue 6: divergence detection)
+    status: str = "completed"  # "completed", "diverged" (issue 6) or "interrupted" (Ctrl-C)
     diverged_at: int | None = None  # server iteration at which the run was declared diverged
     dropped: int = 0  # messages a drop-stale scheme discarded (not counted as iterations)
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C (or SIGTERM) stopped a run: carries everything computed so far.
+
+    Every backend raises it from ``KeyboardInterrupt`` after stopping its workers,
+    with ``result.status == "interrupted"``; the runs layer writes the partial run
+    and re-raises ``KeyboardInterrupt``.
+    """
+
+    def __init__(self, result: RunResult) -> None:
+        super().__init__(f"interrupted after {len(result.metrics.get('iteration', ()))} server updates")
+        self.result = result
 
 
 def train_sequential(
