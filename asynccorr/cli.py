@@ -1,7 +1,10 @@
 """Command-line interface: a thin layer over the library.
 
-Bad input (invalid config, unknown option value, existing results) prints one
-line ``error: ...`` on stderr and exits with status 2; nothing is overwritten.
+Bad input (invalid config, unknown option value, existing results, a run that
+cannot be resumed, an unplottable folder) prints one line ``error: ...`` on
+stderr and exits with status 2; nothing is overwritten. Ctrl-C writes the
+partial run, prints ``error: interrupted; partial results in <dir>`` and exits
+with status 130.
 """
 
 from __future__ import annotations
@@ -85,18 +88,21 @@ def train(
     env: Annotated[str | None, typer.Option(help="Environment: kinematic or dynamic.")] = None,
     results: Annotated[Path, typer.Option(help="Root folder for run directories.")] = Path("results"),
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue the run from its latest checkpoint (same options).")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Train one run of a scheme and write results/<experiment>/<scheme>-seed<k>/."""
-    from asynccorr.runs import check_no_existing_runs, planned_runs, train_run
+    from asynccorr.runs import RunFinished, check_no_existing_runs, planned_runs, train_run
 
+    if resume and overwrite:
+        raise CliError("--resume and --overwrite exclude each other (--overwrite starts the run afresh)")
     _check_scheme(scheme)
     cfg = resolve_config(config, train={"seed": seed, "iterations": iterations},
                          workers={"count": workers, "backend": backend})
     if env is not None and env != cfg.env.name:
         cfg = with_overrides(cfg, env={"name": env, "params": {}})
     [(scheme, cfg)] = planned_runs(cfg, [scheme], [cfg.train.seed])
-    if not overwrite:
+    if not overwrite and not resume:
         check_no_existing_runs(results, [(scheme, cfg)])
 
     with _progress(quiet) as progress:
@@ -105,7 +111,13 @@ def train(
         def on_chunk(done: int, record: Any) -> None:
             progress.update(task, completed=done, rms=f"{record.summary.rms_lateral:.3f} m")
 
-        run_dir, result, summary = train_run(cfg, scheme, results, overwrite=overwrite, on_chunk=on_chunk)
+        try:
+            run_dir, result, summary = train_run(cfg, scheme, results, overwrite=overwrite, on_chunk=on_chunk,
+                                                 resume=resume)
+        except RunFinished as exc:
+            progress.stop()
+            Console().print(str(exc))
+            return
 
     first, last = result.evals[0].summary, result.evals[-1].summary
     workers_text = "1 worker" if summary["workers"] == 1 else f"{summary['workers']} workers"
@@ -120,6 +132,9 @@ def train(
     out.print(table)
     out.print(f"mean staleness {summary['mean_staleness']:.2f}, gradient error {summary['grad_error_mean']:.4f} "
               f"(stale: {summary['stale_grad_error_mean']:.4f}), final policy loss {summary['final_policy_loss']:.4f}")
+    if result.status == "diverged":
+        out.print(f"[bold red]diverged[/] at update {result.diverged_at} (train.divergence_loss = "
+                  f"{cfg.train.divergence_loss:g}); results up to there")
     out.print(f"results: {run_dir}")
 
 
@@ -135,7 +150,7 @@ def compare(
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Run every scheme of the experiment on every seed; print and save a summary table."""
-    from asynccorr.runs import aggregate, check_no_existing_runs, planned_runs, train_run, write_summary
+    from asynccorr.runs import aggregate, check_no_existing_runs, diverged_text, planned_runs, train_run, write_summary
 
     scheme_list = _parse_list(schemes, "--schemes", str)
     seed_list = _parse_list(seeds, "--seeds", int)
@@ -163,13 +178,14 @@ def compare(
 
     table = Table(title=f"{cfg.name}: {cfg.workers.count} workers ({cfg.workers.delay} delays), "
                         f"{cfg.train.iterations} updates, seeds {','.join(map(str, cfg.schemes.seeds))}")
-    for col in ("scheme", "final policy loss", "gradient error", "RMS lateral [m]", "left road",
+    for col in ("scheme", "final policy loss", "gradient error", "RMS lateral [m]", "left road", "diverged",
                 "mean staleness", "sim time [s]", "wall [s]"):
         table.add_column(col)
     for a in aggregate(rows):
         table.add_row(a["scheme"], f"{a['final_policy_loss']:.3f} ± {a['final_policy_loss_std']:.3f}",
                       f"{a['grad_error_mean']:.3g}", f"{a['rms_lateral']:.4f}", f"{a['left_road']}/{a['seeds']}",
-                      f"{a['mean_staleness']:.2f}", f"{a['sim_time']:.2f}", f"{a['wall_time_s']:.1f}")
+                      diverged_text(a), f"{a['mean_staleness']:.2f}", f"{a['sim_time']:.2f}",
+                      f"{a['wall_time_s']:.1f}")
     Console().print(table)
     Console().print(f"summary: {folder / 'summary.md'}")
 
@@ -191,15 +207,23 @@ def plot(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the app, mapping user errors to one line and exit status 2."""
+    """Entry point: run the app, mapping user errors to one line and exit status 2, Ctrl-C to 130."""
+    from asynccorr.runs import ResumeError
+
     try:
         app(args=argv, standalone_mode=False)
     except typer.Exit as exc:
+        if isinstance(exc.__cause__, KeyboardInterrupt):  # typer turns Ctrl-C into Exit(130)
+            _interrupted(exc.__cause__)
         sys.exit(exc.exit_code)
-    except typer.Abort:
+    except typer.Abort as exc:
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            _interrupted(exc.__cause__)
         print("error: aborted", file=sys.stderr)
         sys.exit(130)
-    except (ConfigError, RunExistsError, CliError) as exc:
+    except KeyboardInterrupt as exc:
+        _interrupted(exc)
+    except (ConfigError, RunExistsError, CliError, ResumeError) as exc:
         print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         sys.exit(2)
     except Exception as exc:
@@ -212,6 +236,14 @@ def main(argv: list[str] | None = None) -> None:
 
 def _one_line(message: str) -> str:
     return " ".join(message.split())
+
+
+def _interrupted(exc: KeyboardInterrupt) -> None:
+    """Ctrl-C: one line naming the partial run (if one was written), exit status 130."""
+    run_dir = getattr(exc, "run_dir", None)
+    where = f"; partial results in {run_dir}" if run_dir is not None else ""
+    print(f"error: interrupted{where}", file=sys.stderr)
+    sys.exit(130)
 
 if __name__ == "__main__":
     main()
