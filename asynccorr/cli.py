@@ -92,7 +92,14 @@ def train(
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Train one run of a scheme and write results/<experiment>/<scheme>-seed<k>/."""
-    from asynccorr.runs import RunFinished, check_no_existing_runs, planned_runs, train_run
+    from asynccorr.runs import (
+        RunFinished,
+        check_no_existing_runs,
+        planned_runs,
+        resume_checkpoint,
+        run_dir_for,
+        train_run,
+    )
 
     if resume and overwrite:
         raise CliError("--resume and --overwrite exclude each other (--overwrite starts the run afresh)")
@@ -102,7 +109,14 @@ def train(
     if env is not None and env != cfg.env.name:
         cfg = with_overrides(cfg, env={"name": env, "params": {}})
     [(scheme, cfg)] = planned_runs(cfg, [scheme], [cfg.train.seed])
-    if not overwrite and not resume:
+    checkpoint = None
+    if resume:
+        try:
+            checkpoint = resume_checkpoint(run_dir_for(results, cfg, scheme), cfg, scheme)
+        except RunFinished as exc:
+            print(str(exc))
+            return
+    elif not overwrite:
         check_no_existing_runs(results, [(scheme, cfg)])
 
     with _progress(quiet) as progress:
@@ -111,13 +125,8 @@ def train(
         def on_chunk(done: int, record: Any) -> None:
             progress.update(task, completed=done, rms=f"{record.summary.rms_lateral:.3f} m")
 
-        try:
-            run_dir, result, summary = train_run(cfg, scheme, results, overwrite=overwrite, on_chunk=on_chunk,
-                                                 resume=resume)
-        except RunFinished as exc:
-            progress.stop()
-            Console().print(str(exc))
-            return
+        run_dir, result, summary = train_run(cfg, scheme, results, overwrite=overwrite, on_chunk=on_chunk,
+                                             resume=checkpoint or False)
 
     first, last = result.evals[0].summary, result.evals[-1].summary
     workers_text = "1 worker" if summary["workers"] == 1 else f"{summary['workers']} workers"
@@ -150,7 +159,14 @@ def compare(
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Run every scheme of the experiment on every seed; print and save a summary table."""
-    from asynccorr.runs import aggregate, check_no_existing_runs, diverged_text, planned_runs, train_run, write_summary
+    from asynccorr.runs import (
+        aggregate,
+        check_no_existing_runs,
+        diverged_text,
+        planned_runs,
+        train_run,
+        write_summary,
+    )
 
     scheme_list = _parse_list(schemes, "--schemes", str)
     seed_list = _parse_list(seeds, "--seeds", int)

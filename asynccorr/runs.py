@@ -214,19 +214,22 @@ def train_run(
     results_root: Path,
     overwrite: bool = False,
     on_chunk: Callable[[int, EvalRecord], None] | None = None,
-    resume: bool = False,
+    resume: bool | Checkpoint = False,
 ) -> tuple[Path, RunResult, dict[str, Any]]:
     """Train one run and write its directory; returns (run dir, result, summary row).
 
     While it trains, ``meta.json`` says ``"status": "running"``, the metrics so far are
     rewritten at every evaluation point and checkpoints are saved when due. With
-    ``resume`` the run continues from its latest checkpoint (see ``resume_checkpoint``).
+    ``resume`` the run continues from its latest checkpoint (see ``resume_checkpoint``), or
+    from the given one.
     Ctrl-C writes the partial run (status ``interrupted``) and raises ``RunInterrupted``.
     """
     run_dir = run_dir_for(results_root, config, scheme)
     backend = "sequential" if scheme == SEQUENTIAL else config.workers.backend
-    if resume:
-        checkpoint: Checkpoint | None = resume_checkpoint(run_dir, config, scheme)
+    if isinstance(resume, Checkpoint):
+        checkpoint: Checkpoint | None = resume
+    elif resume:
+        checkpoint = resume_checkpoint(run_dir, config, scheme)
     else:
         checkpoint = None
         prepare_run_dir(run_dir, overwrite)
@@ -312,8 +315,8 @@ def write_summary(folder: Path, rows: Sequence[dict[str, Any]], title: str) -> N
     write_csv(folder / "summary.csv", {k: ["" if r.get(k) is None else r.get(k) for r in rows]
                                        for k in SUMMARY_FIELDS})
     lines = [f"# {title}", "",
-             "| scheme | seeds | diverged | final policy loss | gradient error (mean) | gradient error (last 10%) "
-             "| RMS lateral [m] | left road | mean staleness | sim time [s] |",
+             ("| scheme | seeds | diverged | final policy loss | gradient error (mean) | gradient error (last 10%) "
+              "| RMS lateral [m] | left road | mean staleness | sim time [s] |"),
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
 
     def pm(a: dict[str, Any], key: str, fmt: str) -> str:

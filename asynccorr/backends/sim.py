@@ -25,12 +25,6 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from asynccorr.config import ConfigError, ExperimentConfig
-from asynccorr.delays import DelayModel
-from asynccorr.evaluation import evaluate
-from asynccorr.learner import Batch, SamplerState
-from asynccorr.schemes import Scheme, get_scheme, make_correction
-from asynccorr.server import UpdateMetrics, init_server, make_async_update, make_sync_update
 from asynccorr.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -41,6 +35,12 @@ from asynccorr.checkpoint import (
     unpack_columns,
     unpack_tree,
 )
+from asynccorr.config import ConfigError, ExperimentConfig
+from asynccorr.delays import DelayModel
+from asynccorr.evaluation import evaluate
+from asynccorr.learner import Batch, SamplerState
+from asynccorr.schemes import Scheme, get_scheme, make_correction
+from asynccorr.server import ServerState, UpdateMetrics, init_server, make_async_update, make_sync_update
 from asynccorr.trainer import (
     EvalRecord,
     RunHooks,
