@@ -9,7 +9,9 @@ with status 130.
 
 from __future__ import annotations
 
+import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -39,6 +41,26 @@ def _root() -> None:
 
 class CliError(Exception):
     """A user error: reported as one line, exit status 2."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C inside a command (typer would turn a ``KeyboardInterrupt`` into a silent exit code)."""
+
+    def __init__(self, run_dir: Path | None) -> None:
+        super().__init__("interrupted" + (f"; partial results in {run_dir}" if run_dir is not None else ""))
+
+
+def _interruptible(command: Callable[..., None]) -> Callable[..., None]:
+    """Report Ctrl-C in ``command`` as ``Interrupted`` (naming the partial run if one was written)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            command(*args, **kwargs)
+        except KeyboardInterrupt as exc:
+            raise Interrupted(getattr(exc, "run_dir", None)) from None
+
+    return wrapper
 
 
 def resolve_config(config: Path | None, **overrides: dict[str, Any]) -> ExperimentConfig:
@@ -78,6 +100,7 @@ def _check_scheme(scheme: str) -> None:
 
 
 @app.command()
+@_interruptible
 def train(
     scheme: Annotated[str, typer.Option(help="sequential, sync, async, modify, modify-safe, modify-dense.")] = "modify",
     config: Annotated[Path | None, typer.Option(help="Experiment TOML (default: experiments/paper.toml).")] = None,
@@ -148,6 +171,7 @@ def train(
 
 
 @app.command()
+@_interruptible
 def compare(
     config: Annotated[Path | None, typer.Option(help="Experiment TOML (default: experiments/paper.toml).")] = None,
     schemes: Annotated[str | None, typer.Option(help="Comma-separated schemes (overrides schemes.compare).")] = None,
@@ -227,18 +251,15 @@ def main(argv: list[str] | None = None) -> None:
     from asynccorr.runs import ResumeError
 
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
     except typer.Exit as exc:
-        if isinstance(exc.__cause__, KeyboardInterrupt):  # typer turns Ctrl-C into Exit(130)
-            _interrupted(exc.__cause__)
         sys.exit(exc.exit_code)
-    except typer.Abort as exc:
-        if isinstance(exc.__cause__, KeyboardInterrupt):
-            _interrupted(exc.__cause__)
+    except typer.Abort:
         print("error: aborted", file=sys.stderr)
         sys.exit(130)
-    except KeyboardInterrupt as exc:
-        _interrupted(exc)
+    except (Interrupted, KeyboardInterrupt) as exc:
+        print(f"error: {exc}" if isinstance(exc, Interrupted) else "error: interrupted", file=sys.stderr)
+        sys.exit(130)
     except (ConfigError, RunExistsError, CliError, ResumeError) as exc:
         print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         sys.exit(2)
@@ -248,18 +269,15 @@ def main(argv: list[str] | None = None) -> None:
             print(f"error: {_one_line(exc.format_message())}", file=sys.stderr)
             sys.exit(2)
         raise
+    if code == 130:  # typer's answer to a Ctrl-C outside the commands' own handling
+        print("error: interrupted", file=sys.stderr)
+    if isinstance(code, int) and code != 0:
+        sys.exit(code)
 
 
 def _one_line(message: str) -> str:
     return " ".join(message.split())
 
-
-def _interrupted(exc: KeyboardInterrupt) -> None:
-    """Ctrl-C: one line naming the partial run (if one was written), exit status 130."""
-    run_dir = getattr(exc, "run_dir", None)
-    where = f"; partial results in {run_dir}" if run_dir is not None else ""
-    print(f"error: interrupted{where}", file=sys.stderr)
-    sys.exit(130)
 
 if __name__ == "__main__":
     main()
