@@ -271,7 +271,7 @@ def test_ctrl_c_in_the_simulation_returns_everything_up_to_the_last_update():
 
 @pytest.mark.parametrize("scheme", ["async", "sequential"])
 def test_ctrl_c_writes_the_partial_run_and_exits_130_with_one_line(capsys, tmp_path, monkeypatch, scheme):
-    import asynccorr.runs as runs
+    from asynccorr import runs
 
     real, calls = runs.write_progress, []
 
