@@ -182,6 +182,15 @@ def test_bad_arguments_are_rejected_with_one_line_naming_the_argument(capsys, ea
     assert_rejected(capsys, earlier, args, needle)
 
 
+def test_resuming_a_run_that_crashed_before_its_first_checkpoint_is_rejected(capsys, tmp_path, earlier):
+    results = tmp_path / "results"
+    shutil.copytree(earlier.results, results)
+    meta = results / "tiny" / "async-seed0" / "meta.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "status": "running"}))
+    assert_rejected(capsys, earlier, ["train", "--scheme", "async", "--config", str(earlier.config), "--results",
+                                      str(results), "--resume"], "no checkpoint", also_untouched=results)
+
+
 # ----------------------------------------------------------------------------- plot
 
 
@@ -232,4 +241,4 @@ def test_the_earlier_run_is_marked_completed(earlier):
 
 
 def test_there_are_at_least_25_bad_inputs():
-    assert len(BAD_TOML) + len(CLI_CASES) + len(PLOT_CASES) + 1 >= 25
+    assert len(BAD_TOML) + len(CLI_CASES) + len(PLOT_CASES) + 2 >= 25
