@@ -1,12 +1,17 @@
 """Command-line interface: a thin layer over the library.
 
-Bad input (invalid config, unknown option value, existing results) prints one
-line ``error: ...`` on stderr and exits with status 2; nothing is overwritten.
+Bad input (invalid config, unknown option value, existing results, a run that
+cannot be resumed, an unplottable folder) prints one line ``error: ...`` on
+stderr and exits with status 2; nothing is overwritten. Ctrl-C writes the
+partial run, prints ``error: interrupted; partial results in <dir>`` and exits
+with status 130.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -36,6 +41,26 @@ def _root() -> None:
 
 class CliError(Exception):
     """A user error: reported as one line, exit status 2."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C inside a command (typer would turn a ``KeyboardInterrupt`` into a silent exit code)."""
+
+    def __init__(self, run_dir: Path | None) -> None:
+        super().__init__("interrupted" + (f"; partial results in {run_dir}" if run_dir is not None else ""))
+
+
+def _interruptible(command: Callable[..., None]) -> Callable[..., None]:
+    """Report Ctrl-C in ``command`` as ``Interrupted`` (naming the partial run if one was written)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            command(*args, **kwargs)
+        except KeyboardInterrupt as exc:
+            raise Interrupted(getattr(exc, "run_dir", None)) from None
+
+    return wrapper
 
 
 def resolve_config(config: Path | None, **overrides: dict[str, Any]) -> ExperimentConfig:
@@ -75,6 +100,7 @@ def _check_scheme(scheme: str) -> None:
 
 
 @app.command()
+@_interruptible
 def train(
     scheme: Annotated[str, typer.Option(help="sequential, sync, async, modify, modify-safe, modify-dense.")] = "modify",
     config: Annotated[Path | None, typer.Option(help="Experiment TOML (default: experiments/paper.toml).")] = None,
@@ -85,18 +111,35 @@ def train(
     env: Annotated[str | None, typer.Option(help="Environment: kinematic or dynamic.")] = None,
     results: Annotated[Path, typer.Option(help="Root folder for run directories.")] = Path("results"),
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue the run from its latest checkpoint (same options).")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Train one run of a scheme and write results/<experiment>/<scheme>-seed<k>/."""
-    from asynccorr.runs import check_no_existing_runs, planned_runs, train_run
+    from asynccorr.runs import (
+        RunFinished,
+        check_no_existing_runs,
+        planned_runs,
+        resume_checkpoint,
+        run_dir_for,
+        train_run,
+    )
 
+    if resume and overwrite:
+        raise CliError("--resume and --overwrite exclude each other (--overwrite starts the run afresh)")
     _check_scheme(scheme)
     cfg = resolve_config(config, train={"seed": seed, "iterations": iterations},
                          workers={"count": workers, "backend": backend})
     if env is not None and env != cfg.env.name:
         cfg = with_overrides(cfg, env={"name": env, "params": {}})
     [(scheme, cfg)] = planned_runs(cfg, [scheme], [cfg.train.seed])
-    if not overwrite:
+    checkpoint = None
+    if resume:
+        try:
+            checkpoint = resume_checkpoint(run_dir_for(results, cfg, scheme), cfg, scheme)
+        except RunFinished as exc:
+            print(str(exc))
+            return
+    elif not overwrite:
         check_no_existing_runs(results, [(scheme, cfg)])
 
     with _progress(quiet) as progress:
@@ -105,7 +148,8 @@ def train(
         def on_chunk(done: int, record: Any) -> None:
             progress.update(task, completed=done, rms=f"{record.summary.rms_lateral:.3f} m")
 
-        run_dir, result, summary = train_run(cfg, scheme, results, overwrite=overwrite, on_chunk=on_chunk)
+        run_dir, result, summary = train_run(cfg, scheme, results, overwrite=overwrite, on_chunk=on_chunk,
+                                             resume=checkpoint or False)
 
     first, last = result.evals[0].summary, result.evals[-1].summary
     workers_text = "1 worker" if summary["workers"] == 1 else f"{summary['workers']} workers"
@@ -120,10 +164,14 @@ def train(
     out.print(table)
     out.print(f"mean staleness {summary['mean_staleness']:.2f}, gradient error {summary['grad_error_mean']:.4f} "
               f"(stale: {summary['stale_grad_error_mean']:.4f}), final policy loss {summary['final_policy_loss']:.4f}")
+    if result.status == "diverged":
+        out.print(f"[bold red]diverged[/] at update {result.diverged_at} (train.divergence_loss = "
+                  f"{cfg.train.divergence_loss:g}); results up to there")
     out.print(f"results: {run_dir}")
 
 
 @app.command()
+@_interruptible
 def compare(
     config: Annotated[Path | None, typer.Option(help="Experiment TOML (default: experiments/paper.toml).")] = None,
     schemes: Annotated[str | None, typer.Option(help="Comma-separated schemes (overrides schemes.compare).")] = None,
@@ -135,7 +183,14 @@ def compare(
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Run every scheme of the experiment on every seed; print and save a summary table."""
-    from asynccorr.runs import aggregate, check_no_existing_runs, planned_runs, train_run, write_summary
+    from asynccorr.runs import (
+        aggregate,
+        check_no_existing_runs,
+        diverged_text,
+        planned_runs,
+        train_run,
+        write_summary,
+    )
 
     scheme_list = _parse_list(schemes, "--schemes", str)
     seed_list = _parse_list(seeds, "--seeds", int)
@@ -163,13 +218,14 @@ def compare(
 
     table = Table(title=f"{cfg.name}: {cfg.workers.count} workers ({cfg.workers.delay} delays), "
                         f"{cfg.train.iterations} updates, seeds {','.join(map(str, cfg.schemes.seeds))}")
-    for col in ("scheme", "final policy loss", "gradient error", "RMS lateral [m]", "left road",
+    for col in ("scheme", "final policy loss", "gradient error", "RMS lateral [m]", "left road", "diverged",
                 "mean staleness", "sim time [s]", "wall [s]"):
         table.add_column(col)
     for a in aggregate(rows):
         table.add_row(a["scheme"], f"{a['final_policy_loss']:.3f} ± {a['final_policy_loss_std']:.3f}",
                       f"{a['grad_error_mean']:.3g}", f"{a['rms_lateral']:.4f}", f"{a['left_road']}/{a['seeds']}",
-                      f"{a['mean_staleness']:.2f}", f"{a['sim_time']:.2f}", f"{a['wall_time_s']:.1f}")
+                      diverged_text(a), f"{a['mean_staleness']:.2f}", f"{a['sim_time']:.2f}",
+                      f"{a['wall_time_s']:.1f}")
     Console().print(table)
     Console().print(f"summary: {folder / 'summary.md'}")
 
@@ -191,15 +247,20 @@ def plot(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the app, mapping user errors to one line and exit status 2."""
+    """Entry point: run the app, mapping user errors to one line and exit status 2, Ctrl-C to 130."""
+    from asynccorr.runs import ResumeError
+
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
         print("error: aborted", file=sys.stderr)
         sys.exit(130)
-    except (ConfigError, RunExistsError, CliError) as exc:
+    except (Interrupted, KeyboardInterrupt) as exc:
+        print(f"error: {exc}" if isinstance(exc, Interrupted) else "error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except (ConfigError, RunExistsError, CliError, ResumeError) as exc:
         print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         sys.exit(2)
     except Exception as exc:
@@ -208,10 +269,15 @@ def main(argv: list[str] | None = None) -> None:
             print(f"error: {_one_line(exc.format_message())}", file=sys.stderr)
             sys.exit(2)
         raise
+    if code == 130:  # typer's answer to a Ctrl-C outside the commands' own handling
+        print("error: interrupted", file=sys.stderr)
+    if isinstance(code, int) and code != 0:
+        sys.exit(code)
 
 
 def _one_line(message: str) -> str:
     return " ".join(message.split())
+
 
 if __name__ == "__main__":
     main()

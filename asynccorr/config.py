@@ -36,6 +36,31 @@ def _nonnegative(name: str, value: float) -> None:
     _require(math.isfinite(value) and value >= 0, name, "must be a finite number >= 0", value)
 
 
+def _check_types(obj: Any, prefix: str) -> None:
+    """Type-check every field of a config dataclass against its annotation.
+
+    Runs first in each ``__post_init__``, so a value of the wrong type (from code or
+    a CLI override, not only from TOML) is a ``ConfigError`` naming the field rather
+    than a ``TypeError`` from a range check further down.
+    """
+    for f in dataclasses.fields(obj):
+        annotation = _hints(type(obj))[f.name]
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(annotation):
+            _require(isinstance(value, annotation), f"{prefix}{f.name}", f"must be a {annotation.__name__}", value)
+        else:
+            _coerce(value, annotation, f"{prefix}{f.name}")
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
 @dataclass(frozen=True)
 class EnvConfig:
     """Which task, and overrides of its default physical parameters."""
@@ -46,6 +71,7 @@ class EnvConfig:
     def __post_init__(self) -> None:
         from asynccorr.envs import make
 
+        _check_types(self, "env.")
         try:
             make(self.name, **self.params)
         except ValueError as exc:
@@ -67,6 +93,7 @@ class LearnerConfig:
     exploration_noise: float = 0.1  # std of Gaussian noise on the normalised action
 
     def __post_init__(self) -> None:
+        _check_types(self, "learner.")
         try:
             check_hidden("learner.policy_hidden", self.policy_hidden)
             check_hidden("learner.value_hidden", self.value_hidden)
@@ -98,10 +125,14 @@ class OptimConfig:
     max_grad_norm: float = 0.0  # global-norm clip of the direction; 0 disables
 
     def __post_init__(self) -> None:
+        _check_types(self, "optim.")
         _require(self.name in ("adam", "sgd"), "optim.name", "must be 'adam' or 'sgd'", self.name)
         _positive("optim.policy_lr", self.policy_lr)
         _positive("optim.value_lr", self.value_lr)
         _nonnegative("optim.max_grad_norm", self.max_grad_norm)
+
+
+MAX_SEED = 2**31  # seeds feed jax.random.PRNGKey, which takes a 32-bit signed integer
 
 
 @dataclass(frozen=True)
@@ -109,13 +140,20 @@ class TrainConfig:
     """Length of a run and how often it is evaluated."""
 
     iterations: int = 1000  # server updates
-    eval_every: int = 100  # closed-loop tracking evaluation interval
+    eval_every: int = 100  # closed-loop tracking evaluation interval; metrics are flushed to disk at it too
     seed: int = 0
+    checkpoint_every: int = 100  # server updates between checkpoints (for --resume); 0 = none
+    divergence_loss: float = 1e6  # a run diverges when |policy loss| or |value loss| exceeds this (inf = never)
 
     def __post_init__(self) -> None:
+        _check_types(self, "train.")
         _require(self.iterations >= 1, "train.iterations", "must be >= 1", self.iterations)
         _require(self.eval_every >= 1, "train.eval_every", "must be >= 1", self.eval_every)
-        _require(self.seed >= 0, "train.seed", "must be >= 0", self.seed)
+        _require(0 <= self.seed < MAX_SEED, "train.seed", f"must be in [0, {MAX_SEED})", self.seed)
+        _require(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0 (0 = no checkpoints)",
+                 self.checkpoint_every)
+        _require(self.divergence_loss > 0, "train.divergence_loss", "must be a number > 0 (inf = no bound)",
+                 self.divergence_loss)
 
 
 BACKENDS = ("sim",)
@@ -139,6 +177,7 @@ class WorkersConfig:
     def __post_init__(self) -> None:
         from asynccorr.delays import DELAY_KINDS
 
+        _check_types(self, "workers.")
         _require(self.count >= 1, "workers.count", "must be >= 1", self.count)
         _require(self.backend in BACKENDS, "workers.backend", f"must be one of {list(BACKENDS)}", self.backend)
         _require(self.delay in DELAY_KINDS, "workers.delay", f"must be one of {list(DELAY_KINDS)}", self.delay)
@@ -168,13 +207,15 @@ class SchemesConfig:
     def __post_init__(self) -> None:
         from asynccorr.schemes import SCHEMES, SEQUENTIAL
 
+        _check_types(self, "schemes.")
         _require(len(self.compare) >= 1, "schemes.compare", "must name at least one scheme", self.compare)
         for name in self.compare:
             _require(name in SCHEMES or name == SEQUENTIAL, "schemes.compare",
                      f"must hold names from {[SEQUENTIAL, *SCHEMES]}", name)
         _require(len(set(self.compare)) == len(self.compare), "schemes.compare", "has duplicates", self.compare)
         _require(len(self.seeds) >= 1, "schemes.seeds", "must list at least one seed", self.seeds)
-        _require(all(s >= 0 for s in self.seeds), "schemes.seeds", "must be >= 0", self.seeds)
+        _require(all(0 <= s < MAX_SEED for s in self.seeds), "schemes.seeds", f"must be in [0, {MAX_SEED})",
+                 self.seeds)
         _require(len(set(self.seeds)) == len(self.seeds), "schemes.seeds", "has duplicates", self.seeds)
         _positive("schemes.trust_ratio", self.trust_ratio)
         _require(self.dense_max_params >= 1, "schemes.dense_max_params", "must be >= 1", self.dense_max_params)
@@ -192,6 +233,7 @@ class ExperimentConfig:
     schemes: SchemesConfig = field(default_factory=SchemesConfig)
 
     def __post_init__(self) -> None:
+        _check_types(self, "")
         _require(bool(self.name) and all(c.isalnum() or c in "-_." for c in self.name) and self.name[0] != ".",
                  "name", "must be a non-empty name of letters, digits, '-', '_' or '.'", self.name)
 
@@ -250,11 +292,19 @@ def load_config(path: str | Path | None) -> ExperimentConfig:
     if path is None:
         return ExperimentConfig()
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory, not a TOML file")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"malformed TOML in {path}: not UTF-8 text ({exc.reason})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"malformed TOML in {path}: {exc}") from None
     return from_dict(ExperimentConfig, data)
 

@@ -11,8 +11,10 @@ and writes five figures, each as PNG and PDF, into ``<experiment>/figures/``:
 
 Curves are the mean over seeds of a centred moving average, the band spans the
 seeds' minimum to maximum. Each scheme keeps its colour in every figure. A run
-that diverged (``"diverged": true`` in ``meta.json``, or non-finite losses) is
-drawn up to its divergence point, marked with an ``x`` on the loss figures.
+that diverged (``"status": "diverged"`` with ``"diverged_at": k`` in ``meta.json``,
+or non-finite losses) is drawn up to the update before its divergence point, marked
+with an ``x`` at update k on the loss and gradient-error figures; its diverged tail
+never sets the axis limits.
 """
 
 from __future__ import annotations
@@ -75,17 +77,29 @@ class Run:
         return len(self.metrics["iteration"])
 
     @property
+    def diverged_at(self) -> int | None:
+        """The server update at which the run was declared diverged (``meta.json``), if any."""
+        value = self.meta.get("diverged_at")
+        if self.meta.get("status") == "diverged" and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        return None
+
+    @property
     def valid_rows(self) -> int:
-        """Rows before the first non-finite loss (all rows if the losses stay finite)."""
+        """Rows before the divergence point: before the first non-finite loss and before the update
+        ``diverged_at`` (all rows if neither)."""
         bad = np.zeros(self.rows, bool)
         for name in ("policy_loss", "value_loss"):
             if name in self.metrics:
                 bad |= ~np.isfinite(self.metrics[name])
+        if self.diverged_at is not None:
+            bad |= self.metrics["iteration"] >= self.diverged_at
         return int(np.argmax(bad)) if bad.any() else self.rows
 
     @property
     def diverged(self) -> bool:
-        return self.meta.get("diverged") is True or self.valid_rows < self.rows
+        return (self.meta.get("status") == "diverged" or self.meta.get("diverged") is True
+                or self.valid_rows < self.rows)
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -349,10 +363,19 @@ def _draw_mean_band(ax: Axes, curves: Sequence[tuple[np.ndarray, np.ndarray]], c
     return mean
 
 
-def _divergence_point(run: Run, x_column: str, window: int) -> tuple[float, float] | None:
-    """Where a diverged run stops: its last finite (smoothed) loss; None if it never had one."""
-    s = _series(run, "policy_loss", x_column)
-    return None if s is None else (float(s[0][-1]), float(moving_average(s[1], window)[-1]))
+def _divergence_point(run: Run, x_column: str, window: int, column: str = "policy_loss"
+                      ) -> tuple[float, float] | None:
+    """Where a diverged run stops: at its divergence update (``diverged_at``, else the last valid
+    row), at the height of its last finite smoothed value; None if it never had one."""
+    s = _series(run, column, x_column)
+    if s is None:
+        return None
+    x = float(s[0][-1])
+    n = run.valid_rows
+    if run.diverged_at is not None and n < run.rows and x_column in run.metrics:
+        candidate = float(run.metrics[x_column][n])  # the row of the diverging update
+        x = candidate if np.isfinite(candidate) else x
+    return x, float(moving_average(s[1], window)[-1])
 
 
 def _mark_divergence(ax: Axes, point: tuple[float, float], color: str, limits: tuple[float, float] | None) -> None:
@@ -472,11 +495,14 @@ def gradient_error_vs_iteration(runs: Sequence[Run], smooth: int | None = None) 
     fig, (ax,) = _new_figure(height=4.8)
     plotted: list[np.ndarray] = []
     zero: list[str] = []
+    points: list[tuple[tuple[float, float], str]] = []
     for scheme, group in _by_scheme(runs).items():
         if _identically_zero(group, "grad_error"):
             zero.append(scheme)
             continue
         lw = _width(scheme, dups)
+        points += [(p, colors[scheme]) for r in group if r.diverged
+                   and (p := _divergence_point(r, "iteration", window, "grad_error")) is not None]
         curves = _smoothed(group, "grad_error", window)
         label = _label(scheme, group, dups.get(scheme))
         if curves:
@@ -489,6 +515,9 @@ def gradient_error_vs_iteration(runs: Sequence[Run], smooth: int | None = None) 
             plotted.append(_draw_mean_band(ax, stale, colors[scheme], f"{scheme}: stale gradient before correction",
                                            linestyle="--", lw=lw))
     _set_log_if_positive(ax, [p[p > 0] for p in plotted])
+    for point, color in points:
+        if ax.get_yscale() != "log" or point[1] > 0:
+            _mark_divergence(ax, point, color, None)
     handles, labels = ax.get_legend_handles_labels()
     for scheme in zero:
         handles.append(Line2D([], [], color=colors[scheme], ls="none", marker="o", ms=5))
@@ -499,7 +528,7 @@ def gradient_error_vs_iteration(runs: Sequence[Run], smooth: int | None = None) 
     ax.set_xlabel("server update (iteration)")
     ax.set_ylabel("relative gradient error" + _window_note(window))
     ax.set_title("|applied direction - fresh gradient| / |fresh gradient|  (line: mean over seeds; "
-                 "band: min to max)", fontsize=9, color="0.3")
+                 "band: min to max" + ("; x: run diverged" if points else "") + ")", fontsize=9, color="0.3")
     _title(fig, runs, "gradient error vs server update")
     return fig
 

@@ -4,17 +4,25 @@ The glue between the trainers (pure computation) and the results layout::
 
     results/<experiment>/<scheme>-seed<k>/
         config.json     resolved experiment config (with the scheme and seed of this run)
-        meta.json       versions, commit, host, backend, wall time, summary
-        metrics.csv     one row per server update
-        eval.csv        periodic closed-loop tracking evaluation
+        meta.json       versions, commit, host, backend, wall time, summary; "status":
+                        "running" while training, then "completed", "diverged" (with
+                        "diverged_at") or "interrupted"
+        metrics.csv     one row per server update (rewritten at every evaluation point)
+        eval.csv        periodic closed-loop tracking evaluation (likewise)
         trajectory.csv  final policy on the fixed scenario
-        params.npy      final flat parameter vector
+        params.npy      final flat parameter vector (of a diverged run: before the bad update)
+        checkpoint/     the two latest checkpoints (``train --resume``)
     results/<experiment>/summary.csv, summary.md   written by ``compare``
+
+Every file is replaced atomically, so a crash leaves complete files and loses at
+most one evaluation interval of metrics; a run killed outright is continued from
+its latest checkpoint with ``train --resume``.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -23,10 +31,12 @@ from typing import Any
 
 import numpy as np
 
+from asynccorr.checkpoint import Checkpoint, CheckpointError, load_latest_checkpoint, save_checkpoint
 from asynccorr.config import ExperimentConfig, to_dict, with_overrides
 from asynccorr.evaluation import TrackingSummary
 from asynccorr.results import (
     RunExistsError,
+    atomic_write_bytes,
     atomic_write_text,
     prepare_run_dir,
     run_meta,
@@ -34,13 +44,30 @@ from asynccorr.results import (
     write_json,
 )
 from asynccorr.schemes import SEQUENTIAL, get_scheme
-from asynccorr.trainer import EvalRecord, RunResult, train_sequential
+from asynccorr.trainer import EvalRecord, RunHooks, RunResult, TrainingInterrupted, train_sequential
 
 SUMMARY_FIELDS = (
-    "scheme", "seed", "workers", "iterations", "sim_time", "mean_staleness", "max_staleness",
-    "final_policy_loss", "grad_error_mean", "grad_error_final", "stale_grad_error_mean",
+    "scheme", "seed", "status", "diverged_at", "workers", "iterations", "sim_time", "mean_staleness",
+    "max_staleness", "final_policy_loss", "grad_error_mean", "grad_error_final", "stale_grad_error_mean",
     "rms_lateral", "left_road", "finite", "wall_time_s",
 )
+FINISHED = ("completed", "diverged")  # statuses of a run that has nothing left to do
+
+
+class ResumeError(ValueError):
+    """A run cannot be resumed (no run, no checkpoint, different config); the message says why."""
+
+
+class RunFinished(Exception):
+    """``--resume`` of a run that already completed or diverged: nothing to do."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run, after its partial results were written to ``run_dir``."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(f"interrupted; partial results in {run_dir}")
+        self.run_dir = run_dir
 
 
 def run_dir_for(results_root: Path, config: ExperimentConfig, scheme: str) -> Path:
@@ -48,37 +75,44 @@ def run_dir_for(results_root: Path, config: ExperimentConfig, scheme: str) -> Pa
 
 
 def train(config: ExperimentConfig, scheme: str,
-          on_chunk: Callable[[int, EvalRecord], None] | None = None) -> RunResult:
+          on_chunk: Callable[[int, EvalRecord], None] | None = None, hooks: RunHooks | None = None) -> RunResult:
     """Train one run in memory: the sequential reference or a scheme on the configured backend."""
+    hooks = hooks or RunHooks(on_chunk=on_chunk)
     if scheme == SEQUENTIAL:
-        return train_sequential(config, on_chunk=on_chunk)
+        return train_sequential(config, hooks=hooks)
     get_scheme(scheme)
     from asynccorr.backends.sim import run_sim
 
-    return run_sim(config, scheme, on_chunk=on_chunk)
+    return run_sim(config, scheme, hooks=hooks)
 
 
 def summarize_run(scheme: str, config: ExperimentConfig, result: RunResult, wall: float) -> dict[str, Any]:
     """One row of the comparison table."""
     m = result.metrics
-    n = len(m["iteration"])
+    n = len(m["iteration"]) if "iteration" in m else 0
     tail = max(1, n // 10)
     final: TrackingSummary = result.evals[-1].summary
     staleness = m.get("staleness", np.zeros(n))
     grad_error = m.get("grad_error", np.zeros(n))
     stale_error = m.get("stale_grad_error", np.zeros(n))
+
+    def mean(values: np.ndarray) -> float:
+        return float(np.mean(values)) if len(values) else float("nan")
+
     return {
         "scheme": scheme,
         "seed": config.train.seed,
+        "status": result.status,
+        "diverged_at": result.diverged_at,
         "workers": 1 if scheme == SEQUENTIAL else config.workers.count,
         "iterations": n,
-        "sim_time": float(m["time"][-1]) if "time" in m else float("nan"),
-        "mean_staleness": float(np.mean(staleness)),
-        "max_staleness": int(np.max(staleness)),
-        "final_policy_loss": float(np.mean(m["policy_loss"][-tail:])),
-        "grad_error_mean": float(np.mean(grad_error)),
-        "grad_error_final": float(np.mean(grad_error[-tail:])),
-        "stale_grad_error_mean": float(np.mean(stale_error)),
+        "sim_time": float(m["time"][-1]) if n and "time" in m else float("nan"),
+        "mean_staleness": mean(staleness),
+        "max_staleness": int(np.max(staleness)) if n else 0,
+        "final_policy_loss": mean(m["policy_loss"][-tail:]) if n else float("nan"),
+        "grad_error_mean": mean(grad_error),
+        "grad_error_final": mean(grad_error[-tail:]),
+        "stale_grad_error_mean": mean(stale_error),
         "rms_lateral": final.rms_lateral,
         "left_road": final.left_road,
         "finite": bool(np.all(np.isfinite(result.params))),
@@ -86,13 +120,23 @@ def summarize_run(scheme: str, config: ExperimentConfig, result: RunResult, wall
     }
 
 
-def write_run(run_dir: Path, config: ExperimentConfig, scheme: str, result: RunResult, meta: dict) -> None:
-    write_json(run_dir / "config.json", {"scheme": scheme, **to_dict(config)})
-    write_csv(run_dir / "metrics.csv", result.metrics)
+def write_eval(run_dir: Path, evals: Sequence[EvalRecord]) -> None:
     write_csv(run_dir / "eval.csv", {
-        "iteration": [e.iteration for e in result.evals],
-        **{field: [getattr(e.summary, field) for e in result.evals] for field in TrackingSummary._fields},
+        "iteration": [e.iteration for e in evals],
+        **{field: [getattr(e.summary, field) for e in evals] for field in TrackingSummary._fields},
     })
+
+
+def write_progress(run_dir: Path, metrics: dict[str, np.ndarray], evals: Sequence[EvalRecord]) -> None:
+    """The metrics and evaluations so far (called at every evaluation point while training)."""
+    write_csv(run_dir / "metrics.csv", metrics)
+    write_eval(run_dir, evals)
+
+
+def write_run(run_dir: Path, config: ExperimentConfig, scheme: str, result: RunResult, meta: dict) -> None:
+    """Every file of a finished (or diverged, or interrupted) run; ``meta.json`` last."""
+    write_json(run_dir / "config.json", config_record(config, scheme))
+    write_progress(run_dir, result.metrics, result.evals)
     traj = result.trajectory
     columns = {name: np.asarray(getattr(traj, name)) for name in traj._fields if name != "action"}
     action = np.asarray(traj.action)
@@ -101,10 +145,67 @@ def write_run(run_dir: Path, config: ExperimentConfig, scheme: str, result: RunR
     write_csv(run_dir / "trajectory.csv", columns)
     buf = io.BytesIO()
     np.save(buf, result.params)
-    tmp = run_dir / ".params.npy.tmp"
-    tmp.write_bytes(buf.getvalue())
-    tmp.replace(run_dir / "params.npy")
+    atomic_write_bytes(run_dir / "params.npy", buf.getvalue())
     write_json(run_dir / "meta.json", meta)
+
+
+def config_record(config: ExperimentConfig, scheme: str) -> dict[str, Any]:
+    """What ``config.json`` holds: the scheme and the resolved config, as plain JSON values."""
+    return json.loads(json.dumps({"scheme": scheme, **to_dict(config)}))
+
+
+def first_difference(stored: Any, current: Any, prefix: str = "") -> str | None:
+    """Dotted name of the first field where two config records differ (in the current record's order)."""
+    if isinstance(stored, dict) and isinstance(current, dict):
+        for key in [*current, *(k for k in stored if k not in current)]:
+            name = f"{prefix}{key}"
+            if key not in stored or key not in current:
+                return name
+            if (found := first_difference(stored[key], current[key], name + ".")) is not None:
+                return found
+        return None
+    return None if stored == current else prefix.rstrip(".")
+
+
+def _read_json_dict(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def resume_checkpoint(run_dir: Path, config: ExperimentConfig, scheme: str) -> Checkpoint:
+    """The checkpoint to continue ``run_dir`` from, after checking that it is the same run.
+
+    Raises ``ResumeError`` (no run, a different config, no readable checkpoint) or
+    ``RunFinished`` (the run completed or diverged: nothing to resume).
+    """
+    stored = _read_json_dict(run_dir / "config.json")
+    if stored is None:
+        raise ResumeError(f"no run to resume in {run_dir} (no readable config.json)")
+    current = config_record(config, scheme)
+    if (field := first_difference(stored, current)) is not None:
+        raise ResumeError(f"cannot resume {run_dir}: the config differs in {field} "
+                          f"(stored {_lookup(stored, field)!r}, now {_lookup(current, field)!r})")
+    status = (_read_json_dict(run_dir / "meta.json") or {}).get("status")
+    if status in FINISHED:
+        raise RunFinished(f"run {run_dir} already finished (status {status}); nothing to resume")
+    try:
+        checkpoint = load_latest_checkpoint(run_dir)
+    except CheckpointError as exc:
+        raise ResumeError(str(exc)) from None
+    if checkpoint is None:
+        raise ResumeError(f"no checkpoint in {run_dir} to resume from "
+                          f"(train.checkpoint_every = {config.train.checkpoint_every})")
+    return checkpoint
+
+
+def _lookup(record: dict[str, Any], dotted: str) -> Any:
+    value: Any = record
+    for part in dotted.split("."):
+        value = value.get(part, "<missing>") if isinstance(value, dict) else "<missing>"
+    return value
 
 
 def train_run(
@@ -113,21 +214,56 @@ def train_run(
     results_root: Path,
     overwrite: bool = False,
     on_chunk: Callable[[int, EvalRecord], None] | None = None,
+    resume: bool | Checkpoint = False,
 ) -> tuple[Path, RunResult, dict[str, Any]]:
-    """Train one run and write its directory; returns (run dir, result, summary row)."""
+    """Train one run and write its directory; returns (run dir, result, summary row).
+
+    While it trains, ``meta.json`` says ``"status": "running"``, the metrics so far are
+    rewritten at every evaluation point and checkpoints are saved when due. With
+    ``resume`` the run continues from its latest checkpoint (see ``resume_checkpoint``), or
+    from the given one.
+    Ctrl-C writes the partial run (status ``interrupted``) and raises ``RunInterrupted``.
+    """
     run_dir = run_dir_for(results_root, config, scheme)
-    prepare_run_dir(run_dir, overwrite)
-    start = time.perf_counter()
-    result = train(config, scheme, on_chunk=on_chunk)
-    wall = time.perf_counter() - start
-    summary = summarize_run(scheme, config, result, wall)
     backend = "sequential" if scheme == SEQUENTIAL else config.workers.backend
+    if isinstance(resume, Checkpoint):
+        checkpoint: Checkpoint | None = resume
+    elif resume:
+        checkpoint = resume_checkpoint(run_dir, config, scheme)
+    else:
+        checkpoint = None
+        prepare_run_dir(run_dir, overwrite)
+        write_json(run_dir / "config.json", config_record(config, scheme))
+    write_json(run_dir / "meta.json", run_meta(backend, scheme, config.train.seed, {
+        "experiment": config.name, "status": "running",
+        **({"resumed_from": checkpoint.iteration} if checkpoint else {})}))
+    hooks = RunHooks(
+        on_chunk=on_chunk,
+        on_flush=lambda metrics, evals: write_progress(run_dir, metrics, evals),
+        on_checkpoint=lambda ckpt: save_checkpoint(run_dir, ckpt),
+        resume=checkpoint,
+    )
+    start = time.perf_counter()
+    try:
+        result = train(config, scheme, hooks=hooks)
+    except TrainingInterrupted as exc:
+        _finish(run_dir, config, scheme, backend, exc.result, time.perf_counter() - start, checkpoint)
+        raise RunInterrupted(run_dir) from None
+    summary = _finish(run_dir, config, scheme, backend, result, time.perf_counter() - start, checkpoint)
+    return run_dir, result, summary
+
+
+def _finish(run_dir: Path, config: ExperimentConfig, scheme: str, backend: str, result: RunResult, wall: float,
+            checkpoint: Checkpoint | None) -> dict[str, Any]:
+    summary = summarize_run(scheme, config, result, wall)
     meta = run_meta(backend, scheme, config.train.seed, {
         "experiment": config.name, "wall_time_s": round(wall, 3), "summary": summary,
+        "status": result.status, "diverged_at": result.diverged_at, "dropped": result.dropped,
         "final_tracking": result.evals[-1].summary._asdict(),
+        **({"resumed_from": checkpoint.iteration} if checkpoint else {}),
     })
     write_run(run_dir, config, scheme, result, meta)
-    return run_dir, result, summary
+    return summary
 
 
 def planned_runs(config: ExperimentConfig, schemes: Sequence[str], seeds: Sequence[int]) -> list[tuple[str, ExperimentConfig]]:
@@ -161,18 +297,27 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             agg[key] = float(np.mean(values))
             agg[key + "_std"] = float(np.std(values)) if len(values) > 1 else 0.0
         agg["left_road"] = sum(bool(r["left_road"]) for r in group)
+        agg["diverged"] = sum(r.get("status") == "diverged" for r in group)
+        agg["diverged_at"] = [r["diverged_at"] for r in group if r.get("status") == "diverged"]
         agg["finite"] = all(bool(r["finite"]) for r in group)
         out.append(agg)
     return out
 
 
+def diverged_text(agg: dict[str, Any]) -> str:
+    """'0/3', or '2/3 (at 21, 26)': how many seeds diverged and at which server update."""
+    text = f"{agg['diverged']}/{agg['seeds']}"
+    return text + f" (at {', '.join(map(str, agg['diverged_at']))})" if agg["diverged"] else text
+
+
 def write_summary(folder: Path, rows: Sequence[dict[str, Any]], title: str) -> None:
     """summary.csv (one row per run) and summary.md (per scheme, mean ± std over seeds)."""
-    write_csv(folder / "summary.csv", {k: [r[k] for r in rows] for k in SUMMARY_FIELDS})
+    write_csv(folder / "summary.csv", {k: ["" if r.get(k) is None else r.get(k) for r in rows]
+                                       for k in SUMMARY_FIELDS})
     lines = [f"# {title}", "",
-             "| scheme | seeds | final policy loss | gradient error (mean) | gradient error (last 10%) "
-             "| RMS lateral [m] | left road | mean staleness | sim time [s] |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             ("| scheme | seeds | diverged | final policy loss | gradient error (mean) | gradient error (last 10%) "
+              "| RMS lateral [m] | left road | mean staleness | sim time [s] |"),
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
 
     def pm(a: dict[str, Any], key: str, fmt: str) -> str:
         v, s = a[key], a[key + "_std"]
@@ -181,7 +326,7 @@ def write_summary(folder: Path, rows: Sequence[dict[str, Any]], title: str) -> N
         return f"{v:{fmt}} ± {s:{fmt}}" if a["seeds"] > 1 else f"{v:{fmt}}"
 
     for a in aggregate(rows):
-        lines.append(f"| {a['scheme']} | {a['seeds']} | {pm(a, 'final_policy_loss', '.3f')} | "
+        lines.append(f"| {a['scheme']} | {a['seeds']} | {diverged_text(a)} | {pm(a, 'final_policy_loss', '.3f')} | "
                      f"{pm(a, 'grad_error_mean', '.3g')} | {pm(a, 'grad_error_final', '.3g')} | "
                      f"{pm(a, 'rms_lateral', '.4f')} | {a['left_road']}/{a['seeds']} | "
                      f"{pm(a, 'mean_staleness', '.2f')} | {pm(a, 'sim_time', '.2f')} |")

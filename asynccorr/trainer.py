@@ -18,6 +18,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from asynccorr.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    evals_from_json,
+    evals_to_json,
+    pack_columns,
+    pack_tree,
+    unpack_columns,
+    unpack_tree,
+)
 from asynccorr.config import ExperimentConfig, LearnerConfig, OptimConfig, from_dict, to_dict
 from asynccorr.envs import make
 from asynccorr.evaluation import TrackingSummary, Trajectory, evaluate
@@ -120,8 +130,8 @@ class RunResult(NamedTuple):
     metrics: dict[str, np.ndarray]  # per iteration
     evals: list[EvalRecord]
     trajectory: Trajectory  # final closed-loop tracking
-    status: str = "completed"  # "completed", "diverged" (issue 6) or "interrupted" (Ctrl-C)
-    diverged_at: int | None = None  # server iteration at which the run was declared diverged
+    status: str = "completed"  # "completed", "diverged" or "interrupted" (Ctrl-C)
+    diverged_at: int | None = None  # first server update whose metrics were non-finite or beyond the bound
     dropped: int = 0  # messages a drop-stale scheme discarded (not counted as iterations)
 
 
@@ -138,38 +148,168 @@ class TrainingInterrupted(Exception):
         self.result = result
 
 
+class RunHooks(NamedTuple):
+    """How a backend reports to the runs layer while it trains (every field optional).
+
+    * ``on_chunk(done, record)``: progress, after each periodic evaluation;
+    * ``on_flush(metrics, evals)``: every metric row and evaluation so far, at each
+      evaluation point (the logging interval), so a crash loses at most one interval;
+    * ``on_checkpoint(checkpoint)``: the backend's whole state, at the first evaluation
+      point after each ``train.checkpoint_every`` updates;
+    * ``resume``: a checkpoint to continue from instead of starting afresh.
+    """
+
+    on_chunk: Callable[[int, EvalRecord], None] | None = None
+    on_flush: Callable[[dict[str, np.ndarray], list[EvalRecord]], None] | None = None
+    on_checkpoint: Callable[[Checkpoint], None] | None = None
+    resume: Checkpoint | None = None
+
+
+# ----------------------------------------------------------------------------- shared by the backends
+
+DIVERGENCE_COLUMNS = ("policy_loss", "value_loss", "direction_norm", "update_norm")
+BOUNDED_COLUMNS = ("policy_loss", "value_loss")
+
+
+def first_diverged_row(columns: dict[str, np.ndarray], bound: float) -> int | None:
+    """Index of the first metric row that is non-finite (losses, direction or update norm) or
+    whose |policy loss| or |value loss| exceeds ``bound``; None if every row is healthy.
+
+    A non-finite update norm means the parameters left the finite range at that update; a
+    loss at update k is measured at the parameters after k - 1 updates.
+    """
+    n = len(next(iter(columns.values()))) if columns else 0
+    bad = np.zeros(n, bool)
+    for name in DIVERGENCE_COLUMNS:
+        if name in columns:
+            bad |= ~np.isfinite(np.asarray(columns[name], np.float64))
+    for name in BOUNDED_COLUMNS:
+        if name in columns:
+            with np.errstate(invalid="ignore"):
+                bad |= np.abs(np.asarray(columns[name], np.float64)) > bound
+    return int(np.argmax(bad)) if bad.any() else None
+
+
+def concat_columns(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Append rows ``b`` to ``a`` column by column (``a`` may be empty)."""
+    if not a:
+        return dict(b)
+    return {k: np.concatenate([a[k], b[k]]) for k in a}
+
+
+def head_columns(columns: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+    return {k: v[:n] for k, v in columns.items()}
+
+
+def is_eval_point(done: int, config: ExperimentConfig) -> bool:
+    """Evaluation (and metrics flush) after every ``eval_every`` updates and at the end."""
+    return done % config.train.eval_every == 0 or done == config.train.iterations
+
+
+def checkpoint_due(done: int, last: int, config: ExperimentConfig) -> bool:
+    """At an evaluation point ``done``: whether a ``checkpoint_every`` boundary was passed since
+    the checkpoint at ``last`` (never at the end of the run, which writes the final results)."""
+    every = config.train.checkpoint_every
+    return every > 0 and done < config.train.iterations and done // every > last // every
+
+
+# ----------------------------------------------------------------------------- the sequential trainer
+
+SEQUENTIAL_COLUMNS = ("iteration", "time", "worker", "staleness", "policy_loss", "value_loss", "grad_error",
+                      "policy_grad_error", "stale_grad_error", "direction_norm", "correction_norm", "update_norm")
+
+
+def _sequential_columns(metrics: StepMetrics, first: int, config: ExperimentConfig) -> dict[str, np.ndarray]:
+    """Rows ``first .. first + n - 1`` in the asynchronous backends' layout: one worker, never stale."""
+    n = len(metrics.policy_loss)
+    columns: dict[str, np.ndarray] = {name: np.asarray(getattr(metrics, name)) for name in StepMetrics._fields}
+    columns["iteration"] = np.arange(first, first + n)
+    columns["time"] = columns["iteration"] * config.workers.direction_time
+    columns["worker"] = np.zeros(n, np.int64)
+    columns["staleness"] = np.zeros(n, np.int64)
+    for name in ("grad_error", "policy_grad_error", "stale_grad_error", "correction_norm"):
+        columns[name] = np.zeros(n)
+    return {k: columns[k] for k in SEQUENTIAL_COLUMNS}
+
+
+def _sequential_checkpoint(state: TrainState, metrics: dict[str, np.ndarray], evals: list[EvalRecord],
+                           done: int) -> Checkpoint:
+    arrays, names = pack_columns(metrics)
+    arrays.update(pack_tree("state", state))
+    return Checkpoint(done, arrays, {"backend": "sequential", "columns": names, "evals": evals_to_json(evals)})
+
+
+def _sequential_restore(ckpt: Checkpoint, template: TrainState
+                        ) -> tuple[TrainState, dict[str, np.ndarray], list[EvalRecord]]:
+    if ckpt.info.get("backend") != "sequential":
+        raise CheckpointError(f"checkpoint was written by backend {ckpt.info.get('backend')!r}, not sequential")
+    state = unpack_tree("state", ckpt.arrays, template)
+    return state, unpack_columns(ckpt.arrays, ckpt.info["columns"]), evals_from_json(ckpt.info["evals"])
+
+
 def train_sequential(
     config: ExperimentConfig,
     on_chunk: Callable[[int, EvalRecord], None] | None = None,
+    hooks: RunHooks | None = None,
 ) -> RunResult:
-    """Train with always-fresh directions for ``config.train.iterations`` updates."""
-    learner, optimizer = build(config)
-    state = init_state(learner, optimizer, jax.random.PRNGKey(config.train.seed))
-    run = _chunk_runner(learner, optimizer)
+    """Train with always-fresh directions for ``config.train.iterations`` updates.
 
+    Runs ``lax.scan`` chunks between evaluation points; after each chunk the metrics are
+    checked for divergence (``first_diverged_row``), flushed, and a checkpoint is taken
+    when due. On divergence the run stops with the metrics up to and including the first
+    bad update k and the parameters the trainer held before it (after k - 1 updates).
+    """
+    hooks = hooks or RunHooks(on_chunk=on_chunk)
+    learner, optimizer = build(config)
+    key = jax.random.PRNGKey(config.train.seed)
+    run = _chunk_runner(learner, optimizer)
     total, every = config.train.iterations, config.train.eval_every
-    chunks: list[StepMetrics] = []
-    evals = [EvalRecord(0, evaluate(learner, state.params)[0])]
-    done = 0
-    while done < total:
-        n = min(every, total - done)
-        state, m = run(state, n)
-        done += n
-        chunks.append(jax.device_get(m))
-        record = EvalRecord(done, evaluate(learner, state.params)[0])
-        evals.append(record)
-        if on_chunk is not None:
-            on_chunk(done, record)
-    metrics = {name: np.concatenate([getattr(c, name) for c in chunks]) for name in StepMetrics._fields}
-    metrics["iteration"] = np.arange(1, total + 1)
-    # the same columns as the asynchronous backends: one worker, never stale, simulated clock
-    metrics["time"] = metrics["iteration"] * config.workers.direction_time
-    metrics["worker"] = np.zeros(total, np.int64)
-    metrics["staleness"] = np.zeros(total, np.int64)
-    for name in ("grad_error", "policy_grad_error", "stale_grad_error", "correction_norm"):
-        metrics[name] = np.zeros(total)
-    order = ["iteration", "time", "worker", "staleness", "policy_loss", "value_loss", "grad_error",
-             "policy_grad_error", "stale_grad_error", "direction_norm", "correction_norm", "update_norm"]
-    metrics = {k: metrics[k] for k in order}
+
+    if hooks.resume is not None:
+        template = jax.eval_shape(lambda k: init_state(learner, optimizer, k), key)
+        state, metrics, evals = _sequential_restore(hooks.resume, template)
+    else:
+        state = init_state(learner, optimizer, key)
+        metrics, evals = {}, [EvalRecord(0, evaluate(learner, state.params)[0])]
+    done = last_checkpoint = int(state.iteration)
+    committed = (state, metrics, evals)  # one assignment: always a consistent triple for Ctrl-C
+    try:
+        while done < total:
+            n = min(every - done % every, total - done)
+            state, m = run(state, n)
+            columns = _sequential_columns(jax.device_get(m), done + 1, config)
+            bad = first_diverged_row(columns, config.train.divergence_loss)
+            if bad is not None:
+                chunk_start = committed[0]
+                before = run(chunk_start, bad)[0] if bad > 0 else chunk_start
+                return _diverged(learner, np.asarray(before.params),
+                                 concat_columns(metrics, head_columns(columns, bad + 1)), evals, done + bad + 1)
+            done += n
+            record = EvalRecord(done, evaluate(learner, state.params)[0])
+            metrics, evals = concat_columns(metrics, columns), [*evals, record]
+            committed = (state, metrics, evals)
+            if hooks.on_chunk is not None:
+                hooks.on_chunk(done, record)
+            if hooks.on_checkpoint is not None and checkpoint_due(done, last_checkpoint, config):
+                hooks.on_checkpoint(_sequential_checkpoint(state, metrics, evals, done))
+                last_checkpoint = done
+            if hooks.on_flush is not None:
+                hooks.on_flush(metrics, evals)
+    except KeyboardInterrupt:
+        state, metrics, evals = committed
+        metrics = metrics or {k: np.zeros(0) for k in SEQUENTIAL_COLUMNS}
+        _, traj = evaluate(learner, state.params)
+        raise TrainingInterrupted(RunResult(np.asarray(state.params), metrics, evals, traj,
+                                            status="interrupted")) from None
     _, traj = evaluate(learner, state.params)
     return RunResult(np.asarray(state.params), metrics, evals, traj)
+
+
+def _diverged(learner: Learner, params: np.ndarray, metrics: dict[str, np.ndarray], evals: list[EvalRecord],
+              at: int, dropped: int = 0) -> RunResult:
+    """The result of a run that diverged at update ``at``: ``params`` are those before that update
+    (after ``at - 1`` updates), evaluated once more unless already evaluated."""
+    summary, traj = evaluate(learner, params)
+    if evals[-1].iteration != at - 1:
+        evals = [*evals, EvalRecord(at - 1, summary)]
+    return RunResult(params, metrics, evals, traj, status="diverged", diverged_at=at, dropped=dropped)

@@ -78,60 +78,7 @@ def test_an_existing_run_is_never_overwritten_without_the_flag(capsys, tmp_path,
     assert run_cli(capsys, *args, "--overwrite")[0] == 0
 
 
-BAD_TOML = {
-    "malformed TOML": ("[train\niterations = 3", "malformed TOML"),
-    "unknown key": ("[train]\nspeed = 3", "train.speed"),
-    "unknown section": ("[trian]\niterations = 3", "trian"),
-    "wrong type": ("[train]\niterations = 'many'", "train.iterations"),
-    "negative learning rate": ("[optim]\npolicy_lr = -0.1", "optim.policy_lr"),
-    "empty network": ("[learner]\npolicy_hidden = []", "learner.policy_hidden"),
-    "zero wheelbase": ("[env]\nparams = { wheelbase = 0.0 }", "wheelbase"),
-    "non-finite amplitude": ("[env]\nparams = { amplitude = nan }", "amplitude"),
-    "unknown env": ("[env]\nname = 'boat'", "env"),
-    "unknown env parameter": ("[env]\nparams = { wingspan = 3.0 }", "wingspan"),
-    "bad experiment name": ("name = '../escape'", "name"),
-}
-
-
-@pytest.mark.parametrize("case", sorted(BAD_TOML))
-def test_bad_config_gives_one_line_error_and_status_2(capsys, tmp_path, case):
-    text, needle = BAD_TOML[case]
-    path = tmp_path / "bad.toml"
-    path.write_text(text)
-    (tmp_path / "results").mkdir()
-    code, out, err = run_cli(capsys, "train", "--config", str(path), "--results", str(tmp_path / "results"))
-    assert code == 2
-    assert err.startswith("error: ") and err.count("\n") == 1, err
-    assert needle in err
-    assert list((tmp_path / "results").iterdir()) == []
-
-
-@pytest.mark.parametrize(
-    ("args", "needle"),
-    [
-        (("train", "--iterations", "0"), "train.iterations"),
-        (("train", "--seed", "-1"), "train.seed"),
-        (("train", "--seed", "abc"), "--seed"),
-        (("train", "--env", "boat"), "boat"),
-        (("train", "--config", "does/not/exist.toml"), "not found"),
-        (("train", "--no-such-flag"), "--no-such-flag"),
-        (("fly",), "fly"),
-        (("train", "--scheme", "hogwild"), "hogwild"),
-        (("train", "--workers", "0"), "workers.count"),
-        (("train", "--backend", "mpi"), "workers.backend"),
-        (("train", "--scheme", "modify-dense"), "dense_max_params"),
-        (("compare", "--schemes", "async,teleport"), "schemes.compare"),
-        (("compare", "--schemes", ","), "--schemes"),
-        (("compare", "--seeds", "0,x"), "--seeds"),
-        (("compare", "--seeds", "1,1"), "schemes.seeds"),
-        (("plot", "no/such/folder"), "does not exist"),
-    ],
-)
-def test_bad_arguments_give_one_line_error_and_status_2(capsys, tmp_path, args, needle):
-    code, _, err = run_cli(capsys, *args, *(("--results", str(tmp_path)) if args[0] in ("train", "compare") else ()))
-    assert code == 2
-    assert err.startswith("error: ") and err.count("\n") == 1, err
-    assert needle in err
+# Bad input (config files, arguments, plot folders, resume): tests/test_bad_input.py
 
 
 def test_console_script_runs_as_a_module(tmp_path, tiny_config):

@@ -1,0 +1,155 @@
+"""Checkpoints: a run's whole state as arrays plus JSON, one file per checkpoint.
+
+A checkpoint is ``<run dir>/checkpoint/ckpt-<iteration>.npz``: a plain ``.npz``
+(no pickle) holding named arrays -- the pytree leaves of the backend's state,
+flattened with ``jax.tree_util`` in a fixed order, and the metric columns so
+far -- plus one entry ``__info__``, a JSON document with everything that is not
+an array (numpy generator state, event heap, counters, evaluations so far).
+Pytrees are rebuilt against a template of the same structure (e.g. from
+``jax.eval_shape`` of the backend's init), so no code object is ever stored.
+
+Each file is written to a temporary sibling, flushed to disk and moved into
+place with ``os.replace``: a crash leaves either the previous checkpoint or the
+new one, never a torn file. The two latest are kept.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from asynccorr.evaluation import TrackingSummary
+
+CHECKPOINT_DIR = "checkpoint"
+KEEP = 2  # checkpoints kept on disk (the newest first)
+_NAME_RE = re.compile(r"^ckpt-(\d+)\.npz$")
+_INFO = "__info__"
+
+
+class Checkpoint(NamedTuple):
+    """One saved state: the server iteration it was taken at, named arrays and JSON-able info."""
+
+    iteration: int
+    arrays: dict[str, np.ndarray]
+    info: dict[str, Any]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is unreadable or does not fit the run it is loaded into."""
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def checkpoint_files(run_dir: Path) -> list[Path]:
+    """The run's checkpoint files, newest (highest iteration) first."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME_RE.match(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def save_checkpoint(run_dir: Path, checkpoint: Checkpoint, keep: int = KEEP) -> Path:
+    """Write ``checkpoint`` atomically and delete all but the ``keep`` newest."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    info = json.dumps({"iteration": checkpoint.iteration, **checkpoint.info}, sort_keys=True)
+    np.savez(buf, **checkpoint.arrays, **{_INFO: np.array(info)})
+    path = folder / f"ckpt-{checkpoint.iteration:09d}.npz"
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(buf.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    for old in checkpoint_files(run_dir)[keep:]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def read_checkpoint(path: Path) -> Checkpoint:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+        info = json.loads(str(arrays.pop(_INFO)))
+        return Checkpoint(int(info.pop("iteration")), arrays, info)
+    except (OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint {path} is unreadable: {exc}") from None
+
+
+def load_latest_checkpoint(run_dir: Path) -> Checkpoint | None:
+    """The newest readable checkpoint of a run directory, or None if it has none."""
+    error: CheckpointError | None = None
+    for path in checkpoint_files(run_dir):
+        try:
+            return read_checkpoint(path)
+        except CheckpointError as exc:  # fall back to the previous one
+            error = exc
+    if error is not None:
+        raise error
+    return None
+
+
+# ----------------------------------------------------------------------------- packing
+
+
+def pack_tree(prefix: str, tree: Any) -> dict[str, np.ndarray]:
+    """A pytree's leaves as ``{prefix.00000: array, ...}`` in ``tree_leaves`` order."""
+    leaves = jax.device_get(jax.tree_util.tree_leaves(tree))
+    return {f"{prefix}.{i:05d}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
+
+
+def unpack_tree(prefix: str, arrays: Mapping[str, np.ndarray], template: Any) -> Any:
+    """Rebuild a pytree shaped like ``template`` (arrays or ``ShapeDtypeStruct``s) from ``pack_tree`` output."""
+    leaves, treedef = jax.tree_util.tree_flatten(template)
+    stored = sorted(k for k in arrays if k.startswith(prefix + "."))
+    if len(stored) != len(leaves):
+        raise CheckpointError(f"checkpoint holds {len(stored)} arrays for {prefix}, the run needs {len(leaves)}")
+    out = []
+    for key, like in zip(stored, leaves):
+        value = arrays[key]
+        if value.shape != tuple(like.shape) or value.dtype != like.dtype:
+            raise CheckpointError(f"checkpoint array {key} is {value.dtype}{list(value.shape)}, "
+                                  f"the run needs {like.dtype}{list(like.shape)}")
+        out.append(jnp.asarray(value))
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def pack_columns(columns: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Metric columns as arrays ``metrics.<name>`` plus their order."""
+    return {f"metrics.{k}": np.asarray(v) for k, v in columns.items()}, list(columns)
+
+
+def unpack_columns(arrays: Mapping[str, np.ndarray], names: Sequence[str]) -> dict[str, np.ndarray]:
+    return {k: arrays[f"metrics.{k}"] for k in names}
+
+
+def evals_to_json(evals: Sequence[Any]) -> list[list[Any]]:
+    """``EvalRecord``s as ``[iteration, {summary field: value}]`` (floats round-trip exactly)."""
+    return [[int(e.iteration), {k: _plain(v) for k, v in e.summary._asdict().items()}] for e in evals]
+
+
+def evals_from_json(data: Sequence[Any]) -> list[Any]:
+    from asynccorr.trainer import EvalRecord
+
+    return [EvalRecord(int(it), TrackingSummary(**summary)) for it, summary in data]
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value

@@ -1,0 +1,244 @@
+"""Specification of bad input: every case exits with status 2, prints exactly one line
+``error: ...`` on stderr naming the offending field or argument, and leaves results
+written earlier byte-for-byte untouched.
+
+One tiny real run is trained once for the module (``earlier``); every case then
+runs against its results folder and hashes it before and after. The cases fail
+before any JAX compilation (config parsing, argument checks, file checks).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from asynccorr.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+PAPER = REPO / "experiments" / "paper.toml"
+
+TINY = """
+name = "tiny"
+[learner]
+policy_hidden = [8]
+value_hidden = [8]
+rollout_states = 8
+reset_states = 8
+horizon = 5
+[train]
+iterations = 2
+eval_every = 2
+[workers]
+count = 2
+"""
+
+
+class Earlier:
+    """The results of a finished run, and the config that produced them."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.results = root / "results"
+        self.config = root / "tiny.toml"
+        self.run_dir = self.results / "tiny" / "async-seed0"
+
+
+def tree_hash(folder: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file (and every directory, as '<dir>') under ``folder``."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        rel = str(p.relative_to(folder))
+        out[rel] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "<dir>"
+    return out
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exc:
+        main(list(args))
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def earlier(tmp_path_factory) -> Earlier:
+    env = Earlier(tmp_path_factory.mktemp("bad-input"))
+    env.config.write_text(TINY)
+    main(["train", "--scheme", "async", "--config", str(env.config), "--results", str(env.results), "--quiet"])
+    assert (env.run_dir / "params.npy").is_file()
+    return env
+
+
+def assert_rejected(capsys, earlier: Earlier, args: list[str], needle: str, also_untouched: Path | None = None):
+    """The common specification of a bad input."""
+    watched = [earlier.root] + ([also_untouched] if also_untouched is not None else [])
+    before = [tree_hash(w) for w in watched]
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2, (code, err)
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert needle in err, err
+    assert [tree_hash(w) for w in watched] == before
+
+
+# ----------------------------------------------------------------------------- the config file
+
+BAD_TOML = {
+    "unknown top-level key": ("colour = 'red'", "unknown config key colour"),
+    "unknown key in a section": ("[train]\nspeed = 3", "train.speed"),
+    "unknown section": ("[trian]\niterations = 3", "trian"),
+    "string for an int": ("[train]\niterations = 'many'", "train.iterations"),
+    "float for an int": ("[workers]\ncount = 2.5", "workers.count"),
+    "bool for a number": ("[optim]\npolicy_lr = true", "optim.policy_lr"),
+    "list for a table": ("learner = [1, 2]", "learner"),
+    "table for a list": ("[schemes]\nseeds = { a = 1 }", "schemes.seeds"),
+    "malformed TOML": ("[train\niterations = 3", "malformed TOML"),
+    "zero workers": ("[workers]\ncount = 0", "workers.count"),
+    "negative learning rate": ("[optim]\npolicy_lr = -0.1", "optim.policy_lr"),
+    "zero learning rate": ("[optim]\nvalue_lr = 0.0", "optim.value_lr"),
+    "NaN learning rate": ("[optim]\npolicy_lr = nan", "optim.policy_lr"),
+    "infinite learning rate": ("[optim]\npolicy_lr = inf", "optim.policy_lr"),
+    "unknown scheme": ("[schemes]\ncompare = ['async', 'teleport']", "schemes.compare"),
+    "unknown backend": ("[workers]\nbackend = 'mpi'", "workers.backend"),
+    "unknown env": ("[env]\nname = 'boat'", "env"),
+    "unknown env parameter": ("[env]\nparams = { wingspan = 3.0 }", "wingspan"),
+    "zero wheelbase": ("[env]\nparams = { wheelbase = 0.0 }", "wheelbase"),
+    "non-finite amplitude": ("[env]\nparams = { amplitude = nan }", "amplitude"),
+    "unknown delay model": ("[workers]\ndelay = 'bursty'", "workers.delay"),
+    "unknown activation": ("[learner]\nactivation = 'sigmoidal'", "learner.activation"),
+    "empty network list": ("[learner]\npolicy_hidden = []", "learner.policy_hidden"),
+    "negative iterations": ("[train]\niterations = -5", "train.iterations"),
+    "eval_every 0": ("[train]\neval_every = 0", "train.eval_every"),
+    "negative checkpoint interval": ("[train]\ncheckpoint_every = -1", "train.checkpoint_every"),
+    "zero divergence bound": ("[train]\ndivergence_loss = 0.0", "train.divergence_loss"),
+    "duplicate seeds": ("[schemes]\nseeds = [1, 1]", "schemes.seeds"),
+    "seed beyond 32 bits": ("[train]\nseed = 4294967296", "train.seed"),
+    "probability above 1": ("[workers]\nstraggler_prob = 1.5", "workers.straggler_prob"),
+    "discount above 1": ("[learner]\ngamma = 1.5", "learner.gamma"),
+    "bad experiment name": ("name = '../escape'", "name"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_TOML))
+def test_a_bad_config_file_is_rejected_with_one_line_naming_the_field(capsys, tmp_path, earlier, case):
+    text, needle = BAD_TOML[case]
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    assert_rejected(capsys, earlier, ["train", "--config", str(path), "--results", str(earlier.results)], needle)
+
+
+def test_a_config_file_that_is_not_utf8_is_malformed(capsys, tmp_path, earlier):
+    path = tmp_path / "binary.toml"
+    path.write_bytes(b"\xff\xfe\x00name")
+    assert_rejected(capsys, earlier, ["train", "--config", str(path), "--results", str(earlier.results)],
+                    "malformed TOML")
+
+
+# ----------------------------------------------------------------------------- the command line
+
+
+def cli_cases(earlier: Earlier) -> dict[str, tuple[list[str], str]]:
+    cfg, res = str(earlier.config), str(earlier.results)
+    train = ["train", "--config", cfg, "--results", res]
+    compare = ["compare", "--config", cfg, "--results", res]
+    return {
+        "missing config file": (["train", "--config", str(earlier.root / "nope.toml"), "--results", res],
+                                "not found"),
+        "config path is a directory": (["train", "--config", str(earlier.root), "--results", res], "directory"),
+        "negative workers": ([*train, "--workers", "-1"], "workers.count"),
+        "zero iterations": ([*train, "--iterations", "0"], "train.iterations"),
+        "negative seed": ([*train, "--seed", "-1"], "train.seed"),
+        "seed that is not a number": ([*train, "--seed", "abc"], "--seed"),
+        "unknown option": ([*train, "--no-such-flag"], "--no-such-flag"),
+        "unknown command": (["fly"], "fly"),
+        "unknown scheme": ([*train, "--scheme", "hogwild"], "hogwild"),
+        "unknown backend": ([*train, "--backend", "mpi"], "workers.backend"),
+        "unknown env": ([*train, "--env", "boat"], "boat"),
+        "modify-dense on the default net": (["train", "--scheme", "modify-dense", "--config", str(PAPER),
+                                             "--results", res], "dense_max_params"),
+        "unknown scheme in a list": ([*compare, "--schemes", "async,teleport"], "schemes.compare"),
+        "empty scheme list": ([*compare, "--schemes", ","], "--schemes"),
+        "bad seeds text": ([*compare, "--seeds", "0,x"], "--seeds"),
+        "duplicate seeds": ([*compare, "--seeds", "1,1"], "schemes.seeds"),
+        "resume and overwrite together": ([*train, "--scheme", "async", "--resume", "--overwrite"], "--resume"),
+        "resume with no run": ([*train, "--scheme", "modify", "--resume"], "no run to resume"),
+        "resume with a different config": ([*train, "--scheme", "async", "--resume", "--iterations", "3"],
+                                           "train.iterations"),
+        "train into an existing run": ([*train, "--scheme", "async"], "--overwrite"),
+        "compare where one of the runs exists": ([*compare, "--schemes", "sync,async", "--seeds", "0"],
+                                                 "--overwrite"),
+    }
+
+
+CLI_CASES = sorted(cli_cases(Earlier(Path("."))))
+
+
+@pytest.mark.parametrize("case", CLI_CASES)
+def test_bad_arguments_are_rejected_with_one_line_naming_the_argument(capsys, earlier, case):
+    args, needle = cli_cases(earlier)[case]
+    assert_rejected(capsys, earlier, args, needle)
+
+
+def test_resuming_a_run_that_crashed_before_its_first_checkpoint_is_rejected(capsys, tmp_path, earlier):
+    results = tmp_path / "results"
+    shutil.copytree(earlier.results, results)
+    meta = results / "tiny" / "async-seed0" / "meta.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "status": "running"}))
+    assert_rejected(capsys, earlier, ["train", "--scheme", "async", "--config", str(earlier.config), "--results",
+                                      str(results), "--resume"], "no checkpoint", also_untouched=results)
+
+
+# ----------------------------------------------------------------------------- plot
+
+
+def _corrupt(folder: Path, earlier: Earlier, how: str) -> Path:
+    """A copy of the earlier experiment folder with one file damaged."""
+    shutil.copytree(earlier.results / "tiny", folder)
+    run = folder / "async-seed0"
+    if how == "csv":
+        (run / "metrics.csv").write_text("iteration,policy_loss\n1,0.5\n2,not-a-number,7\n")
+    elif how == "meta":
+        text = (run / "meta.json").read_text()
+        (run / "meta.json").write_text(text[: len(text) // 2])
+    return folder
+
+
+PLOT_CASES = {
+    "missing folder": (lambda tmp, e: tmp / "no" / "such", "does not exist"),
+    "empty folder": (lambda tmp, e: (tmp / "empty").mkdir() or tmp / "empty", "no run directories"),
+    "a file, not a folder": (lambda tmp, e: (tmp / "f.txt").write_text("x") and tmp / "f.txt", "not a directory"),
+    "corrupt metrics CSV": (lambda tmp, e: _corrupt(tmp / "csv", e, "csv"), "metrics.csv"),
+    "truncated meta.json": (lambda tmp, e: _corrupt(tmp / "meta", e, "meta"), "meta.json"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PLOT_CASES))
+def test_plot_on_an_unusable_folder_is_rejected_with_one_line(capsys, tmp_path, earlier, case):
+    make, needle = PLOT_CASES[case]
+    target = make(tmp_path, earlier)
+    assert_rejected(capsys, earlier, ["plot", str(target)], needle,
+                    also_untouched=target if target.is_dir() else None)
+
+
+# ----------------------------------------------------------------------------- not errors
+
+
+def test_resuming_a_finished_run_says_so_and_changes_nothing(capsys, earlier):
+    before = tree_hash(earlier.root)
+    code, out, err = run_cli(capsys, "train", "--scheme", "async", "--config", str(earlier.config), "--results",
+                             str(earlier.results), "--resume", "--quiet")
+    assert code == 0, err
+    assert "already finished" in out
+    assert tree_hash(earlier.root) == before
+
+
+def test_the_earlier_run_is_marked_completed(earlier):
+    meta = json.loads((earlier.run_dir / "meta.json").read_text())
+    assert meta["status"] == "completed" and meta["diverged_at"] is None
+
+
+def test_there_are_at_least_25_bad_inputs():
+    assert len(BAD_TOML) + len(CLI_CASES) + len(PLOT_CASES) + 2 >= 25

@@ -1,0 +1,301 @@
+"""Specification of the hardening: divergence, checkpoints and resume, Ctrl-C, results safety."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from asynccorr import plots
+from asynccorr.backends.sim import run_sim
+from asynccorr.checkpoint import checkpoint_files, read_checkpoint
+from asynccorr.cli import main
+from asynccorr.config import ExperimentConfig, with_overrides
+from asynccorr.results import read_csv, write_csv, write_json
+from asynccorr.runs import train, train_run
+from asynccorr.trainer import RunHooks, TrainingInterrupted, first_diverged_row
+
+REPO = Path(__file__).resolve().parents[1]
+RESULT_FILES = ("params.npy", "metrics.csv", "eval.csv", "trajectory.csv")
+
+
+def tiny(**sections) -> ExperimentConfig:
+    """The small network of tests/test_async.py (shares its compiled code), 3 workers."""
+    base = with_overrides(
+        ExperimentConfig(),
+        name="hard",
+        learner={"policy_hidden": (8,), "value_hidden": (8,), "rollout_states": 8, "reset_states": 8, "horizon": 5},
+        train={"iterations": 12, "eval_every": 2, "checkpoint_every": 4},
+        workers={"count": 3},
+    )
+    return with_overrides(base, **sections)
+
+
+# A step size at which, on the tiny config with 4 workers, the exact correction blows up
+# within 20 updates while the sequential trainer and naive async stay finite.
+UNSTABLE = {"optim": {"policy_lr": 0.1, "value_lr": 0.3}, "workers": {"count": 4},
+            "train": {"iterations": 20, "eval_every": 10}}
+
+
+def same_files(a: Path, b: Path) -> None:
+    for name in RESULT_FILES:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+# ----------------------------------------------------------------------------- divergence
+
+
+def test_a_row_is_diverged_when_a_loss_or_norm_is_not_finite_or_a_loss_exceeds_the_bound():
+    ok = {"policy_loss": np.array([1.0, -2.0, 3.0]), "value_loss": np.array([5.0, 6.0, 7.0]),
+          "direction_norm": np.ones(3), "update_norm": np.ones(3), "grad_error": np.array([np.nan] * 3)}
+    assert first_diverged_row(ok, 10.0) is None  # other columns (the gradient error) do not count
+    for column, row, value in (("policy_loss", 1, np.nan), ("value_loss", 2, np.inf), ("update_norm", 1, np.nan),
+                               ("direction_norm", 0, -np.inf), ("policy_loss", 2, -11.0), ("value_loss", 1, 10.5)):
+        bad = {k: v.copy() for k, v in ok.items()}
+        bad[column][row] = value
+        assert first_diverged_row(bad, 10.0) == row, (column, value)
+    assert first_diverged_row({**ok, "value_loss": np.array([5.0, 1e300, 7.0])}, float("inf")) is None
+
+
+def test_a_diverging_sequential_run_stops_at_its_first_bad_update_with_the_parameters_before_it():
+    cfg = tiny(**{**UNSTABLE, "optim": {"policy_lr": 0.3, "value_lr": 0.9}})
+    result = train(cfg, "sequential")
+    assert result.status == "diverged"
+    k = result.diverged_at
+    assert 1 < k <= cfg.train.iterations
+    # metrics up to and including update k; every earlier row healthy, row k not
+    assert list(result.metrics["iteration"]) == list(range(1, k + 1))
+    assert first_diverged_row(result.metrics, cfg.train.divergence_loss) == k - 1
+    # the parameters are the trainer's before update k (found again inside the scan chunk), evaluated
+    before = train(with_overrides(cfg, train={"iterations": k - 1}), "sequential")
+    assert before.status == "completed"
+    np.testing.assert_array_equal(result.params, before.params)
+    assert result.evals[-1].iteration == k - 1 and result.evals[-1].summary == before.evals[-1].summary
+
+
+def test_compare_carries_on_after_a_diverged_scheme_and_reports_it(capsys, tmp_path, monkeypatch):
+    """On the sim backend: modify diverges at some update k; the row k is kept, the parameters
+    are the server's before update k, and the sequential run after it still completes."""
+    monkeypatch.setenv("COLUMNS", "200")  # the CLI's table unwrapped
+    config = tmp_path / "unstable.toml"
+    config.write_text("""
+name = "unstable"
+[learner]
+policy_hidden = [8]
+value_hidden = [8]
+rollout_states = 8
+reset_states = 8
+horizon = 5
+[optim]
+policy_lr = 0.1
+value_lr = 0.3
+[train]
+iterations = 20
+eval_every = 10
+[workers]
+count = 4
+""")
+    main(["compare", "--config", str(config), "--schemes", "modify,sequential", "--seeds", "0",
+          "--results", str(tmp_path / "r"), "--quiet"])
+    out = capsys.readouterr().out
+    folder = tmp_path / "r" / "unstable"
+    summary = {r["scheme"]: r for r in _csv_rows(folder / "summary.csv")}
+    assert summary["sequential"]["status"] == "completed" and summary["sequential"]["diverged_at"] == ""
+    assert summary["modify"]["status"] == "diverged"
+    k = int(summary["modify"]["diverged_at"])
+    assert f"| modify | 1 | 1/1 (at {k}) |" in (folder / "summary.md").read_text()
+    assert "| sequential | 1 | 0/1 |" in (folder / "summary.md").read_text()
+    assert "1/1 (at" in out  # the compare table printed by the CLI
+    meta = json.loads((folder / "modify-seed0" / "meta.json").read_text())
+    assert meta["status"] == "diverged" and meta["diverged_at"] == k
+    metrics = read_csv(folder / "modify-seed0" / "metrics.csv")
+    assert list(metrics["iteration"]) == list(range(1, k + 1))
+    assert first_diverged_row(metrics, 1e6) == k - 1
+    before = train(with_overrides(tiny(**UNSTABLE), train={"iterations": k - 1}), "modify")
+    assert before.status == "completed"
+    np.testing.assert_array_equal(np.load(folder / "modify-seed0" / "params.npy"), before.params)
+    evals = read_csv(folder / "modify-seed0" / "eval.csv")
+    assert evals["iteration"][-1] == k - 1 and evals["rms_lateral"][-1] == np.float32(before.evals[-1].summary.rms_lateral)
+    # the figures mark it: an x at update k on the loss and gradient-error figures
+    runs = plots.load_runs(folder)
+    (diverged,) = [r for r in runs if r.scheme == "modify"]
+    assert diverged.diverged and diverged.diverged_at == k and diverged.valid_rows == k - 1
+    for figure in (plots.loss_vs_iteration(runs, smooth=1), plots.gradient_error_vs_iteration(runs, smooth=1)):
+        marks = [line for line in figure.axes[0].get_lines() if line.get_marker() == "x"]
+        assert [float(m.get_xdata()[0]) for m in marks] == [float(k)]
+
+
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_the_diverged_tail_of_a_finite_run_never_sets_the_axis(tmp_path: Path):
+    """A run declared diverged at update 30 whose loss then grows to 1e12 while staying finite."""
+    folder = tmp_path / "exp"
+    n = 40
+    it = np.arange(1, n + 1)
+    for scheme, loss, meta in (("sync", 5 + np.exp(-it / 10), {"status": "completed"}),
+                               ("async", np.where(it < 30, 6 + np.exp(-it / 10), 1e12),
+                                {"status": "diverged", "diverged_at": 30})):
+        run = folder / f"{scheme}-seed0"
+        write_csv(run / "metrics.csv", {"iteration": it, "time": it * 0.01, "policy_loss": loss,
+                                        "value_loss": loss, "grad_error": np.full(n, 0.1)})
+        write_json(run / "meta.json", meta)
+    runs = plots.load_runs(folder)
+    assert runs[1].scheme == "async" and runs[1].valid_rows == 29 and runs[1].diverged
+    ax = plots.loss_vs_iteration(runs, smooth=1).axes[0]
+    assert ax.get_ylim()[1] < 100
+    (mark,) = [line for line in ax.get_lines() if line.get_marker() == "x"]
+    assert float(mark.get_xdata()[0]) == 30.0
+
+
+# ----------------------------------------------------------------------------- checkpoints and resume
+
+
+@pytest.mark.parametrize("scheme", ["sync", "async", "sequential"])
+def test_checkpoints_do_not_change_results_and_a_resumed_run_equals_the_uninterrupted_one(tmp_path, scheme):
+    cfg = tiny()
+    a, _, _ = train_run(cfg, scheme, tmp_path / "a")
+    b, _, _ = train_run(with_overrides(cfg, train={"checkpoint_every": 0}), scheme, tmp_path / "b")
+    same_files(a, b)
+    assert [read_checkpoint(p).iteration for p in checkpoint_files(a)] == [8, 4]  # the two latest are kept
+    assert not checkpoint_files(b)
+    # a crash after the checkpoint at 4: later files are stale, the final ones missing
+    c = tmp_path / "c" / a.parent.name / a.name
+    shutil.copytree(a, c)
+    checkpoint_files(c)[0].unlink()
+    for name in ("params.npy", "trajectory.csv"):
+        (c / name).unlink()
+    meta = json.loads((c / "meta.json").read_text())
+    write_json(c / "meta.json", {**meta, "status": "running"})
+    resumed, result, _ = train_run(cfg, scheme, tmp_path / "c", resume=True)
+    assert resumed == c and result.status == "completed"
+    same_files(a, c)
+    assert json.loads((c / "meta.json").read_text())["resumed_from"] == 4
+
+
+def _wait_for_checkpoint(proc: subprocess.Popen, run_dir: Path, past: int, timeout: float = 240.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        files = checkpoint_files(run_dir)
+        if files:
+            newest = int(files[0].stem.split("-")[1])
+            if newest > past:
+                return newest
+        assert proc.poll() is None, f"the run ended before it could be stopped: {proc.stderr.read()}"
+        time.sleep(0.02)
+    raise AssertionError("no checkpoint appeared in time")
+
+
+KILLABLE = """
+name = "killed"
+[learner]
+policy_hidden = [8]
+value_hidden = [8]
+rollout_states = 8
+reset_states = 8
+horizon = 5
+[train]
+iterations = 400
+eval_every = 2
+checkpoint_every = {checkpoint_every}
+[workers]
+count = 3
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme", ["modify"])
+def test_a_run_killed_with_sigkill_resumes_to_exactly_the_uninterrupted_result(capsys, tmp_path, scheme):
+    """A real crash: the process is killed with SIGKILL mid-run (one more process start and
+    compilation, so only for modify; the sequential trainer and sync resume in-process above)."""
+    config, reference_config = tmp_path / "killed.toml", tmp_path / "reference.toml"
+    config.write_text(KILLABLE.format(checkpoint_every=2))
+    reference_config.write_text(KILLABLE.format(checkpoint_every=0))
+    results = tmp_path / "results"
+    run_dir = results / "killed" / f"{scheme}-seed0"
+    args = ["train", "--scheme", scheme, "--config", str(config), "--results", str(results), "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "asynccorr", *args], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        newest = _wait_for_checkpoint(proc, run_dir, past=2)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    # what a crash leaves: complete files, the run marked running, at most one interval of metrics lost
+    assert json.loads((run_dir / "meta.json").read_text())["status"] == "running"
+    rows = len(read_csv(run_dir / "metrics.csv")["iteration"])
+    assert rows % 2 == 0 and rows >= newest - 2
+    assert not (run_dir / "params.npy").exists()
+
+    main([*args, "--resume"])
+    main(["train", "--scheme", scheme, "--config", str(reference_config), "--results", str(tmp_path / "ref"),
+          "--quiet"])
+    capsys.readouterr()
+    same_files(run_dir, tmp_path / "ref" / "killed" / f"{scheme}-seed0")
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert meta["status"] == "completed" and meta["resumed_from"] >= newest
+
+
+# ----------------------------------------------------------------------------- Ctrl-C
+
+
+def test_ctrl_c_in_the_simulation_returns_everything_up_to_the_last_update():
+    calls = []
+
+    def interrupt(metrics, evals):
+        calls.append(len(metrics["iteration"]))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted) as exc:
+        run_sim(tiny(), "async", hooks=RunHooks(on_flush=interrupt))
+    result = exc.value.result
+    assert result.status == "interrupted"
+    assert list(result.metrics["iteration"]) == [1, 2, 3, 4]
+    assert [e.iteration for e in result.evals] == [0, 2, 4]
+
+
+@pytest.mark.parametrize("scheme", ["async", "sequential"])
+def test_ctrl_c_writes_the_partial_run_and_exits_130_with_one_line(capsys, tmp_path, monkeypatch, scheme):
+    from asynccorr import runs
+
+    real, calls = runs.write_progress, []
+
+    def write_then_interrupt(run_dir, metrics, evals):
+        real(run_dir, metrics, evals)
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(runs, "write_progress", write_then_interrupt)
+    config = tmp_path / "tiny.toml"
+    config.write_text('name = "tiny"\n[learner]\npolicy_hidden = [8]\nvalue_hidden = [8]\nrollout_states = 8\n'
+                      "reset_states = 8\nhorizon = 5\n[train]\niterations = 12\neval_every = 2\n"
+                      "[workers]\ncount = 3\n")
+    with pytest.raises(SystemExit) as exc:
+        main(["compare", "--schemes", scheme, "--seeds", "0,1", "--config", str(config), "--results",
+              str(tmp_path / "r"), "--quiet"])
+    err = capsys.readouterr().err
+    run_dir = tmp_path / "r" / "tiny" / f"{scheme}-seed0"
+    assert exc.value.code == 130
+    assert err == f"error: interrupted; partial results in {run_dir}\n"
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert meta["status"] == "interrupted"
+    assert list(read_csv(run_dir / "metrics.csv")["iteration"]) == [1, 2, 3, 4]
+    assert (run_dir / "params.npy").is_file() and (run_dir / "trajectory.csv").is_file()
+    assert not (tmp_path / "r" / "tiny" / f"{scheme}-seed1").exists()  # compare stopped
+    assert not (tmp_path / "r" / "tiny" / "summary.csv").exists()
