@@ -109,7 +109,8 @@ def summarize_run(scheme: str, config: ExperimentConfig, result: RunResult, wall
         "sim_time": float(m["time"][-1]) if n and "time" in m else float("nan"),
         "mean_staleness": mean(staleness),
         "max_staleness": int(np.max(staleness)) if n else 0,
-        "final_policy_loss": mean(m["policy_loss"][-tail:]) if n else float("nan"),
+        # a diverged run has no final loss (its last rows are the blow-up itself)
+        "final_policy_loss": mean(m["policy_loss"][-tail:]) if n and result.status != "diverged" else float("nan"),
         "grad_error_mean": mean(grad_error),
         "grad_error_final": mean(grad_error[-tail:]),
         "stale_grad_error_mean": mean(stale_error),
@@ -286,7 +287,10 @@ def check_no_existing_runs(results_root: Path, plan: Sequence[tuple[str, Experim
 
 
 def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per scheme: mean and standard deviation over seeds of the numeric summary fields."""
+    """Per scheme: mean and standard deviation over seeds of the numeric summary fields.
+
+    Means are over the seeds with a finite value: a diverged run has no final loss,
+    and the ``diverged`` count says how many seeds are left out."""
     out = []
     for scheme in dict.fromkeys(r["scheme"] for r in rows):
         group = [r for r in rows if r["scheme"] == scheme]
@@ -294,7 +298,8 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         for key in ("final_policy_loss", "grad_error_mean", "grad_error_final", "rms_lateral", "mean_staleness",
                     "sim_time", "wall_time_s"):
             values = np.array([r[key] for r in group], np.float64)
-            agg[key] = float(np.mean(values))
+            values = values[np.isfinite(values)]  # over the seeds that have a value (diverged ones are counted apart)
+            agg[key] = float(np.mean(values)) if len(values) else float("nan")
             agg[key + "_std"] = float(np.std(values)) if len(values) > 1 else 0.0
         agg["left_road"] = sum(bool(r["left_road"]) for r in group)
         agg["diverged"] = sum(r.get("status") == "diverged" for r in group)

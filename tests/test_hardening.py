@@ -20,7 +20,7 @@ from asynccorr.checkpoint import checkpoint_files, read_checkpoint
 from asynccorr.cli import main
 from asynccorr.config import ExperimentConfig, with_overrides
 from asynccorr.results import read_csv, write_csv, write_json
-from asynccorr.runs import train, train_run
+from asynccorr.runs import aggregate, diverged_text, train, train_run
 from asynccorr.trainer import RunHooks, TrainingInterrupted, first_diverged_row
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,6 +110,7 @@ count = 4
     summary = {r["scheme"]: r for r in _csv_rows(folder / "summary.csv")}
     assert summary["sequential"]["status"] == "completed" and summary["sequential"]["diverged_at"] == ""
     assert summary["modify"]["status"] == "diverged"
+    assert summary["modify"]["final_policy_loss"] == "nan"  # a blow-up has no final loss
     k = int(summary["modify"]["diverged_at"])
     assert f"| modify | 1 | 1/1 (at {k}) |" in (folder / "summary.md").read_text()
     assert "| sequential | 1 | 0/1 |" in (folder / "summary.md").read_text()
@@ -299,3 +300,18 @@ def test_ctrl_c_writes_the_partial_run_and_exits_130_with_one_line(capsys, tmp_p
     assert (run_dir / "params.npy").is_file() and (run_dir / "trajectory.csv").is_file()
     assert not (tmp_path / "r" / "tiny" / f"{scheme}-seed1").exists()  # compare stopped
     assert not (tmp_path / "r" / "tiny" / "summary.csv").exists()
+
+
+def test_scheme_means_leave_out_seeds_without_a_value_and_count_the_diverged_ones():
+    rows = [{"scheme": "modify", "status": "diverged", "diverged_at": 9, "final_policy_loss": float("nan"),
+             "left_road": True, "finite": True},
+            {"scheme": "modify", "status": "completed", "diverged_at": None, "final_policy_loss": 2.0,
+             "left_road": False, "finite": True},
+            {"scheme": "modify", "status": "completed", "diverged_at": None, "final_policy_loss": 4.0,
+             "left_road": False, "finite": True}]
+    for r in rows:
+        r.update({k: 1.0 for k in ("grad_error_mean", "grad_error_final", "rms_lateral", "mean_staleness",
+                                   "sim_time", "wall_time_s")})
+    [agg] = aggregate(rows)
+    assert agg["final_policy_loss"] == 3.0 and agg["final_policy_loss_std"] == 1.0
+    assert agg["diverged"] == 1 and diverged_text(agg) == "1/3 (at 9)"
