@@ -27,6 +27,8 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 DEFAULT_CONFIG = Path("experiments/paper.toml")
+BACKEND_HELP = "Execution backend (overrides workers.backend): sim, mp (processes) or ray."
+ADDRESS_HELP = "Ray cluster address (overrides workers.address); default: start a local Ray."
 
 
 @app.callback()
@@ -78,7 +80,8 @@ def _check_scheme(scheme: str) -> None:
 def train(
     scheme: Annotated[str, typer.Option(help="sequential, sync, async, modify, modify-safe, modify-dense.")] = "modify",
     config: Annotated[Path | None, typer.Option(help="Experiment TOML (default: experiments/paper.toml).")] = None,
-    backend: Annotated[str | None, typer.Option(help="Execution backend (overrides workers.backend): sim.")] = None,
+    backend: Annotated[str | None, typer.Option(help=BACKEND_HELP)] = None,
+    address: Annotated[str | None, typer.Option(help=ADDRESS_HELP)] = None,
     workers: Annotated[int | None, typer.Option(help="Number of workers (overrides workers.count).")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (overrides train.seed).")] = None,
     iterations: Annotated[int | None, typer.Option(help="Server updates (overrides train.iterations).")] = None,
@@ -92,7 +95,7 @@ def train(
 
     _check_scheme(scheme)
     cfg = resolve_config(config, train={"seed": seed, "iterations": iterations},
-                         workers={"count": workers, "backend": backend})
+                         workers={"count": workers, "backend": backend, "address": address})
     if env is not None and env != cfg.env.name:
         cfg = with_overrides(cfg, env={"name": env, "params": {}})
     [(scheme, cfg)] = planned_runs(cfg, [scheme], [cfg.train.seed])
@@ -129,6 +132,8 @@ def compare(
     schemes: Annotated[str | None, typer.Option(help="Comma-separated schemes (overrides schemes.compare).")] = None,
     seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds (overrides schemes.seeds).")] = None,
     workers: Annotated[int | None, typer.Option(help="Number of workers (overrides workers.count).")] = None,
+    backend: Annotated[str | None, typer.Option(help=BACKEND_HELP)] = None,
+    address: Annotated[str | None, typer.Option(help=ADDRESS_HELP)] = None,
     iterations: Annotated[int | None, typer.Option(help="Server updates (overrides train.iterations).")] = None,
     results: Annotated[Path, typer.Option(help="Root folder for run directories.")] = Path("results"),
     overwrite: Annotated[bool, typer.Option(help="Replace existing run directories.")] = False,
@@ -139,7 +144,8 @@ def compare(
 
     scheme_list = _parse_list(schemes, "--schemes", str)
     seed_list = _parse_list(seeds, "--seeds", int)
-    cfg = resolve_config(config, train={"iterations": iterations}, workers={"count": workers},
+    cfg = resolve_config(config, train={"iterations": iterations},
+                         workers={"count": workers, "backend": backend, "address": address},
                          schemes={"compare": scheme_list, "seeds": seed_list})
     plan = planned_runs(cfg, cfg.schemes.compare, cfg.schemes.seeds)
     if not overwrite:
@@ -196,8 +202,11 @@ def main(argv: list[str] | None = None) -> None:
         app(args=argv, standalone_mode=False)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except typer.Abort:
-        print("error: aborted", file=sys.stderr)
+    except (typer.Abort, KeyboardInterrupt) as exc:
+        # click turns Ctrl-C into Abort; the runs layer has already written the partial run
+        cause = exc.__cause__ if isinstance(exc, typer.Abort) else exc
+        detail = f" ({_one_line(str(cause))}; partial results kept)" if cause is not None and str(cause) else ""
+        print(f"error: interrupted{detail}", file=sys.stderr)
         sys.exit(130)
     except (ConfigError, RunExistsError, CliError) as exc:
         print(f"error: {_one_line(str(exc))}", file=sys.stderr)

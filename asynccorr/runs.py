@@ -34,7 +34,7 @@ from asynccorr.results import (
     write_json,
 )
 from asynccorr.schemes import SEQUENTIAL, get_scheme
-from asynccorr.trainer import EvalRecord, RunResult, train_sequential
+from asynccorr.trainer import EvalRecord, RunResult, TrainingInterrupted, train_sequential
 
 SUMMARY_FIELDS = (
     "scheme", "seed", "workers", "iterations", "sim_time", "mean_staleness", "max_staleness",
@@ -53,9 +53,23 @@ def train(config: ExperimentConfig, scheme: str,
     if scheme == SEQUENTIAL:
         return train_sequential(config, on_chunk=on_chunk)
     get_scheme(scheme)
+    backend = config.workers.backend
+    if backend == "mp":
+        from asynccorr.backends.mp import run_mp
+
+        return run_mp(config, scheme, on_chunk=on_chunk)
+    if backend == "ray":
+        from asynccorr.backends.ray_backend import run_ray
+
+        return run_ray(config, scheme, on_chunk=on_chunk)
     from asynccorr.backends.sim import run_sim
 
     return run_sim(config, scheme, on_chunk=on_chunk)
+
+
+def _mean(values: np.ndarray) -> float:
+    """Mean, NaN for no values (a run interrupted before its first update)."""
+    return float(np.mean(values)) if len(values) else float("nan")
 
 
 def summarize_run(scheme: str, config: ExperimentConfig, result: RunResult, wall: float) -> dict[str, Any]:
@@ -72,13 +86,13 @@ def summarize_run(scheme: str, config: ExperimentConfig, result: RunResult, wall
         "seed": config.train.seed,
         "workers": 1 if scheme == SEQUENTIAL else config.workers.count,
         "iterations": n,
-        "sim_time": float(m["time"][-1]) if "time" in m else float("nan"),
-        "mean_staleness": float(np.mean(staleness)),
-        "max_staleness": int(np.max(staleness)),
-        "final_policy_loss": float(np.mean(m["policy_loss"][-tail:])),
-        "grad_error_mean": float(np.mean(grad_error)),
-        "grad_error_final": float(np.mean(grad_error[-tail:])),
-        "stale_grad_error_mean": float(np.mean(stale_error)),
+        "sim_time": float(m["time"][-1]) if "time" in m and n else float("nan"),
+        "mean_staleness": _mean(staleness),
+        "max_staleness": int(np.max(staleness)) if n else 0,
+        "final_policy_loss": _mean(m["policy_loss"][-tail:]),
+        "grad_error_mean": _mean(grad_error),
+        "grad_error_final": _mean(grad_error[-tail:]),
+        "stale_grad_error_mean": _mean(stale_error),
         "rms_lateral": final.rms_lateral,
         "left_road": final.left_road,
         "finite": bool(np.all(np.isfinite(result.params))),
@@ -118,15 +132,23 @@ def train_run(
     run_dir = run_dir_for(results_root, config, scheme)
     prepare_run_dir(run_dir, overwrite)
     start = time.perf_counter()
-    result = train(config, scheme, on_chunk=on_chunk)
+    interrupted = None
+    try:
+        result = train(config, scheme, on_chunk=on_chunk)
+    except TrainingInterrupted as exc:  # Ctrl-C: keep every metric computed so far, then stop
+        result, interrupted = exc.result, exc
     wall = time.perf_counter() - start
     summary = summarize_run(scheme, config, result, wall)
     backend = "sequential" if scheme == SEQUENTIAL else config.workers.backend
     meta = run_meta(backend, scheme, config.train.seed, {
         "experiment": config.name, "wall_time_s": round(wall, 3), "summary": summary,
-        "final_tracking": result.evals[-1].summary._asdict(),
+        "final_tracking": result.evals[-1].summary._asdict(), "status": result.status,
+        **({"workers_replaced": sum(e["kind"] in ("died", "hung") for e in result.events),
+            "worker_events": list(result.events)} if result.events else {}),
     })
     write_run(run_dir, config, scheme, result, meta)
+    if interrupted is not None:
+        raise KeyboardInterrupt(str(interrupted)) from interrupted
     return run_dir, result, summary
 
 
@@ -139,6 +161,10 @@ def planned_runs(config: ExperimentConfig, schemes: Sequence[str], seeds: Sequen
     for scheme in schemes:
         if scheme != SEQUENTIAL:
             check_scheme_fits(get_scheme(scheme), learner.num_params, config)
+            if config.workers.backend != "sim":
+                from asynccorr.backends.serving import check_real_backend_scheme
+
+                check_real_backend_scheme(scheme, config.workers.backend)
     return [(s, with_overrides(config, train={"seed": seed})) for s in schemes for seed in seeds]
 
 

@@ -120,3 +120,58 @@ def make_sync_update(
         return _finish(learner, optimizer, server, applied, applied, applied, losses, server.correction_state)
 
     return jax.jit(update)
+
+
+# ----------------------------------------------------------------------------- real workers (mp, ray)
+
+
+@functools.lru_cache(maxsize=32)
+def make_message_update(
+    learner: Learner, optimizer: optax.GradientTransformation, scheme: Scheme,
+    correction: optax.GradientTransformationExtraArgs, measure: bool,
+) -> Callable[..., tuple[ServerState, UpdateMetrics]]:
+    """Jitted ``(server, G, gap_product, batch, staleness, losses) -> (server', metrics)``.
+
+    Applies a direction a *real* worker computed (``asynccorr.backends.worker``):
+    ``G = F(theta_i, batch)`` and, for ``jvp`` schemes, ``gap_product =
+    dF/dtheta(theta_i) . (theta_k' - theta_i)`` against the newest parameters
+    ``theta_k'`` the worker could pull. The scheme's correction runs here, at the
+    server's current ``theta_k`` (so ``modify-safe``'s trust region still applies).
+
+    ``measure``: evaluate the fresh ``F(theta_k, batch)`` on the shipped batch to
+    measure the gradient error (one direction per update); without it the
+    gradient-error metrics are NaN and the losses are the worker's (at theta_i).
+    """
+
+    def update(server: ServerState, stale: Array, gap_product: Array | None, batch: Batch | None,
+               staleness: Array, losses: Any):
+        extra: dict[str, Any] = {"staleness": staleness}
+        if scheme.compute == "jvp":
+            extra["gap_product"] = gap_product
+        applied, correction_state = correction.update(stale, server.correction_state, server.params, **extra)
+        if measure:
+            fresh, losses = learner.direction(server.params, batch)
+        else:
+            fresh = jnp.full_like(stale, jnp.nan)
+        return _finish(learner, optimizer, server, applied, stale, fresh, losses, correction_state)
+
+    return jax.jit(update)
+
+
+@functools.lru_cache(maxsize=32)
+def make_sync_message_update(
+    learner: Learner, optimizer: optax.GradientTransformation,
+) -> Callable[[ServerState, Array, Any], tuple[ServerState, UpdateMetrics]]:
+    """Jitted ``(server, directions, losses) -> (server', metrics)``: average N worker directions.
+
+    ``directions`` stacks the N workers' ``F(theta_k, batch_j)``, all computed at
+    the server's current parameters; as in ``make_sync_update`` their average is
+    the fresh direction, so the gradient error is zero by construction.
+    """
+
+    def update(server: ServerState, directions: Array, losses: Any):
+        applied = directions.mean(axis=0)
+        losses = jax.tree.map(lambda x: x.mean(axis=0), losses)
+        return _finish(learner, optimizer, server, applied, applied, applied, losses, server.correction_state)
+
+    return jax.jit(update)

@@ -123,6 +123,7 @@ class RunResult(NamedTuple):
     status: str = "completed"  # "completed", "diverged" (issue 6) or "interrupted" (Ctrl-C)
     diverged_at: int | None = None  # server iteration at which the run was declared diverged
     dropped: int = 0  # messages a drop-stale scheme discarded (not counted as iterations)
+    events: tuple = ()  # real backends: worker events (dicts: started, ready, died, hung, replaced)
 
 
 class TrainingInterrupted(Exception):
