@@ -6,7 +6,10 @@ line ``error: ...`` on stderr and exits with status 2; nothing is overwritten.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -40,6 +43,19 @@ class CliError(Exception):
     """A user error: reported as one line, exit status 2."""
 
 
+class Interrupted(Exception):
+    """Ctrl-C during training; the runs layer has written the partial run. Exit status 130."""
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    # typer swallows KeyboardInterrupt into exit code 130 without its message: carry it out
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        raise Interrupted(str(exc)) from None
+
+
 def resolve_config(config: Path | None, **overrides: dict[str, Any]) -> ExperimentConfig:
     """Load the TOML (or the default experiment if present) and apply CLI overrides."""
     if config is None and DEFAULT_CONFIG.is_file():
@@ -52,6 +68,12 @@ def _progress(quiet: bool) -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("rms lateral {task.fields[rms]}"), TimeElapsedColumn(),
                     console=console, disable=quiet)
+
+
+def _logging(verbose: bool) -> None:
+    """Backend events on stderr: replaced workers always, every start/ready with ``--verbose``."""
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("asynccorr").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def _parse_list(text: str | None, name: str, cast: type) -> tuple | None:
@@ -89,8 +111,10 @@ def train(
     results: Annotated[Path, typer.Option(help="Root folder for run directories.")] = Path("results"),
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    verbose: Annotated[bool, typer.Option(help="Log worker events (mp, ray: started, ready, replaced).")] = False,
 ) -> None:
     """Train one run of a scheme and write results/<experiment>/<scheme>-seed<k>/."""
+    _logging(verbose)
     from asynccorr.runs import check_no_existing_runs, planned_runs, train_run
 
     _check_scheme(scheme)
@@ -108,7 +132,8 @@ def train(
         def on_chunk(done: int, record: Any) -> None:
             progress.update(task, completed=done, rms=f"{record.summary.rms_lateral:.3f} m")
 
-        run_dir, result, summary = train_run(cfg, scheme, results, overwrite=overwrite, on_chunk=on_chunk)
+        with _interruptible():
+            run_dir, result, summary = train_run(cfg, scheme, results, overwrite=overwrite, on_chunk=on_chunk)
 
     first, last = result.evals[0].summary, result.evals[-1].summary
     workers_text = "1 worker" if summary["workers"] == 1 else f"{summary['workers']} workers"
@@ -138,8 +163,10 @@ def compare(
     results: Annotated[Path, typer.Option(help="Root folder for run directories.")] = Path("results"),
     overwrite: Annotated[bool, typer.Option(help="Replace existing run directories.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    verbose: Annotated[bool, typer.Option(help="Log worker events (mp, ray: started, ready, replaced).")] = False,
 ) -> None:
     """Run every scheme of the experiment on every seed; print and save a summary table."""
+    _logging(verbose)
     from asynccorr.runs import aggregate, check_no_existing_runs, planned_runs, train_run, write_summary
 
     scheme_list = _parse_list(schemes, "--schemes", str)
@@ -160,7 +187,8 @@ def compare(
             def on_chunk(done: int, record: Any, task: Any = task) -> None:
                 progress.update(task, completed=done, rms=f"{record.summary.rms_lateral:.3f} m")
 
-            _, _, row = train_run(run_cfg, scheme, results, overwrite=overwrite, on_chunk=on_chunk)
+            with _interruptible():
+                _, _, row = train_run(run_cfg, scheme, results, overwrite=overwrite, on_chunk=on_chunk)
             rows.append(row)
             progress.advance(overall)
     folder = results / cfg.name
@@ -199,13 +227,14 @@ def plot(
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, mapping user errors to one line and exit status 2."""
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except (typer.Abort, KeyboardInterrupt) as exc:
-        # click turns Ctrl-C into Abort; the runs layer has already written the partial run
-        cause = exc.__cause__ if isinstance(exc, typer.Abort) else exc
-        detail = f" ({_one_line(str(cause))}; partial results kept)" if cause is not None and str(cause) else ""
+    except typer.Abort:
+        print("error: aborted", file=sys.stderr)
+        sys.exit(130)
+    except (Interrupted, KeyboardInterrupt) as exc:
+        detail = f": {_one_line(str(exc))}; the partial run is written" if str(exc) else ""
         print(f"error: interrupted{detail}", file=sys.stderr)
         sys.exit(130)
     except (ConfigError, RunExistsError, CliError) as exc:
@@ -217,6 +246,11 @@ def main(argv: list[str] | None = None) -> None:
             print(f"error: {_one_line(exc.format_message())}", file=sys.stderr)
             sys.exit(2)
         raise
+    if code == 130:  # Ctrl-C outside a run (typer returns the code in non-standalone mode)
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 def _one_line(message: str) -> str:

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from asynccorr.backends.serving import ServerRole
+from asynccorr.backends.serving import ServerRole, log
 from asynccorr.backends.worker import Message, Ready, WorkerCompute, WorkerSpec, worker_env
 from asynccorr.config import ExperimentConfig, to_dict
 from asynccorr.trainer import EvalRecord, RunResult, TrainingInterrupted
@@ -263,6 +263,7 @@ def run_mp(
             if not block.going and all(slot.ready for slot in slots.values()):
                 role.start_clock()
                 block.go()
+                log.info("training: all %d workers ready", count)
         elif isinstance(msg, Message):
             if role.receive(msg):
                 block.write(role.params, role.version)
