@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from realworkers import assert_complete_async_run, interrupt_cli_run, tiny_config
+from realworkers import assert_complete_async_run, compilation_cache, interrupt_cli_run, tiny_config  # noqa: F401
 
 from asynccorr.backends.mp import SharedBlock, run_mp
 from asynccorr.config import ConfigError, ExperimentConfig, with_overrides
@@ -20,20 +20,6 @@ from asynccorr.runs import planned_runs
 from asynccorr.schemes import get_scheme, make_correction
 from asynccorr.server import init_server, make_message_update
 from asynccorr.trainer import make_optimizer
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """Worker processes share a persistent JAX compilation cache: only the first one compiles."""
-    old = {k: os.environ.get(k) for k in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")}
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax-cache"))
-    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    yield
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 # ----------------------------------------------------------------------------- shared memory
