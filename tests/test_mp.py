@@ -21,7 +21,6 @@ from asynccorr.schemes import get_scheme, make_correction
 from asynccorr.server import init_server, make_message_update
 from asynccorr.trainer import make_optimizer
 
-
 # ----------------------------------------------------------------------------- shared memory
 
 

@@ -12,7 +12,7 @@ from realworkers import assert_complete_async_run, compilation_cache, interrupt_
 
 ray = pytest.importorskip("ray")
 
-from asynccorr.backends.ray_backend import run_ray, start_ray  # noqa: E402
+from asynccorr.backends.ray_backend import run_ray, start_ray
 
 pytestmark = pytest.mark.slow
 

@@ -264,9 +264,8 @@ def run_mp(
                 role.start_clock()
                 block.go()
                 log.info("training: all %d workers ready", count)
-        elif isinstance(msg, Message):
-            if role.receive(msg):
-                block.write(role.params, role.version)
+        elif isinstance(msg, Message) and role.receive(msg):
+            block.write(role.params, role.version)
 
     failures = dict.fromkeys(range(count), 0)  # consecutive deaths before ready, per worker
 
@@ -322,9 +321,9 @@ def run_mp(
                 if i in dead:
                     continue
                 beat = float(block.heartbeat[i])
-                if slot.ready and beat > 0 and now - beat > config.workers.timeout:
-                    dead[i] = "hung"
-                elif not slot.ready and time.monotonic() - slot.started > STARTUP_TIMEOUT:
+                job_hung = slot.ready and beat > 0 and now - beat > config.workers.timeout
+                start_hung = not slot.ready and time.monotonic() - slot.started > STARTUP_TIMEOUT
+                if job_hung or start_hung:
                     dead[i] = "hung"
             for i, kind in dead.items():
                 replace(i, kind, exitcode=slots[i].process.exitcode if kind == "died" else None)

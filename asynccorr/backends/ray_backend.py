@@ -28,6 +28,7 @@ shuts down a Ray it started and raises ``trainer.TrainingInterrupted``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -248,10 +249,8 @@ def run_ray(
         interrupted = True
     finally:
         for slot in slots.values():
-            try:
+            with contextlib.suppress(Exception):  # best effort while stopping
                 ray.kill(slot.actor, no_restart=True)
-            except Exception:  # noqa: BLE001 - best effort while stopping
-                pass
         if started_ray:
             ray.shutdown()
     if interrupted:

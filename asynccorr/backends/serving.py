@@ -59,7 +59,7 @@ class ServerRole:
                                                config.workers.measure_grad_error)
         self.on_chunk = on_chunk
         self.total, self.every = config.train.iterations, config.train.eval_every
-        self.rows: list[tuple[int, float, int, int, int]] = []
+        self.rows: list[tuple[int, float, int, int, int, float]] = []
         self.pending: list[UpdateMetrics] = []
         self.fetched: list[UpdateMetrics] = []
         self.evals: list[EvalRecord] = []
@@ -135,7 +135,7 @@ class ServerRole:
             losses = Losses(jnp.asarray([m.policy_loss for m in msgs], jnp.float32),
                             jnp.asarray([m.value_loss for m in msgs], jnp.float32))
             self.server, metrics = self._sync_update(self.server, np.stack([m.direction for m in msgs]), losses)
-            self._record(metrics, -1, 0, 0)
+            self._record(metrics, -1, 0, 0, float(np.mean([m.compute_time for m in msgs])))
             return True
         staleness = self.version - msg.version
         if self.scheme.drops_stale and staleness > self.config.schemes.staleness_bound:
@@ -144,13 +144,13 @@ class ServerRole:
         losses = Losses(np.float32(msg.policy_loss), np.float32(msg.value_loss))
         self.server, metrics = self._update(self.server, msg.direction, msg.gap_product, msg.batch,
                                             np.int32(staleness), losses)
-        self._record(metrics, msg.worker, staleness, self.version - msg.version_k)
+        self._record(metrics, msg.worker, staleness, self.version - msg.version_k, msg.compute_time)
         return True
 
-    def _record(self, metrics: UpdateMetrics, worker: int, staleness: int, residual: int) -> None:
+    def _record(self, metrics: UpdateMetrics, worker: int, staleness: int, residual: int, compute: float) -> None:
         self.version += 1
         self.params = np.asarray(self.server.params)
-        self.rows.append((self.iteration + 1, self.now(), worker, staleness, residual))
+        self.rows.append((self.iteration + 1, self.now(), worker, staleness, residual, compute))
         self.pending.append(metrics)
         it = self.iteration
         if it % self.every == 0 or it == self.total:
@@ -174,6 +174,7 @@ class ServerRole:
             "worker": np.array([r[2] for r in rows], np.int64),
             "staleness": np.array([r[3] for r in rows], np.int64),
             "residual_staleness": np.array([r[4] for r in rows], np.int64),
+            "compute_time": np.array([r[5] for r in rows], np.float64),  # worker s of sampling + compute
         }
         for name in UpdateMetrics._fields:
             columns[name] = np.array([getattr(m, name) for m in self.fetched], np.float64)
