@@ -9,6 +9,10 @@ Messages between roles (one place, Sample Factory style):
   server's ``theta_k`` -- the "exact correction at application time".
 * worker -> server, ``sync``: the N batches of one round, all at ``theta_k``.
 * server -> worker: ``(theta_k, version k)`` on every pull.
+* real workers (``mp``, ``ray``): the worker computes ``G`` and, for ``modify``,
+  the gap product against the newest parameters it could pull, and ships them
+  (``asynccorr.backends.worker.Message``, where those messages are documented);
+  ``make_message_update`` applies them.
 
 Every update also measures the **gradient error**: the relative distance
 between the direction the server applies and the fresh direction

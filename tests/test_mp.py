@@ -150,3 +150,12 @@ def test_ctrl_c_on_an_mp_run_stops_within_5_s_keeps_its_metrics_and_leaves_no_pr
     meta = json.loads((run / "meta.json").read_text())
     assert meta["status"] == "interrupted" and meta["backend"] == "mp"
     assert len((run / "metrics.csv").read_text().splitlines()) > 1
+
+
+@pytest.mark.parametrize("command", ["train", "compare"])
+def test_train_and_compare_take_backend_and_address_and_reject_an_unknown_backend(capsys, tmp_path, command):
+    from test_cli import run_cli
+
+    code, _, err = run_cli(capsys, command, "--backend", "mpi", "--address", "auto", "--results", str(tmp_path))
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1 and "workers.backend" in err

@@ -156,7 +156,7 @@ def _worker_main(spec: WorkerSpec, shm_name: str, workers: int, size: int,
         while not block.stopped and os.getppid() == parent:
             theta, version = block.read()
             if wait_new and version == last:
-                time.sleep(0.0002)  # sync: compute once per version
+                time.sleep(0.001)  # sync: compute once per version
                 continue
             block.heartbeat[spec.worker] = time.time()
             msg = compute.job(theta, version, block.read)

@@ -138,6 +138,13 @@ def run_ray(
     import ray
     from ray.exceptions import GetTimeoutError, RayActorError
 
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if cpus < count:
+        if started_ray:
+            ray.shutdown()
+        raise ConfigError(f"workers.count = {count} needs {count} CPUs (one actor each); "
+                          f"the Ray cluster has {cpus:g}")
+
     worker_cls = ray.remote(num_cpus=1, max_restarts=0)(WorkerActor)
     store_cls = ray.remote(num_cpus=0)(ParameterStore)
     config_dict = to_dict(config)
