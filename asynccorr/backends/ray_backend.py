@@ -4,14 +4,15 @@ Ray is the distributed engine (``pip install 'asynccorr[ray]'``); this module
 only maps the roles onto it:
 
 * each worker is an actor (``num_cpus=1``) wrapping ``worker.WorkerCompute``;
-  ``ready()`` compiles and returns ``worker.Ready``, ``job(theta_i, i)`` returns
-  one ``worker.Message``;
+  ``ready()`` compiles and returns ``worker.Ready``, ``job()`` pulls the newest
+  ``(theta_i, i)`` from the store and returns one ``worker.Message`` (two jobs are
+  queued per actor, so it starts the next one at once, as an ``mp`` worker does;
+  ``sync``: ``job(theta_k, k)``, one per version);
 * a ``ParameterStore`` actor holds the newest ``(theta_k, k)``: the server
   publishes every version to it and a ``modify`` worker pulls from it before
   its Hessian-vector product (the worker-side protocol of ``worker.py``);
 * the server is this (driver) process: ``ray.wait`` on the outstanding jobs,
-  ``serving.ServerRole`` applies the messages, the worker gets its next job at
-  the newest parameters (``sync``: every worker, once per version).
+  ``serving.ServerRole`` applies the messages and each worker gets its next job.
 
 ``workers.address`` joins an existing cluster (``"auto"``, ``"host:6379"``; the
 ``asynccorr`` package is shipped to it with ``py_modules``); ``""`` starts a
@@ -19,10 +20,10 @@ local Ray, which is shut down at the end. Ray already running in this process
 (``ray.init`` by the caller) is used as it is and left running.
 
 Fault tolerance: a job whose actor died raises ``RayActorError`` from
-``ray.get``; a job older than ``workers.timeout`` seconds marks its actor hung
-and it is ``ray.kill``-ed. Either way the event is logged and recorded and a
+``ray.get``; an actor with jobs in flight that returned nothing for ``workers.timeout``
+seconds is hung and is ``ray.kill``-ed. Either way the event is logged and recorded and a
 fresh actor takes the worker id. Results of jobs that completed before the
-death are still applied; the job in flight is lost. Ctrl-C kills every actor,
+death are still applied; its jobs in flight are lost. Ctrl-C kills every actor,
 shuts down a Ray it started and raises ``trainer.TrainingInterrupted``.
 """
 
@@ -42,6 +43,7 @@ from asynccorr.backends.worker import Message, Ready, WorkerCompute, WorkerSpec,
 from asynccorr.config import ConfigError, ExperimentConfig, to_dict
 from asynccorr.trainer import EvalRecord, RunResult, TrainingInterrupted
 
+DEPTH = 2  # asynchronous schemes: jobs queued per actor, so it pulls its next job's parameters itself, at once
 STARTUP_TIMEOUT = 300.0  # seconds a new actor may take to start and compile before it counts as hung
 START_FAILURES = 3  # an actor that dies this many times in a row before getting ready aborts the run
 
@@ -58,7 +60,8 @@ class WorkerActor:
         self.compute.warm_up()
         return Ready(self.spec.worker, os.getpid())
 
-    def job(self, theta: Any, version: int) -> Message:
+    def job(self, theta: Any = None, version: int = -1) -> Message:
+        """One job at ``(theta, version)``, or (``theta`` None) at the newest parameters, pulled now."""
         import numpy as np
         import ray
 
@@ -66,6 +69,8 @@ class WorkerActor:
             params, k = ray.get(self.store.latest.remote())
             return np.asarray(params), k
 
+        if theta is None:
+            theta, version = pull()
         return self.compute.job(np.asarray(theta), version, pull)
 
 
@@ -117,7 +122,8 @@ class _Slot:
     spec: WorkerSpec
     started: float  # time.monotonic() at creation
     ready: bool = False
-    job_started: float | None = None  # time.monotonic() when the job in flight was submitted
+    in_flight: int = 0  # jobs submitted and not returned
+    progress: float = 0.0  # time.monotonic() of the last result (or of the first job): hang detection
     refs: set = field(default_factory=set)
 
 
@@ -176,14 +182,19 @@ def run_ray(
         return params_ref[1]
 
     def submit(i: int) -> None:
+        """Keep worker i busy: sync, one job at the current version; otherwise DEPTH jobs that
+        pull the newest parameters from the store when they start (as an mp worker does)."""
         slot = slots[i]
-        ref = slot.actor.job.remote(current_params(), role.version)
-        slot.refs.add(ref)
-        slot.job_started = time.monotonic()
-        pending[ref] = (i, "job")
-
-    def idle(i: int) -> bool:
-        return slots[i].ready and slots[i].job_started is None
+        if slot.in_flight == 0:
+            slot.progress = time.monotonic()
+        while slot.in_flight < (1 if role.scheme.synchronous else DEPTH):
+            if role.scheme.synchronous:
+                ref = slot.actor.job.remote(current_params(), role.version)
+            else:
+                ref = slot.actor.job.remote()
+            slot.refs.add(ref)
+            slot.in_flight += 1
+            pending[ref] = (i, "job")
 
     def replace(i: int, kind: str, **fields: Any) -> None:
         slot = slots.pop(i)
@@ -231,16 +242,17 @@ def run_ray(
                     elif going:
                         submit(i)
                     continue
-                slot.job_started = None
+                slot.in_flight -= 1
+                slot.progress = time.monotonic()
                 changed = role.receive(value)
                 if role.done:
                     break
                 if changed:
-                    store.publish.remote(current_params(), role.version)
+                    store.publish.remote(role.params, role.version)
                 if role.scheme.synchronous:
                     if changed:
-                        for j in list(slots):
-                            if idle(j):
+                        for j, other in slots.items():
+                            if other.ready and other.in_flight == 0:
                                 submit(j)
                 else:
                     submit(i)
@@ -248,8 +260,8 @@ def run_ray(
                 break
             now = time.monotonic()
             for i, slot in list(slots.items()):
-                if slot.ready and slot.job_started is not None and now - slot.job_started > config.workers.timeout:
-                    replace(i, "hung", after_s=round(now - slot.job_started, 1))
+                if slot.ready and slot.in_flight and now - slot.progress > config.workers.timeout:
+                    replace(i, "hung", after_s=round(now - slot.progress, 1))
                 elif not slot.ready and now - slot.started > STARTUP_TIMEOUT:
                     replace(i, "hung", after_s=round(now - slot.started, 1))
     except KeyboardInterrupt:
