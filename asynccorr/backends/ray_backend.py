@@ -110,7 +110,10 @@ def start_ray(address: str, num_cpus: int) -> bool:
     common = {"runtime_env": _runtime_env(address), "logging_level": logging.WARNING, "log_to_driver": True,
               "configure_logging": True}
     if address:
-        ray.init(address=address, **common)
+        try:
+            ray.init(address=address, **common)
+        except ConnectionError as exc:
+            raise ConfigError(f"workers.address: cannot join the Ray cluster at {address!r}: {exc}") from None
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=256 * 2**20, **common)
     return True
