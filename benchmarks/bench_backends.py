@@ -13,6 +13,9 @@ single figure noisy).
 * ``directions/s``: worker directions the server consumed per second, the total
   gradient throughput (for an asynchronous scheme one direction per update; for
   ``sync`` N per update).
+* ``worker busy``: directions/s (median) x mean job time / N: the share of the time
+  the workers spend computing. Near 1 the server keeps up and the throughput is
+  bounded by the CPU the workers get; below, by the server or the transport.
 * ``sim``: the simulated backend's updates/s (one process; every update evaluates
   the direction at the worker's and at the server's parameters).
 
@@ -86,6 +89,9 @@ def measure(backend: str, workers: int, args: argparse.Namespace) -> dict:
            "directions_per_s_median": round(float(np.median(rates)) * per_update, 1)}
     if backend != "sim":
         row["worker_job_ms"] = round(job_ms, 2)  # mean sampling + compute per worker job
+        # share of the wall time the workers spent computing (median chunk): ~1 means the server and
+        # the transport keep up and throughput is bounded by the CPU the workers get
+        row["worker_busy"] = round(float(np.median(rates)) * per_update * job_ms / 1e3 / workers, 2)
     return row
 
 
@@ -106,7 +112,8 @@ def main() -> None:
                 rows.append(row)
                 print(f"{backend:4s} {n} workers: {row['updates_per_s_best']:8.1f} updates/s "
                       f"{row['directions_per_s_best']:8.1f} directions/s (best; median "
-                      f"{row['directions_per_s_median']:.1f}; worker job {row.get('worker_job_ms', float('nan')):.2f} ms)",
+                      f"{row['directions_per_s_median']:.1f}; worker job {row.get('worker_job_ms', float('nan')):.2f} ms, "
+                      f"busy {row.get('worker_busy', float('nan')):.2f})",
                       flush=True)
     finally:
         if started_ray:
@@ -120,13 +127,15 @@ def main() -> None:
     one, two = throughput("mp", 1), throughput("mp", 2)
     ratio = round(two / one, 3) if one and two else None
     print()
-    print("| backend | workers | updates/s (best / median) | directions/s (best / median) | vs 1 worker (best) |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| backend | workers | updates/s (best / median) | directions/s (best / median) | vs 1 worker (best) "
+          "| worker job [ms] | worker busy |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         base = throughput(r["backend"], 1)
         speedup = f"{r['directions_per_s_best'] / base:.2f}x" if base else "-"
         print(f"| {r['backend']} | {r['workers']} | {r['updates_per_s_best']:.1f} / {r['updates_per_s_median']:.1f} "
-              f"| {r['directions_per_s_best']:.1f} / {r['directions_per_s_median']:.1f} | {speedup} |")
+              f"| {r['directions_per_s_best']:.1f} / {r['directions_per_s_median']:.1f} | {speedup} "
+              f"| {r.get('worker_job_ms', '-')} | {r.get('worker_busy', '-')} |")
     verdict = None
     if ratio is not None:
         verdict = "PASS" if ratio >= TARGET else "FAIL"
