@@ -13,8 +13,9 @@ single figure noisy).
 * ``directions/s``: worker directions the server consumed per second, the total
   gradient throughput (for an asynchronous scheme one direction per update; for
   ``sync`` N per update).
-* ``worker busy``: directions/s (median) x mean job time / N: the share of the time
-  the workers spend computing. Near 1 the server keeps up and the throughput is
+* ``worker busy``: the workers' compute seconds per wall second and worker (median
+  over the chunks; a job's compute is wall time too, so a descheduled worker
+  counts as busy). Near 1 the server keeps up and the throughput is
   bounded by the CPU the workers get; below, by the server or the transport.
 * ``sim``: the simulated backend's updates/s (one process; every update evaluates
   the direction at the worker's and at the server's parameters).
@@ -64,6 +65,7 @@ def measure(backend: str, workers: int, args: argparse.Namespace) -> dict:
                                      "timeout": 120.0})
     per_update = workers if get_scheme(args.scheme).synchronous else 1
     job_ms = float("nan")
+    busy: list[float] = []
     if backend == "sim":
         from asynccorr.backends.sim import run_sim
 
@@ -80,7 +82,11 @@ def measure(backend: str, workers: int, args: argparse.Namespace) -> dict:
         result = run(config, args.scheme)
         t = result.metrics["time"]
         bounds = np.array([t[k * chunk - 1] for k in range(1, args.repeats + 2)])
-        job_ms = 1e3 * float(result.metrics["compute_time"][chunk:].mean())
+        compute = result.metrics["compute_time"]
+        job_ms = 1e3 * float(np.median(compute[chunk:]))
+        # per chunk: worker compute seconds over (wall seconds x N)
+        busy = [compute[k * chunk:(k + 1) * chunk].sum() * per_update / ((bounds[k] - bounds[k - 1]) * workers)
+                for k in range(1, args.repeats + 1)]
     rates = chunk / np.diff(bounds)
     row = {"backend": backend, "workers": workers, "scheme": args.scheme,
            "updates_per_s_best": round(float(rates.max()), 1),
@@ -88,10 +94,10 @@ def measure(backend: str, workers: int, args: argparse.Namespace) -> dict:
            "directions_per_s_best": round(float(rates.max()) * per_update, 1),
            "directions_per_s_median": round(float(np.median(rates)) * per_update, 1)}
     if backend != "sim":
-        row["worker_job_ms"] = round(job_ms, 2)  # mean sampling + compute per worker job
+        row["worker_job_ms"] = round(job_ms, 2)  # median sampling + compute per worker job
         # share of the wall time the workers spent computing (median chunk): ~1 means the server and
         # the transport keep up and throughput is bounded by the CPU the workers get
-        row["worker_busy"] = round(float(np.median(rates)) * per_update * job_ms / 1e3 / workers, 2)
+        row["worker_busy"] = round(float(np.median(busy)), 2)
     return row
 
 
