@@ -116,6 +116,15 @@ def test_two_mp_workers_run_modify_with_measured_staleness_and_worker_corrected_
 
 
 @pytest.mark.slow
+def test_sync_on_mp_averages_one_direction_per_worker_per_version():
+    result = run_mp(tiny_config("mp", train={"iterations": 6, "eval_every": 3}), "sync")
+    m = result.metrics
+    assert list(m["iteration"]) == [1, 2, 3, 4, 5, 6]
+    assert set(m["worker"]) == {-1} and not m["staleness"].any() and not m["residual_staleness"].any()
+    assert np.all(m["grad_error"] == 0)
+
+
+@pytest.mark.slow
 def test_a_killed_worker_and_a_hung_worker_are_replaced_and_the_run_completes():
     pids: dict[int, int] = {}
     killed: list[int] = []
