@@ -29,6 +29,7 @@ test-fast: install
 bench: install
 	$(BIN)/python benchmarks/bench_env.py
 	$(BIN)/python benchmarks/bench_direction.py
+	$(BIN)/python benchmarks/bench_backends.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -10,6 +10,7 @@ with status 130.
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +33,8 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 DEFAULT_CONFIG = Path("experiments/paper.toml")
+BACKEND_HELP = "Execution backend (overrides workers.backend): sim, mp (processes) or ray."
+ADDRESS_HELP = "Ray cluster address (overrides workers.address); default: start a local Ray."
 
 
 @app.callback()
@@ -77,6 +80,12 @@ def _progress(quiet: bool) -> Progress:
                     console=console, disable=quiet)
 
 
+def _logging(verbose: bool) -> None:
+    """Backend events on stderr: replaced workers always, every start/ready with ``--verbose``."""
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("asynccorr").setLevel(logging.INFO if verbose else logging.WARNING)
+
+
 def _parse_list(text: str | None, name: str, cast: type) -> tuple | None:
     if text is None:
         return None
@@ -104,7 +113,8 @@ def _check_scheme(scheme: str) -> None:
 def train(
     scheme: Annotated[str, typer.Option(help="sequential, sync, async, modify, modify-safe, modify-dense.")] = "modify",
     config: Annotated[Path | None, typer.Option(help="Experiment TOML (default: experiments/paper.toml).")] = None,
-    backend: Annotated[str | None, typer.Option(help="Execution backend (overrides workers.backend): sim.")] = None,
+    backend: Annotated[str | None, typer.Option(help=BACKEND_HELP)] = None,
+    address: Annotated[str | None, typer.Option(help=ADDRESS_HELP)] = None,
     workers: Annotated[int | None, typer.Option(help="Number of workers (overrides workers.count).")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (overrides train.seed).")] = None,
     iterations: Annotated[int | None, typer.Option(help="Server updates (overrides train.iterations).")] = None,
@@ -113,8 +123,10 @@ def train(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue the run from its latest checkpoint (same options).")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    verbose: Annotated[bool, typer.Option(help="Log worker events (mp, ray: started, ready, replaced).")] = False,
 ) -> None:
     """Train one run of a scheme and write results/<experiment>/<scheme>-seed<k>/."""
+    _logging(verbose)
     from asynccorr.runs import (
         RunFinished,
         check_no_existing_runs,
@@ -128,7 +140,7 @@ def train(
         raise CliError("--resume and --overwrite exclude each other (--overwrite starts the run afresh)")
     _check_scheme(scheme)
     cfg = resolve_config(config, train={"seed": seed, "iterations": iterations},
-                         workers={"count": workers, "backend": backend})
+                         workers={"count": workers, "backend": backend, "address": address})
     if env is not None and env != cfg.env.name:
         cfg = with_overrides(cfg, env={"name": env, "params": {}})
     [(scheme, cfg)] = planned_runs(cfg, [scheme], [cfg.train.seed])
@@ -177,12 +189,16 @@ def compare(
     schemes: Annotated[str | None, typer.Option(help="Comma-separated schemes (overrides schemes.compare).")] = None,
     seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds (overrides schemes.seeds).")] = None,
     workers: Annotated[int | None, typer.Option(help="Number of workers (overrides workers.count).")] = None,
+    backend: Annotated[str | None, typer.Option(help=BACKEND_HELP)] = None,
+    address: Annotated[str | None, typer.Option(help=ADDRESS_HELP)] = None,
     iterations: Annotated[int | None, typer.Option(help="Server updates (overrides train.iterations).")] = None,
     results: Annotated[Path, typer.Option(help="Root folder for run directories.")] = Path("results"),
     overwrite: Annotated[bool, typer.Option(help="Replace existing run directories.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    verbose: Annotated[bool, typer.Option(help="Log worker events (mp, ray: started, ready, replaced).")] = False,
 ) -> None:
     """Run every scheme of the experiment on every seed; print and save a summary table."""
+    _logging(verbose)
     from asynccorr.runs import (
         aggregate,
         check_no_existing_runs,
@@ -194,7 +210,8 @@ def compare(
 
     scheme_list = _parse_list(schemes, "--schemes", str)
     seed_list = _parse_list(seeds, "--seeds", int)
-    cfg = resolve_config(config, train={"iterations": iterations}, workers={"count": workers},
+    cfg = resolve_config(config, train={"iterations": iterations},
+                         workers={"count": workers, "backend": backend, "address": address},
                          schemes={"compare": scheme_list, "seeds": seed_list})
     plan = planned_runs(cfg, cfg.schemes.compare, cfg.schemes.seeds)
     if not overwrite:

@@ -156,7 +156,7 @@ class TrainConfig:
                  self.divergence_loss)
 
 
-BACKENDS = ("sim",)
+BACKENDS = ("sim", "mp", "ray")
 
 
 @dataclass(frozen=True)
@@ -173,6 +173,11 @@ class WorkersConfig:
     direction_time: float = 0.005  # simulated seconds per direction (measured: benchmarks/bench_direction.py)
     jvp_cost_ratio: float = 2.7  # (direction + JVP) / direction (measured, benchmarks/bench_direction.py)
     dense_cost_ratio: float = 50.0  # dense Jacobian / direction (modify-dense, small nets only)
+    # real backends (mp, ray)
+    slowdown: tuple[float, ...] = ()  # per-worker slowdown factors >= 1 (worker i sleeps (f-1) x its compute)
+    timeout: float = 30.0  # seconds a worker job may take before the worker is declared hung and replaced
+    address: str = ""  # ray: address of an existing cluster; "" starts a local one
+    measure_grad_error: bool = True  # server re-evaluates F(theta_k) on the shipped batch (one direction/update)
 
     def __post_init__(self) -> None:
         from asynccorr.delays import DELAY_KINDS
@@ -192,6 +197,11 @@ class WorkersConfig:
                  "must be >= 1", self.jvp_cost_ratio)
         _require(math.isfinite(self.dense_cost_ratio) and self.dense_cost_ratio >= 1,
                  "workers.dense_cost_ratio", "must be >= 1", self.dense_cost_ratio)
+        _require(len(self.slowdown) <= self.count, "workers.slowdown",
+                 f"must have at most workers.count = {self.count} factors", self.slowdown)
+        _require(all(math.isfinite(f) and f >= 1 for f in self.slowdown), "workers.slowdown",
+                 "factors must be finite numbers >= 1", self.slowdown)
+        _positive("workers.timeout", self.timeout)
 
 
 @dataclass(frozen=True)

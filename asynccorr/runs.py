@@ -81,9 +81,23 @@ def train(config: ExperimentConfig, scheme: str,
     if scheme == SEQUENTIAL:
         return train_sequential(config, hooks=hooks)
     get_scheme(scheme)
+    backend = config.workers.backend
+    if backend == "mp":
+        from asynccorr.backends.mp import run_mp
+
+        return run_mp(config, scheme, hooks=hooks)
+    if backend == "ray":
+        from asynccorr.backends.ray_backend import run_ray
+
+        return run_ray(config, scheme, hooks=hooks)
     from asynccorr.backends.sim import run_sim
 
     return run_sim(config, scheme, hooks=hooks)
+
+
+def _mean(values: np.ndarray) -> float:
+    """Mean, NaN for no values (a run interrupted before its first update)."""
+    return float(np.mean(values)) if len(values) else float("nan")
 
 
 def summarize_run(scheme: str, config: ExperimentConfig, result: RunResult, wall: float) -> dict[str, Any]:
@@ -96,9 +110,6 @@ def summarize_run(scheme: str, config: ExperimentConfig, result: RunResult, wall
     grad_error = m.get("grad_error", np.zeros(n))
     stale_error = m.get("stale_grad_error", np.zeros(n))
 
-    def mean(values: np.ndarray) -> float:
-        return float(np.mean(values)) if len(values) else float("nan")
-
     return {
         "scheme": scheme,
         "seed": config.train.seed,
@@ -107,13 +118,13 @@ def summarize_run(scheme: str, config: ExperimentConfig, result: RunResult, wall
         "workers": 1 if scheme == SEQUENTIAL else config.workers.count,
         "iterations": n,
         "sim_time": float(m["time"][-1]) if n and "time" in m else float("nan"),
-        "mean_staleness": mean(staleness),
+        "mean_staleness": _mean(staleness),
         "max_staleness": int(np.max(staleness)) if n else 0,
         # a diverged run has no final loss (its last rows are the blow-up itself)
-        "final_policy_loss": mean(m["policy_loss"][-tail:]) if n and result.status != "diverged" else float("nan"),
-        "grad_error_mean": mean(grad_error),
-        "grad_error_final": mean(grad_error[-tail:]),
-        "stale_grad_error_mean": mean(stale_error),
+        "final_policy_loss": _mean(m["policy_loss"][-tail:]) if n and result.status != "diverged" else float("nan"),
+        "grad_error_mean": _mean(grad_error),
+        "grad_error_final": _mean(grad_error[-tail:]),
+        "stale_grad_error_mean": _mean(stale_error),
         "rms_lateral": final.rms_lateral,
         "left_road": final.left_road,
         "finite": bool(np.all(np.isfinite(result.params))),
@@ -227,6 +238,9 @@ def train_run(
     """
     run_dir = run_dir_for(results_root, config, scheme)
     backend = "sequential" if scheme == SEQUENTIAL else config.workers.backend
+    if resume is not False and backend in ("mp", "ray"):
+        raise ResumeError(f"cannot resume {run_dir}: resume needs workers.backend = 'sim' (an {backend} run is "
+                          "not reproducible from a checkpoint); start it again with --overwrite")
     if isinstance(resume, Checkpoint):
         checkpoint: Checkpoint | None = resume
     elif resume:
@@ -261,6 +275,8 @@ def _finish(run_dir: Path, config: ExperimentConfig, scheme: str, backend: str, 
         "experiment": config.name, "wall_time_s": round(wall, 3), "summary": summary,
         "status": result.status, "diverged_at": result.diverged_at, "dropped": result.dropped,
         "final_tracking": result.evals[-1].summary._asdict(),
+        **({"workers_replaced": sum(e["kind"] in ("died", "hung") for e in result.events),
+            "worker_events": list(result.events)} if result.events else {}),
         **({"resumed_from": checkpoint.iteration} if checkpoint else {}),
     })
     write_run(run_dir, config, scheme, result, meta)
@@ -276,6 +292,10 @@ def planned_runs(config: ExperimentConfig, schemes: Sequence[str], seeds: Sequen
     for scheme in schemes:
         if scheme != SEQUENTIAL:
             check_scheme_fits(get_scheme(scheme), learner.num_params, config)
+            if config.workers.backend != "sim":
+                from asynccorr.backends.serving import check_real_backend_scheme
+
+                check_real_backend_scheme(scheme, config.workers.backend)
     return [(s, with_overrides(config, train={"seed": seed})) for s in schemes for seed in seeds]
 
 

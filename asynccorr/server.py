@@ -9,6 +9,10 @@ Messages between roles (one place, Sample Factory style):
   server's ``theta_k`` -- the "exact correction at application time".
 * worker -> server, ``sync``: the N batches of one round, all at ``theta_k``.
 * server -> worker: ``(theta_k, version k)`` on every pull.
+* real workers (``mp``, ``ray``): the worker computes ``G`` and, for ``modify``,
+  the gap product against the newest parameters it could pull, and ships them
+  (``asynccorr.backends.worker.Message``, where those messages are documented);
+  ``make_message_update`` applies them.
 
 Every update also measures the **gradient error**: the relative distance
 between the direction the server applies and the fresh direction
@@ -115,6 +119,61 @@ def make_sync_update(
 
     def update(server: ServerState, batches: Batch):
         directions, losses = jax.vmap(learner.direction, in_axes=(None, 0))(server.params, batches)
+        applied = directions.mean(axis=0)
+        losses = jax.tree.map(lambda x: x.mean(axis=0), losses)
+        return _finish(learner, optimizer, server, applied, applied, applied, losses, server.correction_state)
+
+    return jax.jit(update)
+
+
+# ----------------------------------------------------------------------------- real workers (mp, ray)
+
+
+@functools.lru_cache(maxsize=32)
+def make_message_update(
+    learner: Learner, optimizer: optax.GradientTransformation, scheme: Scheme,
+    correction: optax.GradientTransformationExtraArgs, measure: bool,
+) -> Callable[..., tuple[ServerState, UpdateMetrics]]:
+    """Jitted ``(server, G, gap_product, batch, staleness, losses) -> (server', metrics)``.
+
+    Applies a direction a *real* worker computed (``asynccorr.backends.worker``):
+    ``G = F(theta_i, batch)`` and, for ``jvp`` schemes, ``gap_product =
+    dF/dtheta(theta_i) . (theta_k' - theta_i)`` against the newest parameters
+    ``theta_k'`` the worker could pull. The scheme's correction runs here, at the
+    server's current ``theta_k`` (so ``modify-safe``'s trust region still applies).
+
+    ``measure``: evaluate the fresh ``F(theta_k, batch)`` on the shipped batch to
+    measure the gradient error (one direction per update); without it the
+    gradient-error metrics are NaN and the losses are the worker's (at theta_i).
+    """
+
+    def update(server: ServerState, stale: Array, gap_product: Array | None, batch: Batch | None,
+               staleness: Array, losses: Any):
+        extra: dict[str, Any] = {"staleness": staleness}
+        if scheme.compute == "jvp":
+            extra["gap_product"] = gap_product
+        applied, correction_state = correction.update(stale, server.correction_state, server.params, **extra)
+        if measure:
+            fresh, losses = learner.direction(server.params, batch)
+        else:
+            fresh = jnp.full_like(stale, jnp.nan)
+        return _finish(learner, optimizer, server, applied, stale, fresh, losses, correction_state)
+
+    return jax.jit(update)
+
+
+@functools.lru_cache(maxsize=32)
+def make_sync_message_update(
+    learner: Learner, optimizer: optax.GradientTransformation,
+) -> Callable[[ServerState, Array, Any], tuple[ServerState, UpdateMetrics]]:
+    """Jitted ``(server, directions, losses) -> (server', metrics)``: average N worker directions.
+
+    ``directions`` stacks the N workers' ``F(theta_k, batch_j)``, all computed at
+    the server's current parameters; as in ``make_sync_update`` their average is
+    the fresh direction, so the gradient error is zero by construction.
+    """
+
+    def update(server: ServerState, directions: Array, losses: Any):
         applied = directions.mean(axis=0)
         losses = jax.tree.map(lambda x: x.mean(axis=0), losses)
         return _finish(learner, optimizer, server, applied, applied, applied, losses, server.correction_state)

@@ -133,6 +133,7 @@ class RunResult(NamedTuple):
     status: str = "completed"  # "completed", "diverged" or "interrupted" (Ctrl-C)
     diverged_at: int | None = None  # first server update whose metrics were non-finite or beyond the bound
     dropped: int = 0  # messages a drop-stale scheme discarded (not counted as iterations)
+    events: tuple = ()  # real backends: worker events (dicts: started, ready, died, hung, replaced)
 
 
 class TrainingInterrupted(Exception):

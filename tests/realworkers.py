@@ -1,0 +1,135 @@
+"""Helpers shared by the specifications of the real backends (test_mp.py, test_ray.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from asynccorr.config import ExperimentConfig, with_overrides
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """Worker processes (of both backends' tests) share a persistent JAX compilation cache:
+    only the first one compiles."""
+    old = {k: os.environ.get(k) for k in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")}
+    cache = tmp_path_factory.getbasetemp() / "jax-cache"
+    cache.mkdir(exist_ok=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(cache)
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    yield
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def tiny_config(backend: str, **sections) -> ExperimentConfig:
+    """Two workers, tiny nets, a few dozen updates: seconds of training after start-up."""
+    base = with_overrides(
+        ExperimentConfig(),
+        name="real",
+        learner={"policy_hidden": (8,), "value_hidden": (8,), "rollout_states": 8, "reset_states": 8, "horizon": 5},
+        train={"iterations": 40, "eval_every": 20},
+        workers={"count": 2, "backend": backend, "timeout": 5.0},
+    )
+    return with_overrides(base, **sections)
+
+
+def assert_complete_async_run(result, iterations: int) -> None:
+    m = result.metrics
+    assert result.status == "completed"
+    np.testing.assert_array_equal(m["iteration"], np.arange(1, iterations + 1))
+    for name in ("time", "worker", "staleness", "residual_staleness", "policy_loss", "grad_error", "correction_norm"):
+        assert len(m[name]) == iterations, name
+    assert np.all(np.diff(m["time"]) >= 0)
+    assert set(m["worker"]) <= {0, 1}
+    assert np.all(m["residual_staleness"] >= 0) and np.all(m["residual_staleness"] <= m["staleness"])
+    assert np.all(np.isfinite(result.params))
+    assert [e.iteration for e in result.evals] == [0, *range(20, iterations + 1, 20)]
+
+
+def tagged_processes(tag: str) -> list[int]:
+    """Pids whose environment holds ASYNCCORR_TEST_TAG=<tag> (spawned children inherit it)."""
+    needle = f"ASYNCCORR_TEST_TAG={tag}".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if needle in (proc / "environ").read_bytes().split(b"\0"):
+                    pids.append(int(proc.name))
+            except OSError:
+                continue
+    return pids
+
+
+INTERRUPT_CONFIG = """
+name = "interrupt"
+[learner]
+policy_hidden = [8]
+value_hidden = [8]
+rollout_states = 8
+reset_states = 8
+horizon = 5
+[train]
+iterations = 10000000
+eval_every = 50
+[workers]
+count = 2
+"""
+
+
+def interrupt_cli_run(tmp_path: Path, backend: str, started: str = "training: all 2 workers ready"):
+    """Start ``asynccorr train`` on ``backend``, Ctrl-C it once training runs; return what it left.
+
+    Returns (seconds from SIGINT to exit, exit code, stderr, pids still tagged, run dir).
+    """
+    config = tmp_path / "interrupt.toml"
+    config.write_text(INTERRUPT_CONFIG)
+    tag = uuid.uuid4().hex
+    env = {**os.environ, "ASYNCCORR_TEST_TAG": tag, "PYTHONPATH": str(REPO)}
+    log = tmp_path / "stderr.txt"
+    with log.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "asynccorr", "train", "--scheme", "async", "--backend", backend,
+                                 "--config", str(config), "--results", str(tmp_path / "results"), "--quiet",
+                                 "--verbose"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            deadline = time.monotonic() + 400
+            while started not in log.read_text():
+                assert proc.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, "training never started"
+                time.sleep(0.2)
+            time.sleep(1.5)  # some updates
+            proc.send_signal(signal.SIGINT)
+            sent = time.monotonic()
+            try:
+                code = proc.wait(timeout=30)
+            finally:
+                elapsed = time.monotonic() - sent
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    leftover = tagged_processes(tag)
+    for _ in range(50):  # a process that is already exiting gets a moment to go
+        if not leftover:
+            break
+        time.sleep(0.1)
+        leftover = tagged_processes(tag)
+    for pid in leftover:  # never leave them behind, even when the test fails
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    return elapsed, code, log.read_text(), leftover, tmp_path / "results" / "interrupt" / "async-seed0"

@@ -1,0 +1,170 @@
+"""Specification of the ``mp`` backend: real worker processes, shared-memory parameters, fault tolerance."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from realworkers import assert_complete_async_run, compilation_cache, interrupt_cli_run, tiny_config  # noqa: F401
+
+from asynccorr.backends.mp import SharedBlock, run_mp
+from asynccorr.config import ConfigError, ExperimentConfig, with_overrides
+from asynccorr.learner import Learner, Losses
+from asynccorr.runs import planned_runs
+from asynccorr.schemes import get_scheme, make_correction
+from asynccorr.server import init_server, make_message_update
+from asynccorr.trainer import make_optimizer
+
+# ----------------------------------------------------------------------------- shared memory
+
+
+def _read_many(name: str, size: int, reads: int, out) -> None:
+    block = SharedBlock.attach(name, 1, size)
+    torn = seen = 0
+    versions = set()
+    for _ in range(reads):
+        params, version = block.read()
+        seen += 1
+        versions.add(version)
+        torn += int(not np.all(params == np.float32(version)))
+    block.close()
+    out.put((seen, torn, len(versions)))
+
+
+def test_a_reader_never_sees_a_half_written_parameter_vector():
+    size = 1 << 18  # 1 MiB of float32: a copy takes long enough to be caught mid-write
+    block = SharedBlock.create(1, size)
+    try:
+        block.write(np.zeros(size, np.float32), 0)
+        ctx = mp.get_context("spawn")
+        out = ctx.Queue()
+        readers = [ctx.Process(target=_read_many, args=(block.name, size, 400, out)) for _ in range(2)]
+        for r in readers:
+            r.start()
+        c = 0
+        while any(r.is_alive() for r in readers):
+            c += 1
+            block.write(np.full(size, c, np.float32), c)
+        results = [out.get(timeout=60) for _ in readers]
+        for r in readers:
+            r.join()
+    finally:
+        block.close()
+    assert all(torn == 0 for _, torn, _ in results), results
+    assert sum(v for _, _, v in results) > 2  # the readers did see the vector change
+
+
+# ----------------------------------------------------------------------------- the server's side
+
+
+def test_server_applies_a_worker_corrected_direction_exactly_on_a_quadratic():
+    """G at theta_i plus the worker's gap product against the newest theta is the fresh gradient there."""
+    dim = 6
+    m = jax.random.normal(jax.random.PRNGKey(0), (dim, dim))
+    a, b = m @ m.T / dim + jnp.eye(dim), jnp.arange(dim, dtype=jnp.float32)
+    learner = Learner(None, None, None, 3, 3, *[None] * 6,
+                      direction=lambda p, _: (a @ p - b, Losses(jnp.zeros(()), jnp.zeros(()))),
+                      direction_jvp=None, linearize=None, sampler_init=None, sample=None)
+    optimizer = make_optimizer(ExperimentConfig().optim.__class__(name="sgd", policy_lr=0.01, value_lr=0.01), 3, 3)
+    correction = make_correction("modify")
+    update = make_message_update(learner, optimizer, get_scheme("modify"), correction, True)
+    theta_i, theta_k = jnp.zeros(dim), jnp.ones(dim)
+    server = init_server(theta_k, optimizer, correction)
+    g, gap = a @ theta_i - b, a @ (theta_k - theta_i)  # what the worker ships when it pulled theta_k
+    new, metrics = update(server, g, gap, None, jnp.int32(3), Losses(jnp.zeros(()), jnp.zeros(())))
+    np.testing.assert_allclose(np.asarray((theta_k - new.params) / 0.01), np.asarray(a @ theta_k - b), rtol=1e-5)
+    assert float(metrics.grad_error) < 1e-5 < float(metrics.stale_grad_error)
+    assert float(metrics.correction_norm) > 0
+
+
+def test_modify_dense_is_refused_on_real_workers():
+    cfg = with_overrides(tiny_config("mp"), learner={"policy_hidden": (4,), "value_hidden": (4,)})
+    with pytest.raises(ConfigError, match="modify-dense.*sim"):
+        planned_runs(cfg, ["modify-dense"], [0])
+
+
+def test_workers_config_fields_are_range_checked():
+    with pytest.raises(ConfigError, match=r"workers\.slowdown"):
+        with_overrides(ExperimentConfig(), workers={"count": 2, "slowdown": (1.0, 0.5)})
+    with pytest.raises(ConfigError, match=r"workers\.slowdown"):
+        with_overrides(ExperimentConfig(), workers={"count": 1, "slowdown": (1.0, 2.0)})
+    with pytest.raises(ConfigError, match=r"workers\.timeout"):
+        with_overrides(ExperimentConfig(), workers={"timeout": 0.0})
+
+
+# ----------------------------------------------------------------------------- real runs
+
+
+@pytest.mark.slow
+def test_two_mp_workers_run_modify_with_measured_staleness_and_worker_corrected_directions():
+    result = run_mp(tiny_config("mp", workers={"slowdown": (1.0, 2.0)}), "modify")
+    assert_complete_async_run(result, 40)
+    m = result.metrics
+    assert set(m["worker"]) == {0, 1}
+    assert m["staleness"].max() > 0
+    # the worker pulled newer parameters before its HVP: the correction is not zero and the
+    # staleness it could not see (residual) is below the staleness of theta_i
+    assert np.any(m["correction_norm"] > 0)
+    assert np.any(m["residual_staleness"] < m["staleness"])
+    assert np.all(np.isfinite(m["grad_error"]))
+
+
+@pytest.mark.slow
+def test_sync_on_mp_averages_one_direction_per_worker_per_version():
+    result = run_mp(tiny_config("mp", train={"iterations": 6, "eval_every": 3}), "sync")
+    m = result.metrics
+    assert list(m["iteration"]) == [1, 2, 3, 4, 5, 6]
+    assert set(m["worker"]) == {-1} and not m["staleness"].any() and not m["residual_staleness"].any()
+    assert np.all(m["grad_error"] == 0)
+
+
+@pytest.mark.slow
+def test_a_killed_worker_and_a_hung_worker_are_replaced_and_the_run_completes():
+    pids: dict[int, int] = {}
+    killed: list[int] = []
+
+    def on_event(e):
+        if e["kind"] == "ready":
+            pids[e["worker"]] = e["pid"]
+
+    def on_chunk(done, record):
+        if not killed:  # after the first 20 updates: SIGKILL worker 0 mid-run
+            killed.append(pids[0])
+            os.kill(pids[0], signal.SIGKILL)
+
+    cfg = tiny_config("mp", train={"iterations": 60, "eval_every": 20}, workers={"timeout": 2.0})
+    result = run_mp(cfg, "async", on_chunk=on_chunk, on_event=on_event, hang=(1, 3))
+    assert_complete_async_run(result, 60)
+    kinds = [(e["kind"], e["worker"]) for e in result.events]
+    assert ("died", 0) in kinds and ("hung", 1) in kinds
+    died = next(e for e in result.events if e["kind"] == "died")
+    assert died["pid"] == killed[0]
+    restarted = {e["worker"] for e in result.events if e["kind"] == "started" and e["incarnation"] == 1}
+    assert restarted == {0, 1}
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_an_mp_run_stops_within_5_s_keeps_its_metrics_and_leaves_no_process(tmp_path):
+    elapsed, code, err, leftover, run = interrupt_cli_run(tmp_path, "mp")
+    assert code == 130, err
+    assert elapsed < 5.0
+    assert leftover == []
+    assert "error: interrupted" in err.splitlines()[-1]
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["status"] == "interrupted" and meta["backend"] == "mp"
+    assert len((run / "metrics.csv").read_text().splitlines()) > 1
+
+
+@pytest.mark.parametrize("command", ["train", "compare"])
+def test_train_and_compare_take_backend_and_address_and_reject_an_unknown_backend(capsys, tmp_path, command):
+    from test_cli import run_cli
+
+    code, _, err = run_cli(capsys, command, "--backend", "mpi", "--address", "auto", "--results", str(tmp_path))
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1 and "workers.backend" in err

@@ -1,0 +1,77 @@
+"""Specification of the ``ray`` backend: the worker/server roles as Ray actors, fault tolerance."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+from realworkers import assert_complete_async_run, compilation_cache, interrupt_cli_run, tiny_config  # noqa: F401
+
+ray = pytest.importorskip("ray")
+
+from asynccorr.backends.ray_backend import run_ray, start_ray
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def local_ray(compilation_cache):  # noqa: F811 - the fixture imported above
+    """One local Ray for the module's in-process runs (run_ray joins a Ray that is already up)."""
+    started = start_ray("", 2)
+    yield
+    if started:
+        ray.shutdown()
+
+
+def test_two_ray_workers_run_modify_with_measured_staleness_and_worker_corrected_directions(local_ray):
+    result = run_ray(tiny_config("ray", workers={"slowdown": (1.0, 2.0)}), "modify")
+    assert_complete_async_run(result, 40)
+    m = result.metrics
+    assert set(m["worker"]) == {0, 1}
+    assert m["staleness"].max() > 0
+    assert np.any(m["correction_norm"] > 0)
+    assert np.any(m["residual_staleness"] < m["staleness"])
+    assert ray.is_initialized()  # a Ray the caller started is left running
+
+
+def test_a_killed_ray_worker_and_a_hung_one_are_replaced_and_the_run_completes(local_ray):
+    pids: dict[int, int] = {}
+    killed: list[int] = []
+
+    def on_event(e):
+        if e["kind"] == "ready":
+            pids[e["worker"]] = e["pid"]
+
+    def on_chunk(done, record):
+        if not killed:
+            killed.append(pids[0])
+            os.kill(pids[0], signal.SIGKILL)
+
+    cfg = tiny_config("ray", train={"iterations": 60, "eval_every": 20}, workers={"timeout": 2.0})
+    result = run_ray(cfg, "async", on_chunk=on_chunk, on_event=on_event, hang=(1, 3))
+    assert_complete_async_run(result, 60)
+    kinds = [(e["kind"], e["worker"]) for e in result.events]
+    assert ("died", 0) in kinds and ("hung", 1) in kinds
+    restarted = {e["worker"] for e in result.events if e["kind"] == "started" and e["incarnation"] == 1}
+    assert restarted == {0, 1}
+
+
+def test_sync_on_ray_averages_one_direction_per_worker_per_version(local_ray):
+    result = run_ray(tiny_config("ray", train={"iterations": 6, "eval_every": 3}), "sync")
+    m = result.metrics
+    assert list(m["iteration"]) == [1, 2, 3, 4, 5, 6]
+    assert set(m["worker"]) == {-1} and not m["staleness"].any()
+    assert np.all(m["grad_error"] == 0)
+
+
+def test_ctrl_c_on_a_ray_run_stops_within_5_s_keeps_its_metrics_and_leaves_no_process(tmp_path):
+    elapsed, code, err, leftover, run = interrupt_cli_run(tmp_path, "ray")
+    assert code == 130, err
+    assert elapsed < 5.0
+    assert leftover == []
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["status"] == "interrupted" and meta["backend"] == "ray"
+    assert len((run / "metrics.csv").read_text().splitlines()) > 1
