@@ -83,6 +83,28 @@ def test_server_applies_a_worker_corrected_direction_exactly_on_a_quadratic():
     assert float(metrics.correction_norm) > 0
 
 
+def test_the_real_backends_server_stops_at_the_first_diverging_update_and_flushes_before():
+    """As on sim: rows up to and including the bad update, the parameters before it, status diverged."""
+    from asynccorr.backends.serving import ServerRole
+    from asynccorr.backends.worker import Message
+    from asynccorr.trainer import RunHooks
+
+    cfg = tiny_config("mp", train={"iterations": 10, "eval_every": 2}, workers={"measure_grad_error": False})
+    flushed: list[int] = []
+    role = ServerRole(cfg, "async", RunHooks(on_flush=lambda metrics, evals: flushed.append(len(metrics["iteration"]))))
+    role.evaluate_initial()
+    n = role.params.size
+    params = []
+    for k, loss in enumerate([1.0, 1.0, 1.0, 1e9, 1.0]):
+        params.append(role.params)
+        role.receive(Message(0, k, k, np.full(n, 0.01, np.float32), None, None, loss, 0.5, 0.0))
+    assert role.done and flushed == [2]  # stopped at the flush after update 4; nothing flushed past update 2
+    result = role.result()
+    assert result.status == "diverged" and result.diverged_at == 4
+    np.testing.assert_array_equal(result.metrics["iteration"], [1, 2, 3, 4])
+    np.testing.assert_array_equal(result.params, params[3])  # after 3 updates, before the bad one
+
+
 def test_modify_dense_is_refused_on_real_workers():
     cfg = with_overrides(tiny_config("mp"), learner={"policy_hidden": (4,), "value_hidden": (4,)})
     with pytest.raises(ConfigError, match="modify-dense.*sim"):
