@@ -21,7 +21,7 @@ from asynccorr.config import ConfigError, ExperimentConfig
 from asynccorr.delays import DelayModel
 from asynccorr.evaluation import evaluate
 from asynccorr.learner import Batch, SamplerState
-from asynccorr.schemes import Scheme, get_scheme, make_correction
+from asynccorr.schemes import Scheme, correction_for, get_scheme
 from asynccorr.server import UpdateMetrics, init_server, make_async_update, make_sync_update
 from asynccorr.trainer import EvalRecord, RunResult, build, worker_stream
 
@@ -68,7 +68,7 @@ def run_sim(
     scheme = get_scheme(scheme_name)
     learner, optimizer = build(config)
     check_scheme_fits(scheme, learner.num_params, config)
-    correction = make_correction(scheme.name, config.schemes.trust_ratio)
+    correction = correction_for(scheme.name, config.schemes)
     seed, count = config.train.seed, config.workers.count
 
     key = jax.random.PRNGKey(seed)
