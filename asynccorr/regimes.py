@@ -27,8 +27,8 @@ seed, rewritten after every run, so an interrupted study keeps what it did),
 ``regimes.md`` (per cell x scheme, mean ± std over seeds, and each scheme's
 staleness tolerance) and the heat maps in ``figures/`` (``asynccorr.regime_plots``).
 Runs go to a ``spawn`` process pool (``jobs`` processes, each single-threaded
-XLA), longest first; the simulation is deterministic, so the numbers do not
-depend on ``jobs``.
+XLA) in bundles that share compiled code, longest first; the simulation is
+deterministic, so the numbers do not depend on ``jobs`` (up to XLA's threading).
 """
 
 from __future__ import annotations
@@ -249,6 +249,23 @@ def _run_task(study: RegimeConfig, task: Task) -> dict[str, Any]:
     return row
 
 
+def _run_bundle(study: RegimeConfig, tasks: Sequence[Task]) -> list[dict[str, Any]]:
+    return [_run_task(study, t) for t in tasks]
+
+
+def bundles(tasks: Sequence[Task]) -> list[list[Task]]:
+    """Tasks that share jit-compiled code (same step size and scheme; sync: also the same N), longest first.
+
+    A bundle runs in one process, so each process compiles only what its bundles need
+    (compiling is several seconds per function; a study has dozens of them).
+    """
+    out: dict[tuple, list[Task]] = {}
+    for t in tasks:
+        key = (t.cell.policy_lr, t.cell.value_lr, t.scheme, t.cell.workers if t.scheme == "sync" else 0)
+        out.setdefault(key, []).append(t)
+    return sorted(out.values(), key=lambda b: -sum(t.cost for t in b))
+
+
 # ---------------------------------------------------------------------------------------------- running
 
 
@@ -289,9 +306,10 @@ def run_study(study: RegimeConfig, results_root: Path, jobs: int = 1, overwrite:
         os.environ["XLA_FLAGS"] = f"{previous} {SINGLE_THREAD_XLA}" if previous else SINGLE_THREAD_XLA
         try:  # spawned children read the environment at start-up, before they import jax
             with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-                futures = [pool.submit(_run_task, study, t) for t in tasks]
+                futures = [pool.submit(_run_bundle, study, b) for b in bundles(tasks)]
                 for future in as_completed(futures):
-                    done(future.result())
+                    for row in future.result():
+                        done(row)
         finally:
             if previous is None:
                 os.environ.pop("XLA_FLAGS", None)
