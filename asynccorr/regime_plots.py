@@ -104,8 +104,7 @@ def metric_figure(study: RegimeConfig, rows: Sequence[dict[str, Any]], delay: st
     else:
         lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
         norm = mcolors.Normalize(lo, hi if hi > lo else lo + 1.0)
-    cmap = matplotlib.colormaps[cmap_name].copy()
-    cmap.set_bad("#d9d9d9")
+    cmap = matplotlib.colormaps[cmap_name].with_extremes(bad="#d9d9d9")
     cols = min(3, len(study.schemes))
     fig = Figure(figsize=(4.3 * cols + 1.0, 0.9 + 2.3 * math.ceil(len(study.schemes) / cols)
                           * max(1.0, len(study.learning_rates) / 2.5)), layout="constrained")
