@@ -197,7 +197,7 @@ def run_metrics(study: RegimeConfig, result: Any) -> dict[str, Any]:
     diverged = (getattr(result, "status", "completed") == "diverged" or not np.all(np.isfinite(loss))
                 or not np.all(np.isfinite(np.asarray(m.get("value_loss", loss), np.float64)))
                 or not np.all(np.isfinite(result.params)))
-    tail = max(1, int(math.ceil(study.tail_fraction * n)))
+    tail = max(1, math.ceil(study.tail_fraction * n))
     hit = None if diverged else smoothed_first_below(loss, study.target_loss, study.smooth)
     staleness = np.asarray(m.get("staleness", np.zeros(n)))
     final = result.evals[-1].summary
@@ -405,19 +405,21 @@ def write_table(path: Path, study: RegimeConfig, rows: Sequence[dict[str, Any]])
     exp = study.experiment
     lines = [
         f"# Regime study `{study.name}`", "",
-        f"{len(rows)} runs: workers {list(study.workers)} x (policy, value) learning rate "
-        f"{[list(p) for p in study.learning_rates]} x delay {list(study.delays)} x {len(study.schemes)} schemes "
-        f"x seeds {list(study.seeds)}; {exp.train.iterations} server updates each, optimizer {exp.optim.name}, "
-        f"batch {exp.learner.batch_size}, nets {list(exp.learner.policy_hidden)}/{list(exp.learner.value_hidden)}.",
+        (f"{len(rows)} runs: workers {list(study.workers)} x (policy, value) learning rate "
+         f"{[list(p) for p in study.learning_rates]} x delay {list(study.delays)} x {len(study.schemes)} schemes "
+         f"x seeds {list(study.seeds)}; {exp.train.iterations} server updates each, optimizer {exp.optim.name}, "
+         f"batch {exp.learner.batch_size}, nets {list(exp.learner.policy_hidden)}/"
+         f"{list(exp.learner.value_hidden)}."),
         "",
-        f"* **reached**: seeds whose final loss (mean of the last {study.tail_fraction:.0%} of updates) is within "
-        f"{study.reach_tolerance} of sync's mean final loss in the same cell; a diverged run reaches nothing.",
-        f"* **updates / sim time to {study.target_loss}**: first update at which the {study.smooth}-update moving "
-        "mean of the policy loss is below the target; mean ± std over the seeds that got there (their count in "
-        "brackets).",
+        (f"* **reached**: seeds whose final loss (mean of the last {study.tail_fraction:.0%} of updates) is "
+         f"within {study.reach_tolerance} of sync's mean final loss in the same cell; a diverged run reaches "
+         "nothing."),
+        (f"* **updates / sim time to {study.target_loss}**: first update at which the {study.smooth}-update "
+         "moving mean of the policy loss is below the target; mean ± std over the seeds that got there (their "
+         "count in brackets)."),
         "* **RMS lateral**: final policy on the fixed scenario [m]. Values are mean ± std over seeds.", "",
-        "| delay | policy lr | N | scheme | reached | diverged | final loss | updates to target "
-        "| sim time to target [s] | RMS lateral [m] | mean staleness | dropped |",
+        ("| delay | policy lr | N | scheme | reached | diverged | final loss | updates to target "
+         "| sim time to target [s] | RMS lateral [m] | mean staleness | dropped |"),
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for (d, plr, _vlr, n, s), runs in group(sort_rows(study, rows)).items():
@@ -429,8 +431,8 @@ def write_table(path: Path, study: RegimeConfig, rows: Sequence[dict[str, Any]])
             f"| {_pm(c['rms_lateral'], '.4f')} | {_pm(c['mean_staleness'], '.1f')} | {_pm(c['dropped'], '.0f')} |")
     tol = staleness_tolerance(study, rows)
     lines += ["", "## Staleness tolerance", "",
-              "The largest number of workers N of the grid up to which the scheme reached sync's final loss on "
-              "every seed of every smaller N (– : not even the smallest).", "",
+              ("The largest number of workers N of the grid up to which the scheme reached sync's final loss on "
+               "every seed of every smaller N (– : not even the smallest)."), "",
               "| delay | policy lr | " + " | ".join(study.schemes) + " |",
               "| --- | --- | " + " | ".join("---" for _ in study.schemes) + " |"]
     for d in study.delays:

@@ -203,7 +203,7 @@ def test_a_reduced_grid_runs_end_to_end_and_its_numbers_follow_the_definitions(c
     two = [r for r in rows if r["workers"] == 2 and r["scheme"] != "sync"]
     assert all(r["mean_staleness"] > 0 for r in two)
     # the per-run loss curve gives the same final loss and target update as the table
-    from asynccorr.regimes import cell_config, Cell
+    from asynccorr.regimes import Cell, cell_config
     from asynccorr.runs import train
 
     result = train(cell_config(study, Cell("homogeneous", 3e-4, 1e-3, 2), 1), "async")
