@@ -202,6 +202,8 @@ def regimes(
     = Path("results"),
     overwrite: Annotated[bool, typer.Option(help="Replace an existing study of the same name.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    redraw: Annotated[bool, typer.Option(help="Only redraw regimes.md and the figures from regimes.csv.")]
+    = False,
 ) -> None:
     """Regime study: every scheme on a grid of workers x learning rate x delay model, every seed;
     writes regimes.csv, regimes.md and heat maps into <results>/<name>/."""
@@ -212,6 +214,12 @@ def regimes(
     if jobs < 1:
         raise CliError(f"--jobs must be >= 1, got {jobs}")
     study = load_regimes(config)
+    if redraw:
+        from asynccorr.regimes import render, study_dir
+
+        rows = render(study, study_dir(results, study))
+        Console().print(f"{len(rows)} runs redrawn: {study_dir(results, study) / 'regimes.md'}")
+        return
     start = time.perf_counter()
     with _progress(quiet) as progress:
         task = progress.add_task(f"regimes {study.name}", total=None, rms="-")

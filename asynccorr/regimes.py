@@ -315,13 +315,28 @@ def run_study(study: RegimeConfig, results_root: Path, jobs: int = 1, overwrite:
                 os.environ.pop("XLA_FLAGS", None)
             else:
                 os.environ["XLA_FLAGS"] = previous
-    rows = sort_rows(study, rows)
-    write_rows(folder / "regimes.csv", study, rows)
-    write_table(folder / "regimes.md", study, rows)
+    return folder, render(study, folder, rows)
+
+
+def render(study: RegimeConfig, folder: Path, rows: Sequence[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """(Re)write ``regimes.csv``, ``regimes.md`` and the heat maps from ``rows`` (default: ``regimes.csv``).
+
+    Cells or runs missing from the rows (an interrupted study) are shown as missing.
+    """
     from asynccorr.regime_plots import plot_study
 
+    folder = Path(folder)
+    if rows is None:
+        if not (folder / "regimes.csv").is_file():
+            raise ConfigError(f"no regimes.csv in {folder} to redraw")
+        rows = read_rows(folder / "regimes.csv")
+    known = set(cells(study))
+    rows = sort_rows(study, [r for r in rows if r["scheme"] in study.schemes and r["seed"] in study.seeds
+                             and Cell(r["delay"], r["policy_lr"], r["value_lr"], r["workers"]) in known])
+    write_rows(folder / "regimes.csv", study, rows)
+    write_table(folder / "regimes.md", study, rows)
     plot_study(study, rows, folder / "figures")
-    return folder, rows
+    return rows
 
 
 def sort_rows(study: RegimeConfig, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

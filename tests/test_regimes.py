@@ -169,6 +169,12 @@ def test_a_missing_study_file_and_a_bad_jobs_count_are_errors(capsys, tmp_path):
     assert code == 2 and "--jobs" in err
 
 
+def test_redrawing_needs_an_earlier_study(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "regimes", "--config", str(write(tmp_path, REDUCED)), "--results",
+                           str(tmp_path / "r"), "--redraw")
+    assert code == 2 and "no regimes.csv" in err
+
+
 def test_an_existing_study_is_never_replaced_without_overwrite(capsys, tmp_path):
     folder = tmp_path / "r" / "reduced"
     folder.mkdir(parents=True)
@@ -223,9 +229,12 @@ def test_a_reduced_grid_runs_end_to_end_and_its_numbers_follow_the_definitions(c
         assert {f"{name}.png", f"{name}.pdf"} <= figures
     with open(folder / "regimes.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == 12
-    # a second run refuses to replace it; --overwrite does
+    # a second run refuses to replace it; --redraw redraws the same table from regimes.csv
     code, _, err = run_cli(capsys, "regimes", "--config", str(config), "--results", str(tmp_path / "r"), "--quiet")
     assert code == 2 and "--overwrite" in err
+    (folder / "regimes.md").unlink()
+    code, _, _ = run_cli(capsys, "regimes", "--config", str(config), "--results", str(tmp_path / "r"), "--redraw")
+    assert code == 0 and (folder / "regimes.md").read_text() == table
 
 
 def test_study_names_are_checked_like_experiment_names():
