@@ -9,8 +9,11 @@ here and nowhere else:
 ``final_loss``
     mean policy loss over the last ``tail_fraction`` of the run's updates.
 ``diverged``
-    the run stopped as diverged (``RunResult.status``), or a loss or a parameter
-    is not finite. A diverged run reaches nothing: its final loss is ``nan``.
+    the run stopped as diverged (``RunResult.status``), a loss or a parameter is
+    not finite, or the policy loss ran away: ``|J| > blowup_loss`` at some update
+    (``max_abs_loss``; the untrained policy's loss is 27-31, a runaway critic drives
+    it to 1e7 and below zero, where the target test would be met spuriously). A
+    diverged run reaches nothing: its final loss and target times are ``nan``.
 ``reaches_sync``
     not diverged and ``final_loss <= sync_final + reach_tolerance``, where
     ``sync_final`` is the final loss of ``sync`` *in the same cell with the same
@@ -56,6 +59,7 @@ SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_thr
 
 ROW_FIELDS = (
     "delay", "policy_lr", "value_lr", "workers", "scheme", "seed", "iterations", "dropped", "diverged",
+    "max_abs_loss",
     "final_loss", "reaches_sync", "sync_final_loss", "iters_to_target", "time_to_target", "sim_time",
     "mean_staleness", "max_staleness", "grad_error_mean", "rms_lateral", "left_road", "wall_time_s",
 )
@@ -80,7 +84,8 @@ class RegimeConfig:
     target_loss: float = 2.5  # iterations / simulated time until the smoothed policy loss is below this
     smooth: int = 20  # moving-mean window (updates) of that test
     tail_fraction: float = 0.1  # final loss = mean over this last fraction of the updates
-    reach_tolerance: float = 0.1  # reaches sync: final loss <= sync's mean final loss + this
+    reach_tolerance: float = 0.1  # reaches sync: final loss <= sync's final loss (same cell and seed) + this
+    blowup_loss: float = 1000.0  # diverged: |policy loss| above this at some update
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)  # base of every cell
 
     def __post_init__(self) -> None:
@@ -106,6 +111,8 @@ class RegimeConfig:
         _require(math.isfinite(self.target_loss), "regimes.target_loss", "must be a finite number",
                  self.target_loss)
         _require(self.smooth >= 1, "regimes.smooth", "must be >= 1", self.smooth)
+        _require(math.isfinite(self.blowup_loss) and self.blowup_loss > 0, "regimes.blowup_loss",
+                 "must be a finite number > 0", self.blowup_loss)
         _require(0 < self.tail_fraction <= 1, "regimes.tail_fraction", "must be in (0, 1]", self.tail_fraction)
         _require(math.isfinite(self.reach_tolerance) and self.reach_tolerance >= 0, "regimes.reach_tolerance",
                  "must be a finite number >= 0", self.reach_tolerance)
@@ -195,9 +202,11 @@ def run_metrics(study: RegimeConfig, result: Any) -> dict[str, Any]:
     m = result.metrics
     loss = np.asarray(m["policy_loss"], np.float64)
     n = len(loss)
+    with np.errstate(invalid="ignore"):
+        max_abs = float(np.max(np.abs(loss))) if n else float("nan")
     diverged = (getattr(result, "status", "completed") == "diverged" or not np.all(np.isfinite(loss))
                 or not np.all(np.isfinite(np.asarray(m.get("value_loss", loss), np.float64)))
-                or not np.all(np.isfinite(result.params)))
+                or not np.all(np.isfinite(result.params)) or max_abs > study.blowup_loss)
     tail = max(1, math.ceil(study.tail_fraction * n))
     hit = None if diverged else smoothed_first_below(loss, study.target_loss, study.smooth)
     staleness = np.asarray(m.get("staleness", np.zeros(n)))
@@ -206,6 +215,7 @@ def run_metrics(study: RegimeConfig, result: Any) -> dict[str, Any]:
         "iterations": n,
         "dropped": int(getattr(result, "dropped", 0)),
         "diverged": bool(diverged),
+        "max_abs_loss": max_abs,
         "final_loss": float("nan") if diverged else float(np.mean(loss[-tail:])),
         "iters_to_target": float("nan") if hit is None else float(m["iteration"][hit]),
         "time_to_target": float("nan") if hit is None else float(m["time"][hit]),
@@ -231,6 +241,13 @@ def mark_reaches_sync(study: RegimeConfig, rows: list[dict[str, Any]]) -> None:
     def key(r: dict[str, Any]) -> tuple:
         return r["delay"], r["policy_lr"], r["value_lr"], r["workers"], r["seed"]
 
+    for r in rows:  # the blow-up rule; rows without max_abs_loss (older CSVs) judged by their final loss
+        worst = r.get("max_abs_loss", float("nan"))
+        if not math.isfinite(worst) and math.isfinite(r["final_loss"]):
+            worst = abs(r["final_loss"])
+        if not r["diverged"] and worst > study.blowup_loss:
+            r.update(diverged=True, final_loss=float("nan"), iters_to_target=float("nan"),
+                     time_to_target=float("nan"))
     baseline = {key(r): r["final_loss"] for r in rows if r["scheme"] == "sync"}
     for r in rows:
         b = baseline.get(key(r), float("nan"))
@@ -354,13 +371,19 @@ def write_rows(path: Path, study: RegimeConfig, rows: list[dict[str, Any]]) -> N
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
-    """``regimes.csv`` back as rows (numbers as floats/ints, booleans as bools)."""
+    """``regimes.csv`` back as rows (numbers as floats/ints, booleans as bools; a missing column as nan)."""
     with open(path, newline="") as f:
         records = list(csv.DictReader(f))
     ints = {"workers", "seed", "iterations", "dropped", "max_staleness"}
     bools = {"diverged", "reaches_sync", "left_road"}
-    return [{k: (r[k] if k in ("delay", "scheme") else bool(int(r[k])) if k in bools
-                 else int(r[k]) if k in ints else float(r[k])) for k in ROW_FIELDS} for r in records]
+
+    def value(r: dict[str, str], k: str) -> Any:
+        if k not in r:
+            return float("nan")
+        return (r[k] if k in ("delay", "scheme") else bool(int(r[k])) if k in bools
+                else int(r[k]) if k in ints else float(r[k]))
+
+    return [{k: value(r, k) for k in ROW_FIELDS} for r in records]
 
 
 # ---------------------------------------------------------------------------------------------- aggregation
