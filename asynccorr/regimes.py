@@ -10,10 +10,12 @@ here and nowhere else:
     mean policy loss over the last ``tail_fraction`` of the run's updates.
 ``diverged``
     the run stopped as diverged (``RunResult.status``), a loss or a parameter is
-    not finite, or the policy loss ran away: ``|J| > blowup_loss`` at some update
-    (``max_abs_loss``; the untrained policy's loss is 27-31, a runaway critic drives
-    it to 1e7 and below zero, where the target test would be met spuriously). A
-    diverged run reaches nothing: its final loss and target times are ``nan``.
+    not finite, or the policy loss ran away: ``|J| > blowup_loss`` or ``J < 0`` at
+    some update (``max_abs_loss``, ``min_loss``). ``J`` sums non-negative utilities
+    plus the critic's estimate of a non-negative cost-to-go, so it is negative only
+    when the critic has run away (the untrained policy's loss is 27-31; runaway
+    critics drive it to -1e7), and there the target test would be met spuriously.
+    A diverged run reaches nothing: its final loss and target times are ``nan``.
 ``reaches_sync``
     not diverged and ``final_loss <= sync_final + reach_tolerance``, where
     ``sync_final`` is the final loss of ``sync`` *in the same cell with the same
@@ -59,7 +61,7 @@ SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_thr
 
 ROW_FIELDS = (
     "delay", "policy_lr", "value_lr", "workers", "scheme", "seed", "iterations", "dropped", "diverged",
-    "max_abs_loss",
+    "max_abs_loss", "min_loss",
     "final_loss", "reaches_sync", "sync_final_loss", "iters_to_target", "time_to_target", "sim_time",
     "mean_staleness", "max_staleness", "grad_error_mean", "rms_lateral", "left_road", "wall_time_s",
 )
@@ -85,7 +87,7 @@ class RegimeConfig:
     smooth: int = 20  # moving-mean window (updates) of that test
     tail_fraction: float = 0.1  # final loss = mean over this last fraction of the updates
     reach_tolerance: float = 0.1  # reaches sync: final loss <= sync's final loss (same cell and seed) + this
-    blowup_loss: float = 1000.0  # diverged: |policy loss| above this at some update
+    blowup_loss: float = 1000.0  # diverged: |policy loss| above this (or the loss below 0) at some update
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)  # base of every cell
 
     def __post_init__(self) -> None:
@@ -204,9 +206,10 @@ def run_metrics(study: RegimeConfig, result: Any) -> dict[str, Any]:
     n = len(loss)
     with np.errstate(invalid="ignore"):
         max_abs = float(np.max(np.abs(loss))) if n else float("nan")
+        lowest = float(np.min(loss)) if n else float("nan")
     diverged = (getattr(result, "status", "completed") == "diverged" or not np.all(np.isfinite(loss))
                 or not np.all(np.isfinite(np.asarray(m.get("value_loss", loss), np.float64)))
-                or not np.all(np.isfinite(result.params)) or max_abs > study.blowup_loss)
+                or not np.all(np.isfinite(result.params)) or max_abs > study.blowup_loss or lowest < 0)
     tail = max(1, math.ceil(study.tail_fraction * n))
     hit = None if diverged else smoothed_first_below(loss, study.target_loss, study.smooth)
     staleness = np.asarray(m.get("staleness", np.zeros(n)))
@@ -216,6 +219,7 @@ def run_metrics(study: RegimeConfig, result: Any) -> dict[str, Any]:
         "dropped": int(getattr(result, "dropped", 0)),
         "diverged": bool(diverged),
         "max_abs_loss": max_abs,
+        "min_loss": lowest,
         "final_loss": float("nan") if diverged else float(np.mean(loss[-tail:])),
         "iters_to_target": float("nan") if hit is None else float(m["iteration"][hit]),
         "time_to_target": float("nan") if hit is None else float(m["time"][hit]),
@@ -241,11 +245,11 @@ def mark_reaches_sync(study: RegimeConfig, rows: list[dict[str, Any]]) -> None:
     def key(r: dict[str, Any]) -> tuple:
         return r["delay"], r["policy_lr"], r["value_lr"], r["workers"], r["seed"]
 
-    for r in rows:  # the blow-up rule; rows without max_abs_loss (older CSVs) judged by their final loss
-        worst = r.get("max_abs_loss", float("nan"))
+    for r in rows:  # the runaway rule; rows without max_abs_loss / min_loss (older CSVs): by their final loss
+        worst, lowest = r.get("max_abs_loss", float("nan")), r.get("min_loss", float("nan"))
         if not math.isfinite(worst) and math.isfinite(r["final_loss"]):
-            worst = abs(r["final_loss"])
-        if not r["diverged"] and worst > study.blowup_loss:
+            worst, lowest = abs(r["final_loss"]), r["final_loss"]
+        if not r["diverged"] and (worst > study.blowup_loss or lowest < 0):
             r.update(diverged=True, final_loss=float("nan"), iters_to_target=float("nan"),
                      time_to_target=float("nan"))
     baseline = {key(r): r["final_loss"] for r in rows if r["scheme"] == "sync"}

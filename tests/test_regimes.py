@@ -110,7 +110,8 @@ def test_run_metrics_follow_their_definitions():
 @pytest.mark.parametrize("result", [fake_result([6.0, 1.0, float("nan"), 1.0]),
                                     fake_result([6.0, 1.0, 1.0, 1.0], params_finite=False),
                                     fake_result([6.0, 1.0, 1.0, 1.0], status="diverged"),
-                                    fake_result([6.0, -2e3, 1.0, 1.0])])  # a runaway critic: |J| > 1000
+                                    fake_result([6.0, -2e3, 1.0, 1.0]),  # a runaway critic: |J| > 1000
+                                    fake_result([6.0, 1.0, -0.5, 1.0])])  # or J < 0
 def test_a_diverged_run_reaches_nothing(result):
     m = run_metrics(RegimeConfig(target_loss=3.0, smooth=1), result)
     assert m["diverged"] and math.isnan(m["final_loss"]) and math.isnan(m["iters_to_target"])
@@ -129,10 +130,12 @@ def test_reaching_sync_means_within_the_tolerance_of_sync_with_the_same_cell_and
     mark_reaches_sync(study, rows)
     assert [r["sync_final_loss"] for r in rows[:4]] == [2.0, 2.4, 2.0, 2.4]
     assert [r["reaches_sync"] for r in rows] == [True, True, True, False, True, False, True, True]
-    ran_away = [row("sync", 0, 2.0), {**row("async", 0, -5e6), "iters_to_target": 20.0, "time_to_target": 0.1}]
+    ran_away = [row("sync", 0, 2.0), {**row("async", 0, -5e6), "iters_to_target": 20.0, "time_to_target": 0.1},
+                {**row("modify", 0, -12.0), "iters_to_target": 20.0, "time_to_target": 0.1}]
     mark_reaches_sync(study, ran_away)  # no max_abs_loss column (an older CSV): judged by the final loss
     assert ran_away[1]["diverged"] and math.isnan(ran_away[1]["final_loss"]) and not ran_away[1]["reaches_sync"]
     assert math.isnan(ran_away[1]["iters_to_target"]) and math.isnan(ran_away[1]["time_to_target"])
+    assert ran_away[2]["diverged"] and not ran_away[2]["reaches_sync"]  # a negative final loss
     lone = [row("async", 3, 1.0)]  # no sync run for that seed: no baseline
     mark_reaches_sync(study, lone)
     assert math.isnan(lone[0]["sync_final_loss"]) and not lone[0]["reaches_sync"]
