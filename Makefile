@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test test-fast bench clean
+.PHONY: install run regimes test test-fast bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,11 @@ install: $(BIN)/.installed
 run: install
 	$(BIN)/asynccorr compare --overwrite
 	$(BIN)/asynccorr plot results/paper
+
+# The regime study (experiments/regimes.toml): every scheme on the grid of workers x
+# learning rate x delay model, 3 seeds; table and heat maps in results/regimes/.
+regimes: install
+	$(BIN)/asynccorr regimes --config experiments/regimes.toml --jobs 2 --overwrite
 
 # The whole test suite (slow tests included).
 test: install

@@ -263,6 +263,52 @@ def plot(
         Console().print(str(p))
 
 
+DEFAULT_REGIMES = Path("experiments/regimes.toml")
+
+
+@app.command()
+def regimes(
+    config: Annotated[Path, typer.Option(help="Study TOML: grid, schemes, seeds, metrics, base experiment.")]
+    = DEFAULT_REGIMES,
+    jobs: Annotated[int, typer.Option(help="Runs in parallel (spawned processes, single-threaded XLA each).")] = 1,
+    results: Annotated[Path, typer.Option(help="Root folder; the study goes to <results>/<name>/.")]
+    = Path("results"),
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing study of the same name.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    redraw: Annotated[bool, typer.Option(help="Only redraw regimes.md and the figures from regimes.csv.")]
+    = False,
+) -> None:
+    """Regime study: every scheme on a grid of workers x learning rate x delay model, every seed;
+    writes regimes.csv, regimes.md and heat maps into <results>/<name>/."""
+    import time
+
+    from asynccorr.regimes import load_regimes, run_study
+
+    if jobs < 1:
+        raise CliError(f"--jobs must be >= 1, got {jobs}")
+    study = load_regimes(config)
+    if redraw:
+        from asynccorr.regimes import render, study_dir
+
+        rows = render(study, study_dir(results, study))
+        Console().print(f"{len(rows)} runs redrawn: {study_dir(results, study) / 'regimes.md'}")
+        return
+    start = time.perf_counter()
+    with _progress(quiet) as progress:
+        task = progress.add_task(f"regimes {study.name}", total=None, rms="-")
+
+        def on_run(done: int, total: int, row: dict[str, Any]) -> None:
+            progress.update(task, completed=done, total=total,
+                            rms=f"{row['rms_lateral']:.3f} m ({row['scheme']}, N={row['workers']})")
+
+        folder, rows = run_study(study, results, jobs=jobs, overwrite=overwrite, on_run=on_run)
+    wall = time.perf_counter() - start
+    out = Console()
+    out.print(f"{len(rows)} runs in {wall / 60:.1f} min wall ({jobs} job{'s' if jobs > 1 else ''})")
+    out.print(f"table: {folder / 'regimes.md'}")
+    out.print(f"figures: {folder / 'figures'}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, mapping user errors to one line and exit status 2, Ctrl-C to 130."""
     from asynccorr.runs import ResumeError

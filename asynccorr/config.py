@@ -213,6 +213,11 @@ class SchemesConfig:
     trust_ratio: float = 1.0  # modify-safe: cap |correction| at trust_ratio * |G|
     dense_max_params: int = 2048  # modify-dense refuses larger networks (dense H has n^2 entries)
     staleness_bound: int = 8  # drop-stale: messages with staleness above this are discarded
+    dc_lambda: float = 0.04  # dc-asgd: lambda of G + lambda G*G*(theta_k - theta_i) (Zheng et al. 2017)
+    dc_lambda0: float = 2.0  # dc-asgd-a: lambda_t = dc_lambda0 / sqrt(MS_t + dc_eps)
+    dc_momentum: float = 0.95  # dc-asgd-a: MS_t = m MS_{t-1} + (1 - m) G*G
+    dc_eps: float = 1e-7  # dc-asgd-a
+    gap_decay: float = 0.99  # gap-aware: EMA rate of the mean per-parameter server step C
 
     def __post_init__(self) -> None:
         from asynccorr.schemes import SCHEMES, SEQUENTIAL
@@ -230,6 +235,11 @@ class SchemesConfig:
         _positive("schemes.trust_ratio", self.trust_ratio)
         _require(self.dense_max_params >= 1, "schemes.dense_max_params", "must be >= 1", self.dense_max_params)
         _require(self.staleness_bound >= 0, "schemes.staleness_bound", "must be >= 0", self.staleness_bound)
+        _nonnegative("schemes.dc_lambda", self.dc_lambda)
+        _nonnegative("schemes.dc_lambda0", self.dc_lambda0)
+        _require(0 <= self.dc_momentum < 1, "schemes.dc_momentum", "must be in [0, 1)", self.dc_momentum)
+        _positive("schemes.dc_eps", self.dc_eps)
+        _require(0 <= self.gap_decay < 1, "schemes.gap_decay", "must be in [0, 1)", self.gap_decay)
 
 
 @dataclass(frozen=True)

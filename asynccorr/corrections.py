@@ -22,6 +22,7 @@ Extra arguments (all optional; a correction uses what it needs):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -110,5 +111,146 @@ def dense_hessian_correction() -> optax.GradientTransformationExtraArgs:
         worker_params = _require(worker_params, "worker_params", "dense_hessian_correction")
         hessian = _require(hessian, "hessian", "dense_hessian_correction")
         return g + hessian @ (params - worker_params)
+
+    return _stateless(correct)
+
+
+# ----------------------------------------------------------------------------- the literature's remedies
+
+
+def _worker_gap(correction: str, params: Array | None, worker_params: Array | None) -> Array:
+    """``theta_k - theta_i``: how far the server moved since the worker pulled."""
+    params = _require(params, "params", correction)
+    return params - _require(worker_params, "worker_params", correction)
+
+
+def delay_compensation(lam: float = 0.04) -> optax.GradientTransformationExtraArgs:
+    """DC-ASGD (Zheng et al. 2017): ``G + lam * G*G*(theta_k - theta_i)``, elementwise.
+
+    The Hessian is replaced by the diagonal of the outer product ``G G^T``, a cheap
+    unbiased-in-expectation approximation of the Fisher information, and ``lam``
+    trades its bias against its variance. ``theta_i`` is the per-worker backup the
+    server took when the worker pulled (``worker_params``), not a per-key copy.
+    """
+    if not (math.isfinite(lam) and lam >= 0):
+        raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
+
+    def correct(g: Array, params: Array | None, *, worker_params: Array | None = None, **_: Any) -> Array:
+        return g + lam * g * g * _worker_gap("delay_compensation", params, worker_params)
+
+    return _stateless(correct)
+
+
+class AdaptiveDelayCompensationState(NamedTuple):
+    mean_square: Array  # MS_t: running mean of G*G over the directions applied so far
+
+
+def adaptive_delay_compensation(lam0: float = 2.0, momentum: float = 0.95,
+                                eps: float = 1e-7) -> optax.GradientTransformationExtraArgs:
+    """DC-ASGD-a (Zheng et al. 2017): the variance-control parameter adapts per coordinate.
+
+    ``MS_t = m*MS_{t-1} + (1-m)*G*G`` (server state, started at 0 as in the paper's
+    algorithm, and updated with the incoming ``G`` *before* use), then
+    ``lam_t = lam0 / sqrt(MS_t + eps)`` elementwise, and the direction is
+    ``G + lam_t * G*G*(theta_k - theta_i)``. Dividing by the RMS of the gradient makes
+    the compensation scale-free: it is ``lam0 * |G|/RMS(G) * |G| * gap``.
+    """
+    if not (math.isfinite(lam0) and lam0 >= 0):
+        raise ValueError(f"lam0 must be a finite number >= 0, got {lam0!r}")
+    if not 0 <= momentum < 1:
+        raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps!r}")
+
+    def init(params: Array) -> AdaptiveDelayCompensationState:
+        return AdaptiveDelayCompensationState(jnp.zeros_like(params))
+
+    def update(g: Array, state: AdaptiveDelayCompensationState, params: Array | None = None, *,
+               worker_params: Array | None = None, **_: Any):
+        gap = _worker_gap("adaptive_delay_compensation", params, worker_params)
+        mean_square = momentum * state.mean_square + (1 - momentum) * g * g
+        lam = lam0 / jnp.sqrt(mean_square + eps)
+        return g + lam * g * g * gap, AdaptiveDelayCompensationState(mean_square)
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+def staleness_scaling() -> optax.GradientTransformationExtraArgs:
+    """Staleness-aware async SGD (Zhang et al. 2016): the direction divided by ``tau``.
+
+    Dividing the direction is dividing the step for any optimizer linear in it (SGD).
+    ``tau = 0`` (a fresh direction) is not scaled: the factor is ``1/max(tau, 1)``,
+    so ``tau`` 0 and 1 both apply the direction as it is.
+    """
+
+    def correct(g: Array, params: Array | None, *, staleness: Array | None = None, **_: Any) -> Array:
+        tau = _require(staleness, "staleness", "staleness_scaling")
+        return g / jnp.maximum(jnp.asarray(tau, g.dtype), 1.0)
+
+    return _stateless(correct)
+
+
+class GapAwareState(NamedTuple):
+    previous_params: Array  # theta_k of the previous call
+    mean_step: Array  # EMA of |theta_k - theta_{k-1}| per parameter, not bias-corrected
+    steps: Array  # int32: server steps observed so far (= calls - 1 after the first call)
+    calls: Array  # int32
+
+
+def gap_aware(decay: float = 0.99) -> optax.GradientTransformationExtraArgs:
+    """Gap-Aware (Barkai, Hakimi, Schuster, ICLR 2020): divide by the parameter gap.
+
+    The *gap* measures staleness by how far each parameter actually moved, not by
+    how many updates passed: ``gap = max(1, |theta_k - theta_i| / C)`` elementwise,
+    where ``C`` is the typical size of one server step of that parameter. The
+    direction is ``G / gap``: a stale gradient is penalised linearly in the number
+    of "average steps" its parameters are behind, and not at all within one.
+
+    ``C``: the paper defines it as the average per-parameter step of the server and
+    estimates it from the optimizer's running statistics (``lr * RMS(G)`` for SGD).
+    Here it is measured directly, so it holds for any optimizer: the state keeps the
+    server parameters of the previous call and an exponential moving average (rate
+    ``decay``, bias-corrected like Adam's moments) of ``|theta_k - theta_{k-1}|``,
+    updated with the step observed at this call before use. One call per server
+    update is assumed (the transformation sits on the server). Before any step is
+    observed (first call), and for a parameter that has never moved, there is no
+    scale and no penalty (gap 1).
+    """
+    if not 0 <= decay < 1:
+        raise ValueError(f"decay must be in [0, 1), got {decay!r}")
+
+    def init(params: Array) -> GapAwareState:
+        zero = jnp.zeros((), jnp.int32)
+        return GapAwareState(jnp.asarray(params), jnp.zeros_like(params), zero, zero)
+
+    def update(g: Array, state: GapAwareState, params: Array | None = None, *,
+               worker_params: Array | None = None, **_: Any):
+        distance = jnp.abs(_worker_gap("gap_aware", params, worker_params))
+        observe = state.calls > 0
+        step = jnp.abs(params - state.previous_params)
+        mean_step = jnp.where(observe, decay * state.mean_step + (1 - decay) * step, state.mean_step)
+        steps = state.steps + observe.astype(jnp.int32)
+        c = mean_step / (1 - decay ** jnp.maximum(steps, 1).astype(g.dtype))
+        safe_c = jnp.where(c > 0, c, 1.0)
+        gap = jnp.where(c > 0, jnp.maximum(1.0, distance / safe_c), 1.0)
+        return g / gap, GapAwareState(params, mean_step, steps, state.calls + 1)
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+def drop_stale(bound: int = 8) -> optax.GradientTransformationExtraArgs:
+    """Bounded staleness: a direction older than ``bound`` updates becomes zero.
+
+    For library users who chain it before an optimizer. (A zero direction still
+    moves a stateful optimizer such as Adam or momentum; the ``sim`` backend
+    therefore discards such messages before the server update instead, without
+    counting an iteration, and the worker pulls afresh.)
+    """
+    if not bound >= 0:
+        raise ValueError(f"bound must be >= 0, got {bound!r}")
+
+    def correct(g: Array, params: Array | None, *, staleness: Array | None = None, **_: Any) -> Array:
+        tau = _require(staleness, "staleness", "drop_stale")
+        return jnp.where(tau > bound, jnp.zeros_like(g), g)
 
     return _stateless(correct)

@@ -232,3 +232,25 @@ def test_on_the_default_experiment_modify_has_a_smaller_gradient_error_than_asyn
     np.testing.assert_array_equal(naive["staleness"], corrected["staleness"])  # same timing, same staleness
     assert naive["staleness"].mean() > 6
     assert corrected["grad_error"].mean() < 0.5 * naive["grad_error"].mean()
+
+
+def test_drop_stale_discards_exactly_the_messages_above_the_bound():
+    """4 identical workers (no jitter), bound 1, worked by hand: each round of 4 simultaneous
+    arrivals, workers 0 and 1 apply (staleness 0 then 1 in the first round, 1 and 1 after),
+    workers 2 and 3 are staler than 1, are discarded and pull afresh."""
+    cfg = small_config(workers={"count": 4, "jitter": 0.0}, schemes={"staleness_bound": 1},
+                       train={"iterations": 6, "eval_every": 6})
+    dropped = run_sim(cfg, "drop-stale")
+    assert dropped.metrics["staleness"].tolist() == [0, 1, 1, 1, 1, 1]
+    assert dropped.metrics["worker"].tolist() == [0, 1, 0, 1, 0, 1]
+    assert dropped.dropped == 4  # rounds 1 and 2 each discard workers 2 and 3; round 3 stops after 6 updates
+    assert run_sim(cfg, "async").metrics["staleness"].tolist() == [0, 1, 2, 3, 3, 3]  # nothing dropped
+
+
+def test_staleness_aware_schemes_differ_from_async_only_on_stale_updates():
+    cfg = small_config(workers={"count": 3}, train={"iterations": 5, "eval_every": 5})
+    for scheme in ("dc-asgd", "dc-asgd-a", "staleness-lr", "gap-aware"):
+        m = run_sim(cfg, scheme).metrics
+        assert m["staleness"].tolist()[:3] == [0, 1, 2]  # the first round, as for async
+        assert m["correction_norm"][0] == 0  # the first update is fresh: applied as it is
+        assert np.any(m["correction_norm"][m["staleness"] > 1] > 0), scheme

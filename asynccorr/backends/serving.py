@@ -25,7 +25,7 @@ from asynccorr.backends.worker import Message
 from asynccorr.config import ConfigError, ExperimentConfig
 from asynccorr.evaluation import evaluate
 from asynccorr.learner import Losses
-from asynccorr.schemes import get_scheme, make_correction
+from asynccorr.schemes import correction_for, get_scheme
 from asynccorr.server import UpdateMetrics, init_server, make_message_update, make_sync_message_update
 from asynccorr.trainer import (
     EvalRecord,
@@ -52,7 +52,7 @@ class ServerRole:
         self.config = config
         self.scheme = get_scheme(scheme_name)
         self.learner, self.optimizer = build(config)
-        correction = make_correction(self.scheme.name, config.schemes.trust_ratio)
+        correction = correction_for(self.scheme.name, config.schemes)
         k_params, _ = jax.random.split(jax.random.PRNGKey(config.train.seed))
         self.server = init_server(self.learner.init(k_params), self.optimizer, correction)
         self.params = np.asarray(self.server.params)

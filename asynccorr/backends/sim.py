@@ -39,7 +39,7 @@ from asynccorr.config import ConfigError, ExperimentConfig
 from asynccorr.delays import DelayModel
 from asynccorr.evaluation import evaluate
 from asynccorr.learner import Batch, SamplerState
-from asynccorr.schemes import Scheme, get_scheme, make_correction
+from asynccorr.schemes import Scheme, correction_for, get_scheme
 from asynccorr.server import ServerState, UpdateMetrics, init_server, make_async_update, make_sync_update
 from asynccorr.trainer import (
     EvalRecord,
@@ -124,7 +124,7 @@ def setup(config: ExperimentConfig, scheme_name: str) -> Sim:
     scheme = get_scheme(scheme_name)
     learner, optimizer = build(config)
     check_scheme_fits(scheme, learner.num_params, config)
-    correction = make_correction(scheme.name, config.schemes.trust_ratio)
+    correction = correction_for(scheme.name, config.schemes)
     delays = delay_model(config)
     return Sim(config, scheme, learner, optimizer, correction, delays, delays.worker_speeds(config.workers.count),
                compute_cost(scheme, config))

@@ -1,0 +1,486 @@
+"""The regime study: where does each staleness remedy win?
+
+A study is a grid ``workers x learning rate x delay model`` (the *cells*); in
+every cell every scheme trains on every seed on the ``sim`` backend, starting
+from one base experiment (``[experiment]`` of the study's TOML,
+``experiments/regimes.toml``). Per run it keeps one row of metrics, defined
+here and nowhere else:
+
+``final_loss``
+    mean policy loss over the last ``tail_fraction`` of the run's updates.
+``diverged``
+    the run stopped as diverged (``RunResult.status``), a loss or a parameter is
+    not finite, or the policy loss ran away: ``|J| > blowup_loss`` or ``J < 0`` at
+    some update (``max_abs_loss``, ``min_loss``). ``J`` sums non-negative utilities
+    plus the critic's estimate of a non-negative cost-to-go, so it is negative only
+    when the critic has run away (the untrained policy's loss is 27-31; runaway
+    critics drive it to -1e7), and there the target test would be met spuriously.
+    A diverged run reaches nothing: its final loss and target times are ``nan``.
+``reaches_sync``
+    not diverged and ``final_loss <= sync_final + reach_tolerance``, where
+    ``sync_final`` is the final loss of ``sync`` *in the same cell with the same
+    seed* (the synchronous baseline with the same workers, step size, initial
+    parameters and sampling streams; see ``mark_reaches_sync`` for why paired).
+``iters_to_target`` / ``time_to_target``
+    the first update ``k >= smooth`` at which the mean policy loss of updates
+    ``k-smooth+1 .. k`` is below ``target_loss``, and the simulated time of that
+    update; ``nan`` if never (or diverged).
+``rms_lateral``, ``left_road``
+    closed-loop tracking of the final policy on the fixed scenario.
+
+Outputs in ``<results>/<name>/``: ``regimes.csv`` (one row per cell x scheme x
+seed, rewritten after every run, so an interrupted study keeps what it did),
+``regimes.md`` (per cell x scheme, mean ± std over seeds, and each scheme's
+staleness tolerance) and the heat maps in ``figures/`` (``asynccorr.regime_plots``).
+Runs go to a ``spawn`` process pool (``jobs`` processes, each single-threaded
+XLA) in bundles that share compiled code, longest first; the simulation is
+deterministic, so the numbers do not depend on ``jobs`` (up to XLA's threading).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+import time
+import tomllib
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from asynccorr.config import ConfigError, ExperimentConfig, from_dict, with_overrides
+from asynccorr.results import RunExistsError, atomic_write_text, write_csv
+
+SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+ROW_FIELDS = (
+    "delay", "policy_lr", "value_lr", "workers", "scheme", "seed", "iterations", "dropped", "diverged",
+    "max_abs_loss", "min_loss",
+    "final_loss", "reaches_sync", "sync_final_loss", "iters_to_target", "time_to_target", "sim_time",
+    "mean_staleness", "max_staleness", "grad_error_mean", "rms_lateral", "left_road", "wall_time_s",
+)
+
+
+def _require(cond: bool, name: str, message: str, value: Any) -> None:
+    if not cond:
+        raise ConfigError(f"{name} {message}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class RegimeConfig:
+    """A regime study: the grid, the schemes and seeds, the metrics' constants, the base experiment."""
+
+    name: str = "regimes"  # outputs go to <results>/<name>/
+    workers: tuple[int, ...] = (1, 4, 16, 64)  # grid axis: number of simulated workers N
+    learning_rates: tuple[tuple[float, ...], ...] = ((3e-4, 1e-3), (1e-3, 3e-3))  # grid axis: (policy, value)
+    delays: tuple[str, ...] = ("homogeneous", "stragglers")  # grid axis: delay model
+    schemes: tuple[str, ...] = ("sync", "async", "modify", "modify-safe", "dc-asgd", "dc-asgd-a",
+                                "staleness-lr", "gap-aware", "drop-stale")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    target_loss: float = 2.5  # iterations / simulated time until the smoothed policy loss is below this
+    smooth: int = 20  # moving-mean window (updates) of that test
+    tail_fraction: float = 0.1  # final loss = mean over this last fraction of the updates
+    reach_tolerance: float = 0.1  # reaches sync: final loss <= sync's final loss (same cell and seed) + this
+    blowup_loss: float = 1000.0  # diverged: |policy loss| above this (or the loss below 0) at some update
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)  # base of every cell
+
+    def __post_init__(self) -> None:
+        from asynccorr.delays import DELAY_KINDS
+        from asynccorr.schemes import SCHEMES
+
+        ExperimentConfig(name=self.name)  # same rule for the folder name
+        for axis in ("workers", "learning_rates", "delays", "schemes", "seeds"):
+            values = getattr(self, axis)
+            _require(len(values) >= 1, f"regimes.{axis}", "must list at least one value (empty grid)", values)
+            _require(len(set(values)) == len(values), f"regimes.{axis}", "has duplicates", values)
+        _require(all(n >= 1 for n in self.workers), "regimes.workers", "must be >= 1", self.workers)
+        for pair in self.learning_rates:
+            _require(len(pair) == 2 and all(math.isfinite(x) and x > 0 for x in pair), "regimes.learning_rates",
+                     "must hold [policy_lr, value_lr] pairs of numbers > 0", pair)
+        for d in self.delays:
+            _require(d in DELAY_KINDS, "regimes.delays", f"must hold names from {list(DELAY_KINDS)}", d)
+        for s in self.schemes:
+            _require(s in SCHEMES, "regimes.schemes", f"must hold scheme names from {list(SCHEMES)}", s)
+        _require("sync" in self.schemes, "regimes.schemes", "must include sync (the baseline of reaches_sync)",
+                 self.schemes)
+        _require(all(s >= 0 for s in self.seeds), "regimes.seeds", "must be >= 0", self.seeds)
+        _require(math.isfinite(self.target_loss), "regimes.target_loss", "must be a finite number",
+                 self.target_loss)
+        _require(self.smooth >= 1, "regimes.smooth", "must be >= 1", self.smooth)
+        _require(math.isfinite(self.blowup_loss) and self.blowup_loss > 0, "regimes.blowup_loss",
+                 "must be a finite number > 0", self.blowup_loss)
+        _require(0 < self.tail_fraction <= 1, "regimes.tail_fraction", "must be in (0, 1]", self.tail_fraction)
+        _require(math.isfinite(self.reach_tolerance) and self.reach_tolerance >= 0, "regimes.reach_tolerance",
+                 "must be a finite number >= 0", self.reach_tolerance)
+
+    @property
+    def folder_name(self) -> str:
+        return self.name
+
+
+def load_regimes(path: str | Path) -> RegimeConfig:
+    """Load and validate a study TOML (unknown keys, wrong types, bad values: ``ConfigError``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"malformed TOML in {path}: {exc}") from None
+    return from_dict(RegimeConfig, data, prefix="regimes.")
+
+
+# ---------------------------------------------------------------------------------------------- the grid
+
+
+@dataclass(frozen=True)
+class Cell:
+    delay: str
+    policy_lr: float
+    value_lr: float
+    workers: int
+
+
+@dataclass(frozen=True)
+class Task:
+    cell: Cell
+    scheme: str
+    seed: int
+    config: ExperimentConfig = dataclasses.field(compare=False)
+
+    @property
+    def cost(self) -> float:
+        """Relative compute of the run, to start the longest first (sync evaluates N directions per update)."""
+        per_update = {"sync": self.cell.workers, "modify": 2.0, "modify-safe": 2.0}.get(self.scheme, 1.3)
+        return self.config.train.iterations * per_update
+
+
+def cells(study: RegimeConfig) -> list[Cell]:
+    return [Cell(d, lr[0], lr[1], n) for d in study.delays for lr in study.learning_rates for n in study.workers]
+
+
+def cell_config(study: RegimeConfig, cell: Cell, seed: int) -> ExperimentConfig:
+    return with_overrides(study.experiment, name=study.name, train={"seed": seed},
+                          optim={"policy_lr": cell.policy_lr, "value_lr": cell.value_lr},
+                          workers={"count": cell.workers, "delay": cell.delay, "backend": "sim"})
+
+
+def plan(study: RegimeConfig) -> list[Task]:
+    """Every run of the study, validated up front (e.g. modify-dense on a large net), longest first."""
+    from asynccorr.backends.sim import check_scheme_fits
+    from asynccorr.schemes import get_scheme
+    from asynccorr.trainer import build
+
+    learner, _ = build(study.experiment)
+    for scheme in study.schemes:
+        check_scheme_fits(get_scheme(scheme), learner.num_params, study.experiment)
+    tasks = [Task(c, s, seed, cell_config(study, c, seed)) for c in cells(study) for s in study.schemes
+             for seed in study.seeds]
+    return sorted(tasks, key=lambda t: -t.cost)
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+def smoothed_first_below(loss: np.ndarray, target: float, window: int) -> int | None:
+    """0-based index k of the first update with ``mean(loss[k-window+1 : k+1]) < target`` (``None``: never)."""
+    loss = np.asarray(loss, np.float64)
+    if len(loss) < window:
+        return None
+    csum = np.concatenate([[0.0], np.cumsum(loss)])
+    means = (csum[window:] - csum[:-window]) / window  # means[j] covers loss[j : j+window]
+    below = np.flatnonzero(np.isfinite(means) & (means < target))
+    return int(below[0]) + window - 1 if below.size else None
+
+
+def run_metrics(study: RegimeConfig, result: Any) -> dict[str, Any]:
+    """The per-run metrics of the module docstring (all but ``reaches_sync``, which needs sync's runs)."""
+    m = result.metrics
+    loss = np.asarray(m["policy_loss"], np.float64)
+    n = len(loss)
+    with np.errstate(invalid="ignore"):
+        max_abs = float(np.max(np.abs(loss))) if n else float("nan")
+        lowest = float(np.min(loss)) if n else float("nan")
+    diverged = (getattr(result, "status", "completed") == "diverged" or not np.all(np.isfinite(loss))
+                or not np.all(np.isfinite(np.asarray(m.get("value_loss", loss), np.float64)))
+                or not np.all(np.isfinite(result.params)) or max_abs > study.blowup_loss or lowest < 0)
+    tail = max(1, math.ceil(study.tail_fraction * n))
+    hit = None if diverged else smoothed_first_below(loss, study.target_loss, study.smooth)
+    staleness = np.asarray(m.get("staleness", np.zeros(n)))
+    final = result.evals[-1].summary
+    return {
+        "iterations": n,
+        "dropped": int(getattr(result, "dropped", 0)),
+        "diverged": bool(diverged),
+        "max_abs_loss": max_abs,
+        "min_loss": lowest,
+        "final_loss": float("nan") if diverged else float(np.mean(loss[-tail:])),
+        "iters_to_target": float("nan") if hit is None else float(m["iteration"][hit]),
+        "time_to_target": float("nan") if hit is None else float(m["time"][hit]),
+        "sim_time": float(m["time"][-1]),
+        "mean_staleness": float(np.mean(staleness)),
+        "max_staleness": int(np.max(staleness)),
+        "grad_error_mean": float(np.mean(m["grad_error"])) if "grad_error" in m else float("nan"),
+        "rms_lateral": float(final.rms_lateral),
+        "left_road": bool(final.left_road),
+    }
+
+
+def mark_reaches_sync(study: RegimeConfig, rows: list[dict[str, Any]]) -> None:
+    """Fill ``sync_final_loss`` and ``reaches_sync`` of every row from the sync run of its cell and seed.
+
+    Paired by seed: a seed fixes the initial parameters and the workers' sampling
+    streams, and the final loss is measured on the run's own batches, so it differs
+    between seeds far more than between schemes (sync alone: 1.90 / 2.10 / 2.37 on
+    seeds 0 / 1 / 2 of the study) but hardly with N for sync. Without a finite sync
+    run for that cell and seed (diverged or missing) there is no baseline (``nan``)
+    and nothing reaches it.
+    """
+    def key(r: dict[str, Any]) -> tuple:
+        return r["delay"], r["policy_lr"], r["value_lr"], r["workers"], r["seed"]
+
+    for r in rows:  # the runaway rule; rows without max_abs_loss / min_loss (older CSVs): by their final loss
+        worst, lowest = r.get("max_abs_loss", float("nan")), r.get("min_loss", float("nan"))
+        if not math.isfinite(worst) and math.isfinite(r["final_loss"]):
+            worst, lowest = abs(r["final_loss"]), r["final_loss"]
+        if not r["diverged"] and (worst > study.blowup_loss or lowest < 0):
+            r.update(diverged=True, final_loss=float("nan"), iters_to_target=float("nan"),
+                     time_to_target=float("nan"))
+    baseline = {key(r): r["final_loss"] for r in rows if r["scheme"] == "sync"}
+    for r in rows:
+        b = baseline.get(key(r), float("nan"))
+        r["sync_final_loss"] = b
+        r["reaches_sync"] = bool(not r["diverged"] and math.isfinite(b)
+                                 and r["final_loss"] <= b + study.reach_tolerance)
+
+
+def _run_task(study: RegimeConfig, task: Task) -> dict[str, Any]:
+    from asynccorr.runs import train
+
+    start = time.perf_counter()
+    result = train(task.config, task.scheme)
+    row = {"delay": task.cell.delay, "policy_lr": task.cell.policy_lr, "value_lr": task.cell.value_lr,
+           "workers": task.cell.workers, "scheme": task.scheme, "seed": task.seed, **run_metrics(study, result),
+           "sync_final_loss": float("nan"), "reaches_sync": False}
+    row["wall_time_s"] = round(time.perf_counter() - start, 3)
+    return row
+
+
+def _run_bundle(study: RegimeConfig, tasks: Sequence[Task]) -> list[dict[str, Any]]:
+    return [_run_task(study, t) for t in tasks]
+
+
+def bundles(tasks: Sequence[Task]) -> list[list[Task]]:
+    """Tasks that share jit-compiled code (same step size and scheme; sync: also the same N), longest first.
+
+    A bundle runs in one process, so each process compiles only what its bundles need
+    (compiling is several seconds per function; a study has dozens of them).
+    """
+    out: dict[tuple, list[Task]] = {}
+    for t in tasks:
+        key = (t.cell.policy_lr, t.cell.value_lr, t.scheme, t.cell.workers if t.scheme == "sync" else 0)
+        out.setdefault(key, []).append(t)
+    return sorted(out.values(), key=lambda b: -sum(t.cost for t in b))
+
+
+# ---------------------------------------------------------------------------------------------- running
+
+
+def study_dir(results_root: Path, study: RegimeConfig) -> Path:
+    return Path(results_root) / study.name
+
+
+def check_no_existing_study(folder: Path) -> None:
+    if (folder / "regimes.csv").exists() or (folder / "regimes.md").exists():
+        raise RunExistsError(f"study folder {folder} already holds a study (pass --overwrite to replace it)")
+
+
+def run_study(study: RegimeConfig, results_root: Path, jobs: int = 1, overwrite: bool = False,
+              on_run: Callable[[int, int, dict[str, Any]], None] | None = None) -> tuple[Path, list[dict[str, Any]]]:
+    """Run every cell x scheme x seed, write ``regimes.csv``, ``regimes.md`` and the heat maps."""
+    if jobs < 1:
+        raise ConfigError(f"jobs must be >= 1, got {jobs!r}")
+    folder = study_dir(results_root, study)
+    if not overwrite:
+        check_no_existing_study(folder)
+    tasks = plan(study)
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in ("regimes.csv", "regimes.md"):
+        (folder / stale).unlink(missing_ok=True)
+    rows: list[dict[str, Any]] = []
+
+    def done(row: dict[str, Any]) -> None:
+        rows.append(row)
+        write_rows(folder / "regimes.csv", study, rows)
+        if on_run is not None:
+            on_run(len(rows), len(tasks), row)
+
+    if jobs == 1:
+        for task in tasks:
+            done(_run_task(study, task))
+    else:
+        previous = os.environ.get("XLA_FLAGS")
+        os.environ["XLA_FLAGS"] = f"{previous} {SINGLE_THREAD_XLA}" if previous else SINGLE_THREAD_XLA
+        try:  # spawned children read the environment at start-up, before they import jax
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+                futures = [pool.submit(_run_bundle, study, b) for b in bundles(tasks)]
+                for future in as_completed(futures):
+                    for row in future.result():
+                        done(row)
+        finally:
+            if previous is None:
+                os.environ.pop("XLA_FLAGS", None)
+            else:
+                os.environ["XLA_FLAGS"] = previous
+    return folder, render(study, folder, rows)
+
+
+def render(study: RegimeConfig, folder: Path, rows: Sequence[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """(Re)write ``regimes.csv``, ``regimes.md`` and the heat maps from ``rows`` (default: ``regimes.csv``).
+
+    Cells or runs missing from the rows (an interrupted study) are shown as missing.
+    """
+    from asynccorr.regime_plots import plot_study
+
+    folder = Path(folder)
+    if rows is None:
+        if not (folder / "regimes.csv").is_file():
+            raise ConfigError(f"no regimes.csv in {folder} to redraw")
+        rows = read_rows(folder / "regimes.csv")
+    known = set(cells(study))
+    rows = sort_rows(study, [r for r in rows if r["scheme"] in study.schemes and r["seed"] in study.seeds
+                             and Cell(r["delay"], r["policy_lr"], r["value_lr"], r["workers"]) in known])
+    write_rows(folder / "regimes.csv", study, rows)
+    write_table(folder / "regimes.md", study, rows)
+    plot_study(study, rows, folder / "figures")
+    return rows
+
+
+def sort_rows(study: RegimeConfig, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    order = {c: i for i, c in enumerate(cells(study))}
+    rank = {s: i for i, s in enumerate(study.schemes)}
+    return sorted(rows, key=lambda r: (order[Cell(r["delay"], r["policy_lr"], r["value_lr"], r["workers"])],
+                                       rank[r["scheme"]], r["seed"]))
+
+
+def write_rows(path: Path, study: RegimeConfig, rows: list[dict[str, Any]]) -> None:
+    mark_reaches_sync(study, rows)
+    write_csv(path, {k: [r[k] for r in rows] for k in ROW_FIELDS})
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """``regimes.csv`` back as rows (numbers as floats/ints, booleans as bools; a missing column as nan)."""
+    with open(path, newline="") as f:
+        records = list(csv.DictReader(f))
+    ints = {"workers", "seed", "iterations", "dropped", "max_staleness"}
+    bools = {"diverged", "reaches_sync", "left_road"}
+
+    def value(r: dict[str, str], k: str) -> Any:
+        if k not in r:
+            return float("nan")
+        return (r[k] if k in ("delay", "scheme") else bool(int(r[k])) if k in bools
+                else int(r[k]) if k in ints else float(r[k]))
+
+    return [{k: value(r, k) for k in ROW_FIELDS} for r in records]
+
+
+# ---------------------------------------------------------------------------------------------- aggregation
+
+
+def group(rows: Sequence[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
+    """(delay, policy_lr, value_lr, workers, scheme) -> that cell's rows for the scheme, one per seed."""
+    out: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault((r["delay"], r["policy_lr"], r["value_lr"], r["workers"], r["scheme"]), []).append(r)
+    return out
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
+    """Mean and (population) standard deviation of the finite values, and how many there were."""
+    v = np.array([x for x in values if math.isfinite(x)], np.float64)
+    if v.size == 0:
+        return float("nan"), float("nan"), 0
+    return float(v.mean()), float(v.std()), int(v.size)
+
+
+def summarize_cell(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per cell x scheme: fractions over seeds, and mean ± std over the seeds where a value exists."""
+    out: dict[str, Any] = {"seeds": len(runs), "reached": sum(r["reaches_sync"] for r in runs),
+                           "diverged": sum(r["diverged"] for r in runs)}
+    for k in ("final_loss", "iters_to_target", "time_to_target", "rms_lateral", "mean_staleness", "dropped"):
+        out[k] = mean_std([r[k] for r in runs])
+    out["at_target"] = out["iters_to_target"][2]
+    return out
+
+
+def staleness_tolerance(study: RegimeConfig, rows: Sequence[dict[str, Any]]) -> dict[tuple, int | None]:
+    """(delay, policy_lr, scheme) -> the largest N of the grid up to which every N reached sync on every seed."""
+    g = group(rows)
+    out: dict[tuple, int | None] = {}
+    for d in study.delays:
+        for plr, vlr in study.learning_rates:
+            for s in study.schemes:
+                best = None
+                for n in sorted(study.workers):
+                    runs = g.get((d, plr, vlr, n, s), [])
+                    if runs and all(r["reaches_sync"] for r in runs):
+                        best = n
+                    else:
+                        break
+                out[(d, plr, s)] = best
+    return out
+
+
+def _pm(stats: tuple[float, float, int], fmt: str) -> str:
+    mean, std, count = stats
+    if count == 0:
+        return "–"
+    return f"{mean:{fmt}} ± {std:{fmt}}" if count > 1 else f"{mean:{fmt}}"
+
+
+def write_table(path: Path, study: RegimeConfig, rows: Sequence[dict[str, Any]]) -> None:
+    """``regimes.md``: the metrics' definitions, the per-cell table and the staleness tolerance."""
+    exp = study.experiment
+    lines = [
+        f"# Regime study `{study.name}`", "",
+        (f"{len(rows)} runs: workers {list(study.workers)} x (policy, value) learning rate "
+         f"{[list(p) for p in study.learning_rates]} x delay {list(study.delays)} x {len(study.schemes)} schemes "
+         f"x seeds {list(study.seeds)}; {exp.train.iterations} server updates each, optimizer {exp.optim.name}, "
+         f"batch {exp.learner.batch_size}, nets {list(exp.learner.policy_hidden)}/"
+         f"{list(exp.learner.value_hidden)}."),
+        "",
+        (f"* **reached**: seeds whose final loss (mean of the last {study.tail_fraction:.0%} of updates) is at "
+         f"most {study.reach_tolerance} above sync's final loss in the same cell with the same seed; a diverged "
+         "run reaches nothing."),
+        (f"* **updates / sim time to {study.target_loss}**: first update at which the {study.smooth}-update "
+         "moving mean of the policy loss is below the target; mean ± std over the seeds that got there (their "
+         "count in brackets)."),
+        "* **RMS lateral**: final policy on the fixed scenario [m]. Values are mean ± std over seeds.", "",
+        ("| delay | policy lr | N | scheme | reached | diverged | final loss | updates to target "
+         "| sim time to target [s] | RMS lateral [m] | mean staleness | dropped |"),
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for (d, plr, _vlr, n, s), runs in group(sort_rows(study, rows)).items():
+        c = summarize_cell(runs)
+        k = c["seeds"]
+        lines.append(
+            f"| {d} | {plr:g} | {n} | {s} | {c['reached']}/{k} | {c['diverged']}/{k} | {_pm(c['final_loss'], '.3f')} "
+            f"| {_pm(c['iters_to_target'], '.0f')} ({c['at_target']}/{k}) | {_pm(c['time_to_target'], '.3f')} "
+            f"| {_pm(c['rms_lateral'], '.4f')} | {_pm(c['mean_staleness'], '.1f')} | {_pm(c['dropped'], '.0f')} |")
+    tol = staleness_tolerance(study, rows)
+    lines += ["", "## Staleness tolerance", "",
+              ("The largest number of workers N of the grid up to which the scheme reached sync's final loss on "
+               "every seed of every smaller N (– : not even the smallest)."), "",
+              "| delay | policy lr | " + " | ".join(study.schemes) + " |",
+              "| --- | --- | " + " | ".join("---" for _ in study.schemes) + " |"]
+    for d in study.delays:
+        for plr, _ in study.learning_rates:
+            cells_text = [str(tol[(d, plr, s)]) if tol[(d, plr, s)] is not None else "–" for s in study.schemes]
+            lines.append(f"| {d} | {plr:g} | " + " | ".join(cells_text) + " |")
+    atomic_write_text(path, "\n".join(lines) + "\n")
