@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -29,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from asynccorr.evaluation import TrackingSummary
+from asynccorr.results import atomic_write_bytes
 
 CHECKPOINT_DIR = "checkpoint"
 KEEP = 2  # checkpoints kept on disk (the newest first)
@@ -68,16 +67,7 @@ def save_checkpoint(run_dir: Path, checkpoint: Checkpoint, keep: int = KEEP) -> 
     info = json.dumps({"iteration": checkpoint.iteration, **checkpoint.info}, sort_keys=True)
     np.savez(buf, **checkpoint.arrays, **{_INFO: np.array(info)})
     path = folder / f"ckpt-{checkpoint.iteration:09d}.npz"
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, buf.getvalue())
     for old in checkpoint_files(run_dir)[keep:]:
         old.unlink(missing_ok=True)
     return path

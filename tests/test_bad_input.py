@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from clitools import run_cli
 
 from asynccorr.cli import main
 
@@ -54,14 +55,6 @@ def tree_hash(folder: Path) -> dict[str, str]:
         rel = str(p.relative_to(folder))
         out[rel] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "<dir>"
     return out
-
-
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from asynccorr.cli import main
+from clitools import run_cli
 
 TINY = """
 name = "tiny"
@@ -23,14 +22,6 @@ eval_every = 2
 [workers]
 count = 2
 """
-
-
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 @pytest.fixture

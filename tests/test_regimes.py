@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from clitools import run_cli
 
-from asynccorr.cli import main
 from asynccorr.config import ConfigError, ExperimentConfig, with_overrides
 from asynccorr.regimes import (
     RegimeConfig,
@@ -44,14 +44,6 @@ horizon = 5
 iterations = 8
 eval_every = 8
 """
-
-
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 def write(tmp_path: Path, text: str, name: str = "study.toml") -> Path:
