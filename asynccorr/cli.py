@@ -10,6 +10,7 @@ with status 130.
 from __future__ import annotations
 
 import functools
+import math
 import logging
 import sys
 from collections.abc import Callable
@@ -239,7 +240,8 @@ def compare(
                 "mean staleness", "sim time [s]", "wall [s]"):
         table.add_column(col)
     for a in aggregate(rows):
-        table.add_row(a["scheme"], f"{a['final_policy_loss']:.3f} ± {a['final_policy_loss_std']:.3f}",
+        table.add_row(a["scheme"], (f"{a['final_policy_loss']:.3f} ± {a['final_policy_loss_std']:.3f}"
+                       if math.isfinite(a['final_policy_loss']) else "–"),
                       f"{a['grad_error_mean']:.3g}", f"{a['rms_lateral']:.4f}", f"{a['left_road']}/{a['seeds']}",
                       diverged_text(a), f"{a['mean_staleness']:.2f}", f"{a['sim_time']:.2f}",
                       f"{a['wall_time_s']:.1f}")
