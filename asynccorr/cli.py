@@ -10,8 +10,8 @@ with status 130.
 from __future__ import annotations
 
 import functools
-import math
 import logging
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
