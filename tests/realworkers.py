@@ -60,6 +60,18 @@ def assert_complete_async_run(result, iterations: int) -> None:
     assert [e.iteration for e in result.evals] == [0, *range(20, iterations + 1, 20)]
 
 
+def assert_worker_corrected_modify_run(result) -> None:
+    """A 40-update modify run of 2 workers: stale directions, corrected by the workers."""
+    assert_complete_async_run(result, 40)
+    m = result.metrics
+    assert set(m["worker"]) == {0, 1}
+    assert m["staleness"].max() > 0
+    # the worker pulled newer parameters before its HVP: the correction is not zero and the
+    # staleness it could not see (residual) is below the staleness of theta_i
+    assert np.any(m["correction_norm"] > 0)
+    assert np.any(m["residual_staleness"] < m["staleness"])
+
+
 def tagged_processes(tag: str) -> list[int]:
     """Pids whose environment holds ASYNCCORR_TEST_TAG=<tag> (spawned children inherit it)."""
     needle = f"ASYNCCORR_TEST_TAG={tag}".encode()
