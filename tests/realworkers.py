@@ -72,6 +72,31 @@ def assert_worker_corrected_modify_run(result) -> None:
     assert np.any(m["residual_staleness"] < m["staleness"])
 
 
+def run_with_a_killed_and_a_hung_worker(run, backend: str):
+    """Run 60 async updates with ``run`` (``run_mp`` or ``run_ray``): worker 0 is SIGKILLed after
+    the first 20, worker 1 hangs on its 3rd job; both must be replaced and the run complete."""
+    pids: dict[int, int] = {}
+    killed: list[int] = []
+
+    def on_event(e):
+        if e["kind"] == "ready":
+            pids[e["worker"]] = e["pid"]
+
+    def on_chunk(done, record):
+        if not killed:
+            killed.append(pids[0])
+            os.kill(pids[0], signal.SIGKILL)
+
+    cfg = tiny_config(backend, train={"iterations": 60, "eval_every": 20}, workers={"timeout": 2.0})
+    result = run(cfg, "async", on_chunk=on_chunk, on_event=on_event, hang=(1, 3))
+    assert_complete_async_run(result, 60)
+    kinds = [(e["kind"], e["worker"]) for e in result.events]
+    assert ("died", 0) in kinds and ("hung", 1) in kinds
+    restarted = {e["worker"] for e in result.events if e["kind"] == "started" and e["incarnation"] == 1}
+    assert restarted == {0, 1}
+    return result, killed[0]
+
+
 def tagged_processes(tag: str) -> list[int]:
     """Pids whose environment holds ASYNCCORR_TEST_TAG=<tag> (spawned children inherit it)."""
     needle = f"ASYNCCORR_TEST_TAG={tag}".encode()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import os
-import signal
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +14,7 @@ from realworkers import (  # noqa: F401
     assert_worker_corrected_modify_run,
     compilation_cache,
     interrupt_cli_run,
+    run_with_a_killed_and_a_hung_worker,
     tiny_config,
 )
 
@@ -147,27 +146,8 @@ def test_sync_on_mp_averages_one_direction_per_worker_per_version():
 
 @pytest.mark.slow
 def test_a_killed_worker_and_a_hung_worker_are_replaced_and_the_run_completes():
-    pids: dict[int, int] = {}
-    killed: list[int] = []
-
-    def on_event(e):
-        if e["kind"] == "ready":
-            pids[e["worker"]] = e["pid"]
-
-    def on_chunk(done, record):
-        if not killed:  # after the first 20 updates: SIGKILL worker 0 mid-run
-            killed.append(pids[0])
-            os.kill(pids[0], signal.SIGKILL)
-
-    cfg = tiny_config("mp", train={"iterations": 60, "eval_every": 20}, workers={"timeout": 2.0})
-    result = run_mp(cfg, "async", on_chunk=on_chunk, on_event=on_event, hang=(1, 3))
-    assert_complete_async_run(result, 60)
-    kinds = [(e["kind"], e["worker"]) for e in result.events]
-    assert ("died", 0) in kinds and ("hung", 1) in kinds
-    died = next(e for e in result.events if e["kind"] == "died")
-    assert died["pid"] == killed[0]
-    restarted = {e["worker"] for e in result.events if e["kind"] == "started" and e["incarnation"] == 1}
-    assert restarted == {0, 1}
+    result, killed = run_with_a_killed_and_a_hung_worker(run_mp, "mp")
+    assert next(e for e in result.events if e["kind"] == "died")["pid"] == killed
 
 
 @pytest.mark.slow

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 
 import numpy as np
 import pytest
@@ -13,6 +11,7 @@ from realworkers import (  # noqa: F401
     assert_worker_corrected_modify_run,
     compilation_cache,
     interrupt_cli_run,
+    run_with_a_killed_and_a_hung_worker,
     tiny_config,
 )
 
@@ -39,25 +38,7 @@ def test_two_ray_workers_run_modify_with_measured_staleness_and_worker_corrected
 
 
 def test_a_killed_ray_worker_and_a_hung_one_are_replaced_and_the_run_completes(local_ray):
-    pids: dict[int, int] = {}
-    killed: list[int] = []
-
-    def on_event(e):
-        if e["kind"] == "ready":
-            pids[e["worker"]] = e["pid"]
-
-    def on_chunk(done, record):
-        if not killed:
-            killed.append(pids[0])
-            os.kill(pids[0], signal.SIGKILL)
-
-    cfg = tiny_config("ray", train={"iterations": 60, "eval_every": 20}, workers={"timeout": 2.0})
-    result = run_ray(cfg, "async", on_chunk=on_chunk, on_event=on_event, hang=(1, 3))
-    assert_complete_async_run(result, 60)
-    kinds = [(e["kind"], e["worker"]) for e in result.events]
-    assert ("died", 0) in kinds and ("hung", 1) in kinds
-    restarted = {e["worker"] for e in result.events if e["kind"] == "started" and e["incarnation"] == 1}
-    assert restarted == {0, 1}
+    run_with_a_killed_and_a_hung_worker(run_ray, "ray")
 
 
 def test_sync_on_ray_averages_one_direction_per_worker_per_version(local_ray):
