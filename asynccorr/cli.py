@@ -24,6 +24,7 @@ from rich.table import Table
 
 from asynccorr.config import ConfigError, ExperimentConfig, load_config, with_overrides
 from asynccorr.results import RunExistsError
+from asynccorr.schemes import SCHEMES, SEQUENTIAL
 
 app = typer.Typer(
     add_completion=False,
@@ -35,6 +36,7 @@ console = Console(stderr=True)
 
 DEFAULT_CONFIG = Path("experiments/paper.toml")
 BACKEND_HELP = "Execution backend (overrides workers.backend): sim, mp (processes) or ray."
+SCHEME_HELP = ", ".join([SEQUENTIAL, *SCHEMES]) + "."
 ADDRESS_HELP = "Ray cluster address (overrides workers.address); default: start a local Ray."
 
 
@@ -112,7 +114,7 @@ def _check_scheme(scheme: str) -> None:
 @app.command()
 @_interruptible
 def train(
-    scheme: Annotated[str, typer.Option(help="sequential, sync, async, modify, modify-safe, modify-dense.")] = "modify",
+    scheme: Annotated[str, typer.Option(help=SCHEME_HELP)] = "modify",
     config: Annotated[Path | None, typer.Option(help="Experiment TOML (default: experiments/paper.toml).")] = None,
     backend: Annotated[str | None, typer.Option(help=BACKEND_HELP)] = None,
     address: Annotated[str | None, typer.Option(help=ADDRESS_HELP)] = None,

@@ -171,7 +171,7 @@ class WorkersConfig:
     straggler_prob: float = 0.05  # stragglers: probability a job straggles
     straggler_tail: float = 1.5  # stragglers: Pareto shape of the slowdown (smaller = heavier tail)
     direction_time: float = 0.005  # simulated seconds per direction (measured: benchmarks/bench_direction.py)
-    jvp_cost_ratio: float = 2.7  # (direction + JVP) / direction (measured, benchmarks/bench_direction.py)
+    jvp_cost_ratio: float = 3.1  # (direction + JVP) / direction (measured, benchmarks/bench_direction.py)
     dense_cost_ratio: float = 50.0  # dense Jacobian / direction (modify-dense, small nets only)
     # real backends (mp, ray)
     slowdown: tuple[float, ...] = ()  # per-worker slowdown factors >= 1 (worker i sleeps (f-1) x its compute)

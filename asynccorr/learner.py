@@ -26,7 +26,7 @@ from jax.flatten_util import ravel_pytree
 
 from asynccorr.config import LearnerConfig
 from asynccorr.envs import Environment
-from asynccorr.networks import Policy, Value
+from asynccorr.networks import Policy, Value, mlp_apply_feature_major
 
 Array = jax.Array
 Batch = Any  # an env-state pytree with a leading batch axis
@@ -84,8 +84,11 @@ def make_learner(env: Environment, env_params: Any, config: LearnerConfig, dtype
     gamma, horizon = config.gamma, config.horizon
 
     observe = jax.vmap(env.observation, in_axes=(0, None))
-    utility = jax.vmap(env.utility, in_axes=(0, 0, None))
-    transition = jax.vmap(env.transition, in_axes=(0, 0, None))
+    # Inside the model rollout observations and actions are feature-major,
+    # (features, batch): see ``networks.mlp_apply_feature_major`` for why.
+    observe_fm = jax.vmap(env.observation, in_axes=(0, None), out_axes=1)
+    utility = jax.vmap(env.utility, in_axes=(0, 1, None))
+    transition = jax.vmap(env.transition, in_axes=(0, 1, None))
 
     def init(key: Array) -> Array:
         k_pi, k_v = jax.random.split(key)
@@ -106,12 +109,20 @@ def make_learner(env: Environment, env_params: Any, config: LearnerConfig, dtype
     def v(phi: Array, obs: Array) -> Array:
         return value_net.apply(unravel_value(phi), obs)
 
+    def pi_fm(theta: Array, obs_fm: Array) -> Array:
+        """``pi`` on feature-major observations ``(obs_dim, batch)`` -> ``(action_dim, batch)``."""
+        return jnp.tanh(mlp_apply_feature_major(unravel_policy(theta), obs_fm, config.activation))
+
+    def v_fm(phi: Array, obs_fm: Array) -> Array:
+        """``V`` on feature-major observations ``(obs_dim, batch)`` -> ``(batch,)``."""
+        return mlp_apply_feature_major(unravel_value(phi), obs_fm, config.activation)[0]
+
     def model_return(theta: Array, phi: Array, states: Batch) -> Array:
         """Per-state n-step model return R = sum gamma^t l_t + gamma^n V_phi(x_n)."""
 
         def body(carry: tuple[Batch, Array], _: None) -> tuple[tuple[Batch, Array], Array]:
             s, discount = carry
-            a = pi(theta, observe(s, env_params))
+            a = pi_fm(theta, observe_fm(s, env_params))
             cost = utility(s, a, env_params)
             return (transition(s, a, env_params), discount * gamma), discount * cost
 
@@ -121,12 +132,12 @@ def make_learner(env: Environment, env_params: Any, config: LearnerConfig, dtype
         # Same values; ~10% faster direction and ~15% faster direction_jvp.
         step = jax.checkpoint(body, prevent_cse=False, policy=jax.checkpoint_policies.dots_saveable)
         (s_n, discount), costs = jax.lax.scan(step, (states, jnp.ones((), dtype)), None, length=horizon)
-        return costs.sum(axis=0) + discount * v(phi, observe(s_n, env_params))
+        return costs.sum(axis=0) + discount * v_fm(phi, observe_fm(s_n, env_params))
 
     def direction(flat: Array, batch: Batch) -> tuple[Array, Losses]:
         theta, phi = split(flat)
         ret, vjp_ret = jax.vjp(lambda th: model_return(th, phi, batch), theta)
-        v0, vjp_v = jax.vjp(lambda ph: v(ph, observe(batch, env_params)), phi)
+        v0, vjp_v = jax.vjp(lambda ph: v_fm(ph, observe_fm(batch, env_params)), phi)
         n = ret.shape[0]
         (g_theta,) = vjp_ret(jnp.full_like(ret, 1.0 / n))
         (g_phi,) = vjp_v(2.0 * (v0 - ret) / n)
@@ -136,7 +147,7 @@ def make_learner(env: Environment, env_params: Any, config: LearnerConfig, dtype
     def losses(flat: Array, batch: Batch) -> Losses:
         theta, phi = split(flat)
         ret = model_return(theta, phi, batch)
-        v0 = v(phi, observe(batch, env_params))
+        v0 = v_fm(phi, observe_fm(batch, env_params))
         return Losses(policy_loss=ret.mean(), value_loss=jnp.mean((v0 - ret) ** 2))
 
     def direction_jvp(flat: Array, batch: Batch, tangent: Array) -> tuple[Array, Array, Losses]:

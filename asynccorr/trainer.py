@@ -283,7 +283,7 @@ def train_sequential(
             if bad is not None:
                 chunk_start = committed[0]
                 before = run(chunk_start, bad)[0] if bad > 0 else chunk_start
-                return _diverged(learner, np.asarray(before.params),
+                return diverged_result(learner, np.asarray(before.params),
                                  concat_columns(metrics, head_columns(columns, bad + 1)), evals, done + bad + 1)
             done += n
             record = EvalRecord(done, evaluate(learner, state.params)[0])
@@ -306,8 +306,8 @@ def train_sequential(
     return RunResult(np.asarray(state.params), metrics, evals, traj)
 
 
-def _diverged(learner: Learner, params: np.ndarray, metrics: dict[str, np.ndarray], evals: list[EvalRecord],
-              at: int, dropped: int = 0) -> RunResult:
+def diverged_result(learner: Learner, params: np.ndarray, metrics: dict[str, np.ndarray],
+                    evals: list[EvalRecord], at: int, dropped: int = 0) -> RunResult:
     """The result of a run that diverged at update ``at``: ``params`` are those before that update
     (after ``at - 1`` updates), evaluated once more unless already evaluated."""
     summary, traj = evaluate(learner, params)

@@ -20,6 +20,15 @@ load); it reports the best and median over ``--repeats`` calls of each and the
 ratios to ``direction`` alone; the target is ``direction_jvp <= 2.5 x direction`` (best
 times).
 
+It also prints XLA's own cost analysis of the two compiled functions (flops
+and bytes; XLA counts a loop body once, so these are per rollout step plus the
+work outside the loops). Forward-over-reverse runs every product of the
+reverse pass together with its tangent: per dense layer and rollout step the
+direction does 3 matrix products (forward, input cotangent, weight gradient)
+and direction + JVP does 9, so a direction that is as efficient as its JVP
+costs about a third of it. The flop ratio is that floor, independent of timing
+noise.
+
     python benchmarks/bench_direction.py [--repeats 30] [--env kinematic] [--json PATH]
 """
 
@@ -68,6 +77,13 @@ def time_interleaved(cases: dict, repeats: int) -> dict[str, dict]:
             times[name].append(time.perf_counter() - t0)
     return {name: {"best_ms": 1e3 * min(ts), "median_ms": 1e3 * statistics.median(ts),
                    "first_call_s": first[name], "repeats": repeats} for name, ts in times.items()}
+
+
+def xla_cost(fn, *args) -> dict[str, float]:
+    """XLA's cost analysis of ``jax.jit(fn)`` compiled for ``args``: flops and bytes accessed."""
+    cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return {"flops": float(cost.get("flops", 0.0)), "bytes": float(cost.get("bytes accessed", 0.0))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,6 +140,12 @@ def main(argv: list[str] | None = None) -> int:
         r["median_ratio"] = r["median_ms"] / base["median_ms"]
         print(f"{name:<22} {r['best_ms']:>9.2f} {r['median_ms']:>10.2f} {r['best_ratio']:>11.2f} "
               f"{r['median_ratio']:>13.2f}")
+    cost_dir = xla_cost(learner.direction, params, batch)
+    cost_jvp = xla_cost(learner.direction_jvp, params, batch, tangent)
+    cost_ratio = {k: cost_jvp[k] / cost_dir[k] for k in cost_dir}
+    print(f"XLA cost analysis (loop bodies once): direction {cost_dir['flops'] / 1e6:.1f} MFLOP, "
+          f"direction + JVP {cost_jvp['flops'] / 1e6:.1f} MFLOP = {cost_ratio['flops']:.2f}x flops, "
+          f"{cost_ratio['bytes']:.2f}x bytes")
     jvp = results["direction_jvp"]
     passed = jvp["best_ratio"] <= TARGET_RATIO
     print(f"target: direction + JVP <= {TARGET_RATIO}x direction alone: best {jvp['best_ms']:.2f} ms / "
@@ -133,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json, "w") as fh:
             json.dump({"benchmark": "direction", "jax": jax.__version__, "env": args.env,
                        "num_params": learner.num_params, "batch_size": config.batch_size,
-                       "target_ratio": TARGET_RATIO, "target_pass": passed, "results": results}, fh, indent=2)
+                       "target_ratio": TARGET_RATIO, "target_pass": passed, "results": results,
+                       "xla_cost": {"direction": cost_dir, "direction_jvp": cost_jvp, "ratio": cost_ratio}},
+                      fh, indent=2)
     return 0
 
 

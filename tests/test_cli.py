@@ -78,3 +78,13 @@ def test_console_script_runs_as_a_module(tmp_path, tiny_config):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "tiny" / "async-seed0" / "meta.json").is_file()
+
+
+def test_train_help_lists_every_registered_scheme(capsys):
+    from asynccorr.schemes import SCHEMES, SEQUENTIAL
+
+    code, out, _ = run_cli(capsys, "train", "--help")
+    assert code == 0
+    text = " ".join(out.replace("│", " ").split())
+    for name in [SEQUENTIAL, *SCHEMES]:
+        assert name in text, name

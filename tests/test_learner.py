@@ -157,3 +157,34 @@ def test_direction_works_on_the_dynamic_env():
 def test_invalid_learner_config_is_rejected_naming_the_field(overrides, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         LearnerConfig(**overrides)
+
+
+@pytest.mark.parametrize(("hidden", "activation"), [((3,), "tanh"), ((5, 7, 4), "relu"), ((64, 64), "tanh")])
+def test_feature_major_mlp_is_the_flax_module_on_the_transposed_batch(hidden, activation):
+    from asynccorr.networks import Policy, Value, mlp_apply_feature_major
+
+    obs = jax.random.normal(jax.random.PRNGKey(0), (9, 13))  # batch-major: 9 observations of 13
+    for module, squash in [(Policy(hidden, 2, activation), jnp.tanh), (Value(hidden, activation), None)]:
+        tree = module.init(jax.random.PRNGKey(1), obs[0])
+        expected = module.apply(tree, obs)
+        out = mlp_apply_feature_major(tree, obs.T, activation)  # (out, batch)
+        got = squash(out).T if squash is not None else out[0]
+        np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-6)
+
+
+def test_model_return_is_the_rollout_of_the_public_policy_and_value():
+    """The rollout inside the losses (feature-major) is the same function as
+    stepping the env with ``learner.act`` and scoring the end with ``learner.value``."""
+    with jax.enable_x64(True):
+        learner = small_learner(dtype=jnp.float64, policy_hidden=(16, 16), value_hidden=(16,))
+        params, batch = sample_batch(learner, seed=2)
+        env, env_params, cfg = learner.env, learner.env_params, learner.config
+        observe = jax.vmap(env.observation, in_axes=(0, None))
+        state, total, discount = batch, 0.0, 1.0
+        for _ in range(cfg.horizon):
+            action = learner.act(params, observe(state, env_params))
+            total = total + discount * jax.vmap(env.utility, in_axes=(0, 0, None))(state, action, env_params)
+            state = jax.vmap(env.transition, in_axes=(0, 0, None))(state, action, env_params)
+            discount *= cfg.gamma
+        expected = total + discount * learner.value(params, observe(state, env_params))
+        np.testing.assert_allclose(np.asarray(learner.returns(params, batch)), np.asarray(expected), rtol=1e-10)

@@ -31,8 +31,8 @@ from asynccorr.trainer import (
     EvalRecord,
     RunHooks,
     RunResult,
-    _diverged,
     build,
+    diverged_result,
     first_diverged_row,
     is_eval_point,
 )
@@ -198,7 +198,7 @@ class ServerRole:
         self.fetched.extend(jax.device_get(self.pending))
         self.pending.clear()
         if self.diverged_at is not None:
-            return _diverged(self.learner, self.last_finite, self._columns(), self.evals, self.diverged_at,
+            return diverged_result(self.learner, self.last_finite, self._columns(), self.evals, self.diverged_at,
                              self.dropped)._replace(events=tuple(self.events))
         columns = self._columns()
         _, trajectory = evaluate(self.learner, self.server.params)

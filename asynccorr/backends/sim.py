@@ -46,10 +46,10 @@ from asynccorr.trainer import (
     RunHooks,
     RunResult,
     TrainingInterrupted,
-    _diverged,
     build,
     checkpoint_due,
     concat_columns,
+    diverged_result,
     first_diverged_row,
     head_columns,
     is_eval_point,
@@ -324,7 +324,7 @@ class _Loop:
         bad = first_diverged_row(new, sim.config.train.divergence_loss)
         if bad is not None:
             metrics = concat_columns(self.metrics, head_columns(new, bad + 1))
-            return _diverged(sim.learner, np.asarray(self.before[bad]), metrics, self.evals,
+            return diverged_result(sim.learner, np.asarray(self.before[bad]), metrics, self.evals,
                              int(new["iteration"][bad]), self.drops[bad])
         self.metrics, self.rows, self.pending, self.before, self.drops = \
             concat_columns(self.metrics, new), [], [], [], []
