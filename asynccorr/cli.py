@@ -197,39 +197,59 @@ def compare(
     iterations: Annotated[int | None, typer.Option(help="Server updates (overrides train.iterations).")] = None,
     results: Annotated[Path, typer.Option(help="Root folder for run directories.")] = Path("results"),
     overwrite: Annotated[bool, typer.Option(help="Replace existing run directories.")] = False,
+    resume: Annotated[bool, typer.Option(help="Complete an interrupted comparison: reuse finished runs, continue "
+                                              "unfinished ones from their checkpoints, train the missing ones.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
     verbose: Annotated[bool, typer.Option(help="Log worker events (mp, ray: started, ready, replaced).")] = False,
 ) -> None:
     """Run every scheme of the experiment on every seed; print and save a summary table."""
     _logging(verbose)
     from asynccorr.runs import (
+        PlannedRun,
         aggregate,
         check_no_existing_runs,
         diverged_text,
         planned_runs,
+        resume_plan,
         train_run,
         write_summary,
     )
 
+    if resume and overwrite:
+        raise CliError("--resume and --overwrite exclude each other (--overwrite starts every run afresh)")
     scheme_list = _parse_list(schemes, "--schemes", str)
     seed_list = _parse_list(seeds, "--seeds", int)
     cfg = resolve_config(config, train={"iterations": iterations},
                          workers={"count": workers, "backend": backend, "address": address},
                          schemes={"compare": scheme_list, "seeds": seed_list})
     plan = planned_runs(cfg, cfg.schemes.compare, cfg.schemes.seeds)
-    if not overwrite:
-        check_no_existing_runs(results, plan)
+    if resume:
+        planned = resume_plan(results, plan)
+        counts = {a: sum(p.action == a for p in planned) for a in ("reuse", "resume", "restart", "train")}
+        console.print(f"resume: {counts['reuse']} finished runs reused, {counts['resume']} continued from a "
+                      f"checkpoint, {counts['restart']} restarted, {counts['train']} to train")
+    else:
+        if not overwrite:
+            check_no_existing_runs(results, plan)
+        planned = [PlannedRun(scheme, run_cfg, "train") for scheme, run_cfg in plan]
 
     rows = []
     with _progress(quiet) as progress:
-        overall = progress.add_task("compare", total=len(plan), rms="")
-        for scheme, run_cfg in plan:
-            task = progress.add_task(f"{scheme} seed {run_cfg.train.seed}", total=run_cfg.train.iterations, rms="-")
+        overall = progress.add_task("compare", total=len(planned), rms="")
+        for run in planned:
+            if run.action == "reuse":
+                rows.append(run.row)
+                progress.advance(overall)
+                continue
+            task = progress.add_task(f"{run.scheme} seed {run.config.train.seed}",
+                                     total=run.config.train.iterations, rms="-")
 
             def on_chunk(done: int, record: Any, task: Any = task) -> None:
                 progress.update(task, completed=done, rms=f"{record.summary.rms_lateral:.3f} m")
 
-            _, _, row = train_run(run_cfg, scheme, results, overwrite=overwrite, on_chunk=on_chunk)
+            _, _, row = train_run(run.config, run.scheme, results, on_chunk=on_chunk,
+                                  overwrite=overwrite or run.action == "restart",
+                                  resume=run.checkpoint if run.action == "resume" else False)
             rows.append(row)
             progress.advance(overall)
     folder = results / cfg.name

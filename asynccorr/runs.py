@@ -16,7 +16,8 @@ The glue between the trainers (pure computation) and the results layout::
 
 Every file is replaced atomically, so a crash leaves complete files and loses at
 most one evaluation interval of metrics; a run killed outright is continued from
-its latest checkpoint with ``train --resume``.
+its latest checkpoint with ``train --resume``; an interrupted comparison is
+completed with ``compare --resume`` (``resume_plan``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -187,12 +188,9 @@ def _read_json_dict(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def resume_checkpoint(run_dir: Path, config: ExperimentConfig, scheme: str) -> Checkpoint:
-    """The checkpoint to continue ``run_dir`` from, after checking that it is the same run.
-
-    Raises ``ResumeError`` (no run, a different config, no readable checkpoint) or
-    ``RunFinished`` (the run completed or diverged: nothing to resume).
-    """
+def check_same_run(run_dir: Path, config: ExperimentConfig, scheme: str) -> dict[str, Any]:
+    """Raise ``ResumeError`` unless ``run_dir`` holds a run of exactly this config and
+    scheme (naming the first differing field); returns its ``meta.json`` (``{}`` if unreadable)."""
     stored = _read_json_dict(run_dir / "config.json")
     if stored is None:
         raise ResumeError(f"no run to resume in {run_dir} (no readable config.json)")
@@ -200,7 +198,16 @@ def resume_checkpoint(run_dir: Path, config: ExperimentConfig, scheme: str) -> C
     if (field := first_difference(stored, current)) is not None:
         raise ResumeError(f"cannot resume {run_dir}: the config differs in {field} "
                           f"(stored {_lookup(stored, field)!r}, now {_lookup(current, field)!r})")
-    status = (_read_json_dict(run_dir / "meta.json") or {}).get("status")
+    return _read_json_dict(run_dir / "meta.json") or {}
+
+
+def resume_checkpoint(run_dir: Path, config: ExperimentConfig, scheme: str) -> Checkpoint:
+    """The checkpoint to continue ``run_dir`` from, after checking that it is the same run.
+
+    Raises ``ResumeError`` (no run, a different config, no readable checkpoint) or
+    ``RunFinished`` (the run completed or diverged: nothing to resume).
+    """
+    status = check_same_run(run_dir, config, scheme).get("status")
     if status in FINISHED:
         raise RunFinished(f"run {run_dir} already finished (status {status}); nothing to resume")
     try:
@@ -297,6 +304,55 @@ def planned_runs(config: ExperimentConfig, schemes: Sequence[str], seeds: Sequen
 
                 check_real_backend_scheme(scheme, config.workers.backend)
     return [(s, with_overrides(config, train={"seed": seed})) for s in schemes for seed in seeds]
+
+
+class PlannedRun(NamedTuple):
+    """One run of a resumed comparison and how ``compare --resume`` completes it."""
+
+    scheme: str
+    config: ExperimentConfig
+    action: Literal["train", "reuse", "resume", "restart"]
+    row: dict[str, Any] | None = None  # reuse: the finished run's summary row (from its meta.json)
+    checkpoint: Checkpoint | None = None  # resume: where it continues from
+
+
+def resume_plan(results_root: Path, plan: Sequence[tuple[str, ExperimentConfig]]) -> list[PlannedRun]:
+    """Decide, before anything trains, how each run of ``plan`` is completed:
+
+    * no run directory (or an empty one): ``train`` it;
+    * a finished run (completed or diverged) of the same config: ``reuse`` it as it is,
+      its summary row read back from ``meta.json``;
+    * an unfinished one (running when killed, or interrupted) on ``sim`` or the
+      sequential trainer: ``resume`` it from its latest checkpoint, bit-exactly;
+    * an unfinished one with no checkpoint yet, or on ``mp``/``ray`` (not reproducible
+      from a checkpoint): ``restart`` it, replacing the partial directory.
+
+    A run directory with another config, an unreadable config or a corrupt checkpoint
+    raises ``ResumeError`` naming it, so nothing is replaced by mistake.
+    """
+    planned = []
+    for scheme, cfg in plan:
+        run_dir = run_dir_for(results_root, cfg, scheme)
+        if not run_dir.exists() or not any(run_dir.iterdir()):
+            planned.append(PlannedRun(scheme, cfg, "train"))
+            continue
+        meta = check_same_run(run_dir, cfg, scheme)
+        if meta.get("status") in FINISHED:
+            row = meta.get("summary")
+            if not isinstance(row, dict):
+                raise ResumeError(f"cannot reuse {run_dir}: its meta.json has no summary")
+            planned.append(PlannedRun(scheme, cfg, "reuse", row=row))
+            continue
+        backend = "sequential" if scheme == SEQUENTIAL else cfg.workers.backend
+        try:
+            checkpoint = load_latest_checkpoint(run_dir) if backend in ("sim", "sequential") else None
+        except CheckpointError as exc:
+            raise ResumeError(str(exc)) from None
+        if checkpoint is None:
+            planned.append(PlannedRun(scheme, cfg, "restart"))
+        else:
+            planned.append(PlannedRun(scheme, cfg, "resume", checkpoint=checkpoint))
+    return planned
 
 
 def check_no_existing_runs(results_root: Path, plan: Sequence[tuple[str, ExperimentConfig]]) -> None:

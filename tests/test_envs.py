@@ -228,7 +228,7 @@ def test_utility_is_nonnegative_and_zero_on_reference_with_zero_action(name):
     s = env.scenario(params)
     a = jnp.zeros(env.action_dim)
     assert float(env.utility(s, a, params)) == pytest.approx(0.0, abs=1e-10)
-    obs, s = env.reset(jax.random.PRNGKey(3), params)
+    _, s = env.reset(jax.random.PRNGKey(3), params)
     assert float(env.utility(s, jnp.ones(env.action_dim), params)) > 0.0
 
 
@@ -355,7 +355,7 @@ def test_vmap_over_1000_envs_equals_loop_of_single_env_steps(name):
 @pytest.mark.parametrize("name", ENV_NAMES)
 def test_step_under_jit_equals_eager_step(name):
     env, params = make(name)
-    obs, s = env.reset(jax.random.PRNGKey(1), params)
+    _, s = env.reset(jax.random.PRNGKey(1), params)
     a = jnp.full((env.action_dim,), 0.3)
     eager = env.step(jax.random.PRNGKey(2), s, a, params)
     jitted = jax.jit(env.step)(jax.random.PRNGKey(2), s, a, params)
@@ -532,6 +532,6 @@ def test_params_can_be_vmapped_over_a_batch_of_amplitudes(name):
         obs_i, rew_i, st_i = one(params.replace(amplitude=float(amp)))
         np.testing.assert_allclose(np.asarray(obs_b[i]), np.asarray(obs_i), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(float(rew_b[i]), float(rew_i), rtol=1e-5, atol=1e-7)
-        np.testing.assert_allclose(_state_array(jax.tree.map(lambda x: x[i], st_b)),
+        np.testing.assert_allclose(_state_array(jax.tree.map(lambda x, i=i: x[i], st_b)),
                                    _state_array(st_i), rtol=1e-5, atol=1e-6)
 

@@ -116,7 +116,7 @@ def test_leaving_the_road_terminates_the_gym_episode():
 def test_scenario_option_starts_from_the_fixed_evaluation_state():
     env = GymnasiumEnv("dynamic", scenario_lateral=0.5)
     obs_a, info_a = env.reset(seed=1, options={"scenario": True})
-    obs_b, info_b = env.reset(seed=2, options={"scenario": True})
+    obs_b, _ = env.reset(seed=2, options={"scenario": True})
     np.testing.assert_array_equal(obs_a, obs_b)
     assert info_a["lateral_error"] == pytest.approx(0.5)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from clitools import run_cli
 
 from asynccorr import plots
 from asynccorr.backends.sim import run_sim
@@ -21,6 +22,7 @@ from asynccorr.cli import main
 from asynccorr.config import ExperimentConfig, with_overrides
 from asynccorr.results import read_csv, write_csv, write_json
 from asynccorr.runs import aggregate, diverged_text, train, train_run
+from asynccorr.runs import config_record as runs_config_record
 from asynccorr.trainer import RunHooks, TrainingInterrupted, first_diverged_row
 
 REPO = Path(__file__).resolve().parents[1]
@@ -300,6 +302,83 @@ def test_ctrl_c_writes_the_partial_run_and_exits_130_with_one_line(capsys, tmp_p
     assert (run_dir / "params.npy").is_file() and (run_dir / "trajectory.csv").is_file()
     assert not (tmp_path / "r" / "tiny" / f"{scheme}-seed1").exists()  # compare stopped
     assert not (tmp_path / "r" / "tiny" / "summary.csv").exists()
+
+
+COMPARE_TOML = ('name = "tiny"\n[learner]\npolicy_hidden = [8]\nvalue_hidden = [8]\nrollout_states = 8\n'
+                "reset_states = 8\nhorizon = 5\n[train]\niterations = 12\neval_every = 2\ncheckpoint_every = 4\n"
+                "[workers]\ncount = 3\n")
+COMPARE_ARGS = ["--schemes", "async,sequential", "--seeds", "0,1", "--quiet"]
+
+
+def _compare(capsys, config: Path, results: Path, *extra: str) -> tuple[int, str]:
+    """``asynccorr compare`` of the tiny comparison: (exit status, stderr)."""
+    code, _, err = run_cli(capsys, "compare", "--config", str(config), "--results", str(results),
+                           *COMPARE_ARGS, *extra)
+    return code, err
+
+
+def _summary_without_wall_time(folder: Path) -> list[dict[str, str]]:
+    return [{k: v for k, v in row.items() if k != "wall_time_s"} for row in _csv_rows(folder / "summary.csv")]
+
+
+def test_compare_resume_reuses_finished_runs_continues_the_interrupted_one_and_trains_the_rest(
+        capsys, tmp_path, monkeypatch):
+    from asynccorr import runs
+
+    config = tmp_path / "tiny.toml"
+    config.write_text(COMPARE_TOML)
+    assert _compare(capsys, config, tmp_path / "ref")[0] == 0  # the reference: one uninterrupted comparison
+
+    real, flushes = runs.write_progress, []
+
+    def write_then_interrupt(run_dir, metrics, evals):
+        real(run_dir, metrics, evals)
+        flushes.append(1)
+        if len(flushes) == 9:  # 6 flushes finish async seed 0; the 9th is at update 6 of async seed 1
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(runs, "write_progress", write_then_interrupt)
+    assert _compare(capsys, config, tmp_path / "r")[0] == 130
+    monkeypatch.setattr(runs, "write_progress", real)
+    folder = tmp_path / "r" / "tiny"
+    finished = {p.name: p.read_bytes() for p in (folder / "async-seed0").iterdir() if p.is_file()}
+    assert json.loads((folder / "async-seed1" / "meta.json").read_text())["status"] == "interrupted"
+
+    code, err = _compare(capsys, config, tmp_path / "r", "--resume")
+    assert code == 0
+    assert "resume: 1 finished runs reused, 1 continued from a checkpoint, 0 restarted, 2 to train" in \
+        " ".join(err.split())
+    assert {p.name: p.read_bytes() for p in (folder / "async-seed0").iterdir() if p.is_file()} == finished
+    assert json.loads((folder / "async-seed1" / "meta.json").read_text())["resumed_from"] == 4
+    for run in ("async-seed0", "async-seed1", "sequential-seed0", "sequential-seed1"):
+        same_files(tmp_path / "ref" / "tiny" / run, folder / run)
+    assert _summary_without_wall_time(folder) == _summary_without_wall_time(tmp_path / "ref" / "tiny")
+
+
+def test_compare_resume_refuses_runs_of_another_config_and_changes_nothing(capsys, tmp_path):
+    config = tmp_path / "tiny.toml"
+    config.write_text(COMPARE_TOML)
+    assert _compare(capsys, config, tmp_path / "r")[0] == 0
+    before = {p: p.read_bytes() for p in sorted((tmp_path / "r").rglob("*")) if p.is_file()}
+    for extra, message in [(("--resume", "--iterations", "8"), "the config differs in train.iterations"),
+                           (("--resume", "--overwrite"), "--resume and --overwrite exclude each other")]:
+        code, err = _compare(capsys, config, tmp_path / "r", *extra)
+        assert code == 2
+        assert err.count("\n") == 1 and err.startswith("error: ") and message in err
+    assert {p: p.read_bytes() for p in sorted((tmp_path / "r").rglob("*")) if p.is_file()} == before
+
+
+def test_resume_plan_restarts_unfinished_runs_that_cannot_continue(tmp_path):
+    """No checkpoint yet (or a real backend, not reproducible from one): the partial run starts afresh."""
+    from asynccorr.runs import resume_plan, run_dir_for
+
+    for cfg in (tiny(train={"checkpoint_every": 0}), tiny(workers={"backend": "mp"})):
+        run_dir = run_dir_for(tmp_path, cfg, "async")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "config.json", runs_config_record(cfg, "async"))
+        write_json(run_dir / "meta.json", {"status": "interrupted"})
+        [planned] = resume_plan(tmp_path, [("async", cfg)])
+        assert planned.action == "restart"
 
 
 def test_scheme_means_leave_out_seeds_without_a_value_and_count_the_diverged_ones():

@@ -58,7 +58,7 @@ def test_direction_jvp_matches_dense_jacobian_on_a_small_net():
         np.testing.assert_allclose(np.asarray(jf), np.asarray(jac @ tangent), rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(np.asarray(f), np.asarray(jax.jit(learner.direction)(params, batch)[0]),
                                    rtol=1e-12)
-        f_lin, apply_jvp, _ = learner.linearize(params, batch)
+        _, apply_jvp, _ = learner.linearize(params, batch)
         np.testing.assert_allclose(np.asarray(apply_jvp(tangent)), np.asarray(jac @ tangent), rtol=1e-9, atol=1e-12)
 
 

@@ -151,9 +151,7 @@ def wrap_angle(angle: Array) -> Array:
 def _is_concrete_number(value: Any) -> bool:
     if isinstance(value, jax.core.Tracer):
         return False
-    if isinstance(value, (bool, int, float, np.generic, np.ndarray, jax.Array)):
-        return True
-    return False
+    return isinstance(value, (bool, int, float, np.generic, np.ndarray, jax.Array))
 
 
 def check_positive(name: str, value: Any) -> None:

@@ -16,7 +16,7 @@ first ``reset`` or after an episode ended (terminated or truncated) raises
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium
 import jax
@@ -52,7 +52,7 @@ class GymnasiumEnv(gymnasium.Env):
     and, after a step, the stage ``utility`` (reward is its negative).
     """
 
-    metadata = {"render_modes": []}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
 
     def __init__(
         self,
@@ -74,7 +74,7 @@ class GymnasiumEnv(gymnasium.Env):
         elif isinstance(name_or_env, Environment):
             env = name_or_env
         else:
-            raise ValueError(f"name_or_env must be an env name or an Environment, got {name_or_env!r}")
+            raise TypeError(f"name_or_env must be an env name or an Environment, got {name_or_env!r}")
         if params is None:
             params = env.default_params
         if overrides:
