@@ -71,6 +71,11 @@ class RunInterrupted(KeyboardInterrupt):
         self.run_dir = run_dir
 
 
+def run_backend(config: ExperimentConfig, scheme: str) -> str:
+    """What trains the run: ``"sequential"`` for the reference trainer, else ``workers.backend``."""
+    return "sequential" if scheme == SEQUENTIAL else config.workers.backend
+
+
 def run_dir_for(results_root: Path, config: ExperimentConfig, scheme: str) -> Path:
     return Path(results_root) / config.name / f"{scheme}-seed{config.train.seed}"
 
@@ -244,7 +249,7 @@ def train_run(
     Ctrl-C writes the partial run (status ``interrupted``) and raises ``RunInterrupted``.
     """
     run_dir = run_dir_for(results_root, config, scheme)
-    backend = "sequential" if scheme == SEQUENTIAL else config.workers.backend
+    backend = run_backend(config, scheme)
     if resume is not False and backend in ("mp", "ray"):
         raise ResumeError(f"cannot resume {run_dir}: resume needs workers.backend = 'sim' (an {backend} run is "
                           "not reproducible from a checkpoint); start it again with --overwrite")
@@ -343,9 +348,8 @@ def resume_plan(results_root: Path, plan: Sequence[tuple[str, ExperimentConfig]]
                 raise ResumeError(f"cannot reuse {run_dir}: its meta.json has no summary")
             planned.append(PlannedRun(scheme, cfg, "reuse", row=row))
             continue
-        backend = "sequential" if scheme == SEQUENTIAL else cfg.workers.backend
         try:
-            checkpoint = load_latest_checkpoint(run_dir) if backend in ("sim", "sequential") else None
+            checkpoint = load_latest_checkpoint(run_dir) if run_backend(cfg, scheme) in ("sim", "sequential") else None
         except CheckpointError as exc:
             raise ResumeError(str(exc)) from None
         if checkpoint is None:

@@ -41,6 +41,11 @@ def tiny(**sections) -> ExperimentConfig:
     return with_overrides(base, **sections)
 
 
+# The tiny comparison of the Ctrl-C and `compare --resume` tests (checkpoints every 4 updates).
+COMPARE_TOML = ('name = "tiny"\n[learner]\npolicy_hidden = [8]\nvalue_hidden = [8]\nrollout_states = 8\n'
+                "reset_states = 8\nhorizon = 5\n[train]\niterations = 12\neval_every = 2\ncheckpoint_every = 4\n"
+                "[workers]\ncount = 3\n")
+
 # A step size at which, on the tiny config with 4 workers, the exact correction blows up
 # within 20 updates while the sequential trainer and naive async stay finite.
 UNSTABLE = {"optim": {"policy_lr": 0.1, "value_lr": 0.3}, "workers": {"count": 4},
@@ -286,9 +291,7 @@ def test_ctrl_c_writes_the_partial_run_and_exits_130_with_one_line(capsys, tmp_p
 
     monkeypatch.setattr(runs, "write_progress", write_then_interrupt)
     config = tmp_path / "tiny.toml"
-    config.write_text('name = "tiny"\n[learner]\npolicy_hidden = [8]\nvalue_hidden = [8]\nrollout_states = 8\n'
-                      "reset_states = 8\nhorizon = 5\n[train]\niterations = 12\neval_every = 2\n"
-                      "[workers]\ncount = 3\n")
+    config.write_text(COMPARE_TOML)
     with pytest.raises(SystemExit) as exc:
         main(["compare", "--schemes", scheme, "--seeds", "0,1", "--config", str(config), "--results",
               str(tmp_path / "r"), "--quiet"])
@@ -304,9 +307,6 @@ def test_ctrl_c_writes_the_partial_run_and_exits_130_with_one_line(capsys, tmp_p
     assert not (tmp_path / "r" / "tiny" / "summary.csv").exists()
 
 
-COMPARE_TOML = ('name = "tiny"\n[learner]\npolicy_hidden = [8]\nvalue_hidden = [8]\nrollout_states = 8\n'
-                "reset_states = 8\nhorizon = 5\n[train]\niterations = 12\neval_every = 2\ncheckpoint_every = 4\n"
-                "[workers]\ncount = 3\n")
 COMPARE_ARGS = ["--schemes", "async,sequential", "--seeds", "0,1", "--quiet"]
 
 
