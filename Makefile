@@ -23,13 +23,16 @@ run: install
 regimes: install
 	$(BIN)/asynccorr regimes --config experiments/regimes.toml --jobs 2 --overwrite
 
-# The whole test suite (slow tests included).
+# The whole test suite (slow tests included), inside a network namespace that holds only
+# loopback: the Ray cluster and the real backends' tests bind and advertise 127.0.0.1 only.
+LOOPBACK := sh tests/loopback.sh
+
 test: install
-	$(BIN)/python -m pytest -q
+	$(LOOPBACK) $(BIN)/python -m pytest -q
 
 # Everything but the tests marked slow.
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(LOOPBACK) $(BIN)/python -m pytest -q -m "not slow"
 
 bench: install
 	$(BIN)/python benchmarks/bench_env.py

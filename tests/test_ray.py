@@ -31,6 +31,13 @@ def local_ray(compilation_cache):  # noqa: F811 - the fixture imported above
         ray.shutdown()
 
 
+def test_the_local_ray_binds_and_advertises_loopback_only(local_ray):
+    """The suite runs in a loopback-only namespace (``make test``): Ray must not reach other interfaces."""
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    assert nodes and {n["NodeManagerAddress"] for n in nodes} == {"127.0.0.1"}
+    assert ray.util.get_node_ip_address() == "127.0.0.1"
+
+
 def test_two_ray_workers_run_modify_with_measured_staleness_and_worker_corrected_directions(local_ray):
     result = run_ray(tiny_config("ray", workers={"slowdown": (1.0, 2.0)}), "modify")
     assert_worker_corrected_modify_run(result)
