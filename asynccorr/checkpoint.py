@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asynccorr.evaluation import TrackingSummary
+from asynccorr.evaluation import EvalRecord, TrackingSummary
 from asynccorr.results import atomic_write_bytes
 
 CHECKPOINT_DIR = "checkpoint"
@@ -130,16 +130,43 @@ def unpack_columns(arrays: Mapping[str, np.ndarray], names: Sequence[str]) -> di
     return {k: arrays[f"metrics.{k}"] for k in names}
 
 
-def evals_to_json(evals: Sequence[Any]) -> list[list[Any]]:
+def evals_to_json(evals: Sequence[EvalRecord]) -> list[list[Any]]:
     """``EvalRecord``s as ``[iteration, {summary field: value}]`` (floats round-trip exactly)."""
     return [[int(e.iteration), {k: _plain(v) for k, v in e.summary._asdict().items()}] for e in evals]
 
 
-def evals_from_json(data: Sequence[Any]) -> list[Any]:
-    from asynccorr.trainer import EvalRecord
-
+def evals_from_json(data: Sequence[Any]) -> list[EvalRecord]:
     return [EvalRecord(int(it), TrackingSummary(**summary)) for it, summary in data]
 
 
 def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
+
+
+# ----------------------------------------------------------------------------- a run's state
+
+
+def run_checkpoint(iteration: int, identity: Mapping[str, Any], trees: Mapping[str, Any],
+                   metrics: Mapping[str, np.ndarray], evals: Sequence[EvalRecord],
+                   info: Mapping[str, Any] | None = None) -> Checkpoint:
+    """A trainer's or backend's state after ``iteration`` updates: named pytrees, the metric
+    columns and evaluations so far, ``identity`` (what the run must match to be resumed from it:
+    backend, scheme, ...) and any other JSON-able ``info``."""
+    arrays, columns = pack_columns(metrics)
+    for name, tree in trees.items():
+        arrays.update(pack_tree(name, tree))
+    return Checkpoint(iteration, arrays, {**identity, **(info or {}), "columns": columns,
+                                          "evals": evals_to_json(evals)})
+
+
+def restore_run(checkpoint: Checkpoint, identity: Mapping[str, Any], templates: Mapping[str, Any]
+                ) -> tuple[dict[str, Any], dict[str, np.ndarray], list[EvalRecord]]:
+    """Inverse of ``run_checkpoint``: the pytrees (shaped like ``templates``), the metric columns
+    and the evaluations; a ``CheckpointError`` when the checkpoint's identity is not ``identity``."""
+    info = checkpoint.info
+    if any(info.get(k) != v for k, v in identity.items()):
+        stored = ", ".join(f"{k} {info.get(k)!r}" for k in identity)
+        wanted = ", ".join(f"{k} {v!r}" for k, v in identity.items())
+        raise CheckpointError(f"checkpoint is of {stored}; this run is {wanted}")
+    trees = {name: unpack_tree(name, checkpoint.arrays, template) for name, template in templates.items()}
+    return trees, unpack_columns(checkpoint.arrays, info["columns"]), evals_from_json(info["evals"])

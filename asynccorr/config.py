@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from asynccorr.backends import BACKENDS
+from asynccorr.errors import ConfigError  # re-exported: the error every config check raises
 from asynccorr.networks import ACTIVATIONS, check_hidden
-
-
-class ConfigError(ValueError):
-    """An invalid configuration value; the message names the field."""
+from asynccorr.schemes import SCHEMES, SEQUENTIAL, knob_default
 
 
 def _require(cond: bool, name: str, message: str, value: Any) -> None:
@@ -156,9 +155,6 @@ class TrainConfig:
                  self.divergence_loss)
 
 
-BACKENDS = ("sim", "mp", "ray")
-
-
 @dataclass(frozen=True)
 class WorkersConfig:
     """The asynchronous workers and, on the ``sim`` backend, their simulated timing."""
@@ -210,18 +206,17 @@ class SchemesConfig:
 
     compare: tuple[str, ...] = ("sync", "async", "modify", "modify-safe")
     seeds: tuple[int, ...] = (0, 1, 2)
-    trust_ratio: float = 1.0  # modify-safe: cap |correction| at trust_ratio * |G|
+    # the correction knobs; their defaults are the correction factories' own (asynccorr.corrections)
+    trust_ratio: float = knob_default("trust_ratio")  # modify-safe: cap |correction| at trust_ratio * |G|
     dense_max_params: int = 2048  # modify-dense refuses larger networks (dense H has n^2 entries)
-    staleness_bound: int = 8  # drop-stale: messages with staleness above this are discarded
-    dc_lambda: float = 0.04  # dc-asgd: lambda of G + lambda G*G*(theta_k - theta_i) (Zheng et al. 2017)
-    dc_lambda0: float = 2.0  # dc-asgd-a: lambda_t = dc_lambda0 / sqrt(MS_t + dc_eps)
-    dc_momentum: float = 0.95  # dc-asgd-a: MS_t = m MS_{t-1} + (1 - m) G*G
-    dc_eps: float = 1e-7  # dc-asgd-a
-    gap_decay: float = 0.99  # gap-aware: EMA rate of the mean per-parameter server step C
+    staleness_bound: int = knob_default("staleness_bound")  # drop-stale: staler messages are discarded
+    dc_lambda: float = knob_default("dc_lambda")  # dc-asgd: lambda of G + lambda G*G*(theta_k - theta_i)
+    dc_lambda0: float = knob_default("dc_lambda0")  # dc-asgd-a: lambda_t = dc_lambda0 / sqrt(MS_t + dc_eps)
+    dc_momentum: float = knob_default("dc_momentum")  # dc-asgd-a: MS_t = m MS_{t-1} + (1 - m) G*G
+    dc_eps: float = knob_default("dc_eps")  # dc-asgd-a
+    gap_decay: float = knob_default("gap_decay")  # gap-aware: EMA rate of the mean per-parameter server step C
 
     def __post_init__(self) -> None:
-        from asynccorr.schemes import SCHEMES, SEQUENTIAL
-
         _check_types(self, "schemes.")
         _require(len(self.compare) >= 1, "schemes.compare", "must name at least one scheme", self.compare)
         for name in self.compare:

@@ -41,6 +41,13 @@ class TrackingSummary(NamedTuple):
     left_road: bool
 
 
+class EvalRecord(NamedTuple):
+    """One periodic evaluation: after ``iteration`` server updates."""
+
+    iteration: int
+    summary: TrackingSummary
+
+
 def rollout_scenario(learner: Learner, params: Array) -> Trajectory:
     """Run the deterministic policy from the fixed scenario (pure, jit-able)."""
     env, env_params = learner.env, learner.env_params

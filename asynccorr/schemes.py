@@ -9,6 +9,7 @@ its compute costs on the simulated clock.
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -16,6 +17,7 @@ from typing import Any, Literal
 import optax
 
 from asynccorr import corrections
+from asynccorr.errors import ConfigError
 
 Compute = Literal["direction", "jvp", "dense"]
 
@@ -26,48 +28,63 @@ class Scheme:
     summary: str
     compute: Compute  # what a worker evaluates per job
     synchronous: bool
-    make_correction: Callable[..., optax.GradientTransformationExtraArgs]
+    correction: Callable[..., optax.GradientTransformationExtraArgs]  # a factory of asynccorr.corrections
+    knobs: tuple[tuple[str, str], ...] = ()  # (SchemesConfig field, the factory's argument) it takes
     drops_stale: bool = False  # the backend discards messages staler than schemes.staleness_bound
+
+    def make_correction(self, **knobs: float) -> optax.GradientTransformationExtraArgs:
+        """The correction with the given knobs (by ``SchemesConfig`` name; the others are ignored,
+        and a knob not given takes the factory's own default)."""
+        return self.correction(**{arg: knobs[field] for field, arg in self.knobs if field in knobs})
 
 
 SCHEMES: dict[str, Scheme] = {
     s.name: s
     for s in (
         Scheme("sync", "wait for all N workers at the same parameters and average (synchronous SGD)",
-               "direction", True, lambda **_: corrections.no_correction()),
+               "direction", True, corrections.no_correction),
         Scheme("async", "apply the stale direction as it is (naive asynchronous SGD)",
-               "direction", False, lambda **_: corrections.no_correction()),
+               "direction", False, corrections.no_correction),
         Scheme("modify", "Gao et al. 2024: G + H(theta_i)(theta_k - theta_i), exact Hessian-vector product",
-               "jvp", False, lambda **_: corrections.hessian_correction()),
+               "jvp", False, corrections.hessian_correction),
         Scheme("modify-safe", "modify with a trust region: the correction's norm capped at trust_ratio * |G|",
-               "jvp", False, lambda trust_ratio=1.0, **_: corrections.trust_region_hessian_correction(trust_ratio)),
+               "jvp", False, corrections.trust_region_hessian_correction, (("trust_ratio", "max_ratio"),)),
         Scheme("modify-dense", "the paper's literal protocol with a dense Hessian (small nets only; an oracle)",
-               "dense", False, lambda **_: corrections.dense_hessian_correction()),
+               "dense", False, corrections.dense_hessian_correction),
         Scheme("dc-asgd", "Zheng et al. 2017: G + lambda G*G*(theta_k - theta_i), lambda = schemes.dc_lambda",
-               "direction", False, lambda dc_lambda=0.04, **_: corrections.delay_compensation(dc_lambda)),
+               "direction", False, corrections.delay_compensation, (("dc_lambda", "lam"),)),
         Scheme("dc-asgd-a", "DC-ASGD with adaptive lambda_t = lambda0 / sqrt(MS_t + eps), MS_t = EMA of G*G",
-               "direction", False,
-               lambda dc_lambda0=2.0, dc_momentum=0.95, dc_eps=1e-7, **_:
-               corrections.adaptive_delay_compensation(dc_lambda0, dc_momentum, dc_eps)),
+               "direction", False, corrections.adaptive_delay_compensation,
+               (("dc_lambda0", "lam0"), ("dc_momentum", "momentum"), ("dc_eps", "eps"))),
         Scheme("staleness-lr", "Zhang et al. 2016: the direction divided by its staleness tau (max(tau, 1))",
-               "direction", False, lambda **_: corrections.staleness_scaling()),
+               "direction", False, corrections.staleness_scaling),
         Scheme("gap-aware", "Barkai et al. 2020: G / max(1, |theta_k - theta_i| / C), C = mean server step",
-               "direction", False, lambda gap_decay=0.99, **_: corrections.gap_aware(gap_decay)),
+               "direction", False, corrections.gap_aware, (("gap_decay", "decay"),)),
         Scheme("drop-stale", "discard directions staler than schemes.staleness_bound; the worker pulls afresh",
-               "direction", False, lambda staleness_bound=8, **_: corrections.drop_stale(staleness_bound),
-               drops_stale=True),
+               "direction", False, corrections.drop_stale, (("staleness_bound", "bound"),), drops_stale=True),
     )
 }
 
+
+def knob_default(field: str) -> float:
+    """A scheme knob's default: the one its correction factory declares (their one home)."""
+    for scheme in SCHEMES.values():
+        for name, arg in scheme.knobs:
+            if name == field:
+                return inspect.signature(scheme.correction).parameters[arg].default
+    raise KeyError(field)
+
+
 SEQUENTIAL = "sequential"  # the single-worker, always-fresh reference trainer
+DISPLAY_ORDER = (SEQUENTIAL, *SCHEMES)  # how tables, legends and colours order schemes (the registry's order)
 
 
-CORRECTION_KNOBS = ("trust_ratio", "dc_lambda", "dc_lambda0", "dc_momentum", "dc_eps", "gap_decay",
-                    "staleness_bound")  # the SchemesConfig fields a correction may take
+CORRECTION_KNOBS = tuple(dict.fromkeys(field for s in SCHEMES.values() for field, _ in s.knobs))
+"""The ``SchemesConfig`` fields a correction may take."""
 
 
 @functools.lru_cache(maxsize=64)
-def make_correction(name: str, trust_ratio: float = 1.0, **knobs: float) -> optax.GradientTransformationExtraArgs:
+def make_correction(name: str, **knobs: float) -> optax.GradientTransformationExtraArgs:
     """The scheme's correction (memoised, so jitted server updates are shared across runs).
 
     ``knobs`` are the schemes' hyperparameters by their ``SchemesConfig`` names
@@ -78,12 +95,22 @@ def make_correction(name: str, trust_ratio: float = 1.0, **knobs: float) -> opta
     unknown = sorted(set(knobs) - set(CORRECTION_KNOBS))
     if unknown:
         raise TypeError(f"unknown correction knob(s) {', '.join(unknown)}")
-    return get_scheme(name).make_correction(trust_ratio=trust_ratio, **knobs)
+    return get_scheme(name).make_correction(**knobs)
 
 
 def correction_for(name: str, schemes_config: Any) -> optax.GradientTransformationExtraArgs:
     """The correction of scheme ``name`` with the hyperparameters of a ``SchemesConfig``."""
     return make_correction(name, **{k: getattr(schemes_config, k) for k in CORRECTION_KNOBS})
+
+
+def check_scheme_fits(scheme: Scheme, num_params: int, schemes_config: Any) -> None:
+    """``modify-dense`` materialises an n x n Jacobian: refuse networks above ``schemes.dense_max_params``."""
+    limit = schemes_config.dense_max_params
+    if scheme.compute == "dense" and num_params > limit:
+        raise ConfigError(
+            f"scheme {scheme.name} needs a dense {num_params}x{num_params} Hessian; it refuses networks above "
+            f"schemes.dense_max_params = {limit} parameters (use smaller "
+            f"learner.policy_hidden / value_hidden, or scheme modify)")
 
 
 def get_scheme(name: str) -> Scheme:

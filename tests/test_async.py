@@ -11,12 +11,13 @@ import pytest
 
 from asynccorr import corrections
 from asynccorr.backends.sim import run_sim
+from asynccorr.build import make_optimizer
 from asynccorr.config import ConfigError, ExperimentConfig, with_overrides
 from asynccorr.learner import Learner, Losses
 from asynccorr.runs import train_run
 from asynccorr.schemes import SCHEMES, get_scheme, make_correction
 from asynccorr.server import init_server, make_async_update
-from asynccorr.trainer import make_optimizer, train_sequential
+from asynccorr.trainer import train_sequential
 
 
 def small_config(**sections) -> ExperimentConfig:

@@ -7,9 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from asynccorr.build import build, make_optimizer
 from asynccorr.config import ExperimentConfig, OptimConfig, TrainConfig, with_overrides
 from asynccorr.evaluation import evaluate, summarize
-from asynccorr.trainer import build, make_optimizer, train_sequential
+from asynccorr.trainer import train_sequential
 
 # README "Tracking threshold": 0.10 m RMS lateral error on the fixed scenario.
 RMS_THRESHOLD_M = 0.10

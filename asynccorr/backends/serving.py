@@ -1,20 +1,35 @@
-"""The server role of the real backends (``mp``, ``ray``): apply messages, keep the books.
+"""The server role of every backend: apply messages, keep the books.
 
-Transport-agnostic: a backend hands every ``worker.Message`` it receives to
-``ServerRole.receive``; the role applies it with the scheme's correction
-(``server.make_message_update``), bumps the version, calls ``publish(theta,
-version)`` so the backend can ship the new parameters, records the per-update
-metrics and evaluates every ``train.eval_every`` updates.
+Transport-agnostic and clock-agnostic (Sample Factory's idea: the same components in
+serial and in parallel mode). ``mp`` and ``ray`` hand every ``worker.Message`` they
+receive to ``ServerRole.receive``; ``sim`` drives the same role on its simulated clock
+with ``apply_job`` / ``apply_round`` and ``flush_if_due``. The role owns the parameter
+server's state (``server.ServerState``) and its version ``k``, measures each message's
+staleness ``k - i``, applies the scheme's correction (``asynccorr.server``), records
+one metric row per update and, at every evaluation point, hands the rows to the run
+protocol's ``Recorder`` (divergence, evaluation, checkpoint, flush).
 
-``sync``: a round collects one direction per worker, all computed at the current
-version, and applies their average; a direction from an older version (a
-replaced worker's, say) is discarded.
+Messages it applies (the roles and their messages are documented in ``worker.py``):
+
+* ``receive(msg)``: a real worker's ``Message`` -- ``G`` computed at ``theta_i`` and,
+  for ``jvp`` schemes, the worker's gap product; ``sync`` collects one per worker at
+  the current version and applies their average (a direction from an older version,
+  a replaced worker's say, is discarded);
+* ``apply_job(worker, theta_i, version, batch)``: ``sim``'s message, the worker's
+  ``theta_i`` and batch; the worker's computation is a pure function of it, evaluated
+  at application against the server's ``theta_k`` (``server.make_async_update``);
+* ``apply_round(batches)``: ``sim``'s synchronous round, N batches at ``theta_k``.
+
+A ``drop-stale`` scheme discards a message staler than ``schemes.staleness_bound``
+(no update, no version bump).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -22,71 +37,92 @@ import jax.numpy as jnp
 import numpy as np
 
 from asynccorr.backends.worker import Message
-from asynccorr.config import ConfigError, ExperimentConfig
-from asynccorr.evaluation import evaluate
-from asynccorr.learner import Losses
-from asynccorr.schemes import correction_for, get_scheme
-from asynccorr.server import UpdateMetrics, init_server, make_message_update, make_sync_message_update
-from asynccorr.trainer import (
-    EvalRecord,
-    RunHooks,
-    RunResult,
-    build,
-    diverged_result,
-    first_diverged_row,
-    is_eval_point,
+from asynccorr.build import build, run_keys
+from asynccorr.checkpoint import Checkpoint
+from asynccorr.config import ExperimentConfig
+from asynccorr.evaluation import EvalRecord
+from asynccorr.learner import Batch, Losses
+from asynccorr.run_protocol import BASE_COLUMNS, Columns, Recorder, RunHooks, RunResult, is_eval_point
+from asynccorr.schemes import check_scheme_fits, correction_for, get_scheme
+from asynccorr.server import (
+    ServerState,
+    UpdateMetrics,
+    init_server,
+    make_async_update,
+    make_message_update,
+    make_sync_message_update,
+    make_sync_update,
 )
 
 log = logging.getLogger("asynccorr.backends")
 
-
-def check_real_backend_scheme(scheme_name: str, backend: str) -> None:
-    if get_scheme(scheme_name).compute == "dense":
-        raise ConfigError(f"scheme {scheme_name} (a dense-Hessian oracle) runs on workers.backend = 'sim' only, "
-                          f"not {backend!r}; use scheme modify")
+WORKER_COLUMNS = ("residual_staleness", "compute_time")  # measured by real workers (after the base columns)
 
 
 class ServerRole:
-    def __init__(self, config: ExperimentConfig, scheme_name: str, hooks: RunHooks | None = None) -> None:
-        check_real_backend_scheme(scheme_name, config.workers.backend)
+    """The parameter server of one run.
+
+    ``columns``: the extra per-update columns this backend measures (``WORKER_COLUMNS``
+    on real workers, none on ``sim``). ``snapshot``: the backend's whole state as a
+    checkpoint, taken at evaluation points when due (``sim``; real backends cannot be
+    reproduced from one). ``restore`` continues from a checkpointed server state.
+    """
+
+    def __init__(self, config: ExperimentConfig, scheme_name: str, hooks: RunHooks | None = None,
+                 columns: tuple[str, ...] = WORKER_COLUMNS) -> None:
         self.config = config
         self.scheme = get_scheme(scheme_name)
         self.learner, self.optimizer = build(config)
-        correction = correction_for(self.scheme.name, config.schemes)
-        k_params, _ = jax.random.split(jax.random.PRNGKey(config.train.seed))
-        self.server = init_server(self.learner.init(k_params), self.optimizer, correction)
-        self.params = np.asarray(self.server.params)
-        self.version = 0
+        check_scheme_fits(self.scheme, self.learner.num_params, config.schemes)
+        self.correction = correction_for(self.scheme.name, config.schemes)
+        k_params, _ = run_keys(config.train.seed)
+        self.server: ServerState = init_server(self.learner.init(k_params), self.optimizer, self.correction)
+        self.version = 0  # k: bumped by every update (a dropped message does not bump it)
+        self.iteration = 0  # server updates applied
+        self.dropped = 0  # messages a drop-stale scheme discarded
         self.count = config.workers.count
-        if self.scheme.synchronous:
-            self._sync_update = make_sync_message_update(self.learner, self.optimizer)
-        else:
-            self._update = make_message_update(self.learner, self.optimizer, self.scheme, correction,
-                                               config.workers.measure_grad_error)
+        self.columns = columns
         self.hooks = hooks or RunHooks()
-        self.before: list[np.ndarray] = []  # server parameters before each update since the last flush
-        self.diverged_at: int | None = None
-        self.last_finite: np.ndarray | None = None  # parameters before the diverging update
-        self.total, self.every = config.train.iterations, config.train.eval_every
-        self.rows: list[tuple[int, float, int, int, int, float]] = []
-        self.pending: list[UpdateMetrics] = []
-        self.fetched: list[UpdateMetrics] = []
-        self.evals: list[EvalRecord] = []
-        self.round: dict[int, Message] = {}
+        self.recorder = Recorder(config, self.learner, self.hooks)
+        self.snapshot: Callable[[], Checkpoint] | None = None
+        self.final: RunResult | None = None  # set when the run diverged
+        # since the last evaluation point, one entry per update (appended in this order):
+        self.before: list[jax.Array] = []  # server parameters before the update
+        self.rows: list[tuple] = []  # iteration, time, worker, staleness, *the extra columns
+        self.pending: list[UpdateMetrics] = []  # on the device until the next flush
+        self.drops: list[int] = []  # dropped count when the update was applied
+        self.round: dict[int, Message] = {}  # sync on real workers: this version's directions so far
         self.received = 0  # worker messages received (gradient throughput)
-        self.dropped = 0
         self.events: list[dict[str, Any]] = []
         self.t0: float | None = None
+        self._host: tuple[int, np.ndarray] | None = None
+
+    def restore(self, server: ServerState, version: int, iteration: int, dropped: int, metrics: Columns,
+                evals: list[EvalRecord]) -> None:
+        """Continue from a checkpointed state (everything up to an evaluation point)."""
+        self.server, self.version, self.iteration, self.dropped = server, version, iteration, dropped
+        self.recorder = Recorder(self.config, self.learner, self.hooks, metrics, evals, done=iteration)
 
     # ------------------------------------------------------------------ bookkeeping
 
     @property
-    def iteration(self) -> int:
-        return len(self.rows)
+    def params(self) -> np.ndarray:
+        """theta_k on the host (fetched once per version: what a backend publishes)."""
+        if self._host is None or self._host[0] != self.version:
+            self._host = (self.version, np.asarray(self.server.params))
+        return self._host[1]
+
+    @property
+    def metrics(self) -> Columns:
+        return self.recorder.metrics
+
+    @property
+    def evals(self) -> list[EvalRecord]:
+        return self.recorder.evals
 
     @property
     def done(self) -> bool:
-        return self.iteration >= self.total or self.diverged_at is not None
+        return self.iteration >= self.config.train.iterations or self.final is not None
 
     def now(self) -> float:
         return 0.0 if self.t0 is None else time.perf_counter() - self.t0
@@ -105,11 +141,12 @@ class ServerRole:
                 " ".join(f"{k}={v}" for k, v in fields.items()))
 
     def warm_up(self) -> None:
-        """Compile the update on dummy inputs (result discarded) while the workers start."""
+        """Compile the real workers' update on dummy inputs (result discarded) while they start."""
         n = self.params.size
         if self.scheme.synchronous:
             zeros = np.zeros((self.count,), np.float32)
-            out = self._sync_update(self.server, np.zeros((self.count, n), np.float32), Losses(zeros, zeros))
+            out = self._sync_message_update(self.server, np.zeros((self.count, n), np.float32),
+                                              Losses(zeros, zeros))
         else:
             batch = None
             if self.config.workers.measure_grad_error:
@@ -118,18 +155,47 @@ class ServerRole:
                 shapes, _ = jax.eval_shape(self.learner.sample, key, sampler, self.server.params)
                 batch = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
             gap = np.zeros((n,), np.float32) if self.scheme.compute == "jvp" else None
-            out = self._update(self.server, np.zeros((n,), np.float32), gap, batch, np.int32(0),
-                               Losses(np.float32(0), np.float32(0)))
+            out = self._message_update(self.server, np.zeros((n,), np.float32), gap, batch, np.int32(0),
+                                         Losses(np.float32(0), np.float32(0)))
         jax.block_until_ready(out)
 
     def evaluate_initial(self) -> None:
-        if not self.evals:
-            self.evals.append(EvalRecord(0, evaluate(self.learner, self.server.params)[0]))
+        self.recorder.evaluate_initial(self.server.params)
 
-    # ------------------------------------------------------------------ updates
+    # ------------------------------------------------------------------ the update functions
+
+    @functools.cached_property
+    def _message_update(self) -> Callable[..., tuple[ServerState, UpdateMetrics]]:
+        """Real workers' messages: the worker computed G (and its gap product)."""
+        return make_message_update(self.learner, self.optimizer, self.scheme, self.correction,
+                                   self.config.workers.measure_grad_error)
+
+    @functools.cached_property
+    def _sync_message_update(self) -> Callable[..., tuple[ServerState, UpdateMetrics]]:
+        return make_sync_message_update(self.learner, self.optimizer)
+
+    @functools.cached_property
+    def _job_update(self) -> Callable[..., tuple[ServerState, UpdateMetrics]]:
+        """``sim``'s jobs: G and the correction evaluated at application against theta_k."""
+        return make_async_update(self.learner, self.optimizer, self.scheme, self.correction)
+
+    @functools.cached_property
+    def _round_update(self) -> Callable[..., tuple[ServerState, UpdateMetrics]]:
+        return make_sync_update(self.learner, self.optimizer)
+
+    # ------------------------------------------------------------------ messages
+
+    def admit(self, version: int) -> int | None:
+        """The staleness of a message computed at ``version``, or None when the scheme drops it."""
+        staleness = self.version - version
+        if self.scheme.drops_stale and staleness > self.config.schemes.staleness_bound:
+            self.dropped += 1
+            return None
+        return staleness
 
     def receive(self, msg: Message) -> bool:
-        """Apply (or, for sync, collect) one message; True when the parameters changed."""
+        """Apply (or, for sync, collect) one real worker's message, flushing at evaluation points;
+        True when the parameters changed."""
         self.received += 1
         if self.done:
             return False
@@ -143,78 +209,78 @@ class ServerRole:
             self.round.clear()
             losses = Losses(jnp.asarray([m.policy_loss for m in msgs], jnp.float32),
                             jnp.asarray([m.value_loss for m in msgs], jnp.float32))
-            self.server, metrics = self._sync_update(self.server, np.stack([m.direction for m in msgs]), losses)
-            self._record(metrics, -1, 0, 0, float(np.mean([m.compute_time for m in msgs])))
-            return True
-        staleness = self.version - msg.version
-        if self.scheme.drops_stale and staleness > self.config.schemes.staleness_bound:
-            self.dropped += 1
-            return False
-        losses = Losses(np.float32(msg.policy_loss), np.float32(msg.value_loss))
-        self.server, metrics = self._update(self.server, msg.direction, msg.gap_product, msg.batch,
-                                            np.int32(staleness), losses)
-        self._record(metrics, msg.worker, staleness, self.version - msg.version_k, msg.compute_time)
+            directions = np.stack([m.direction for m in msgs])
+            self._apply(lambda s: self._sync_message_update(s, directions, losses), self.now(), -1, 0,
+                        (0, float(np.mean([m.compute_time for m in msgs]))))
+        else:
+            staleness = self.admit(msg.version)
+            if staleness is None:
+                return False
+            losses = Losses(np.float32(msg.policy_loss), np.float32(msg.value_loss))
+            self._apply(lambda s: self._message_update(s, msg.direction, msg.gap_product, msg.batch,
+                                                         np.int32(staleness), losses),
+                        self.now(), msg.worker, staleness, (self.version - msg.version_k, msg.compute_time))
+        self.flush_if_due()
         return True
 
-    def _record(self, metrics: UpdateMetrics, worker: int, staleness: int, residual: int, compute: float) -> None:
-        self.before.append(self.params)
-        self.version += 1
-        self.params = np.asarray(self.server.params)
-        self.rows.append((self.iteration + 1, self.now(), worker, staleness, residual, compute))
-        self.pending.append(metrics)
-        if is_eval_point(self.iteration, self.config):
-            self._flush()
+    def apply_job(self, worker: int, theta_i: jax.Array, version: int, batch: Batch, at: float) -> bool:
+        """``sim``: apply worker ``worker``'s job (its ``theta_i`` at ``version`` and its batch) at
+        simulated time ``at``; False when the scheme dropped it. The caller flushes."""
+        staleness = self.admit(version)
+        if staleness is None:
+            return False
+        self._apply(lambda s: self._job_update(s, theta_i, batch, np.int32(staleness)), at, worker, staleness, ())
+        return True
 
-    def _flush(self) -> None:
-        """At an evaluation point: fetch, check for divergence (as on ``sim``), evaluate, report."""
-        first = len(self.fetched)
-        self.fetched.extend(jax.device_get(self.pending))
-        self.pending.clear()
-        bad = first_diverged_row(self._tail(first),
-                                 self.config.train.divergence_loss)
-        before, self.before = self.before, []
-        if bad is not None:  # stop at the first bad update, keeping its row
-            self.diverged_at = first + bad + 1
-            del self.rows[self.diverged_at:], self.fetched[self.diverged_at:]
-            self.last_finite = before[bad]
+    def apply_round(self, batches: Batch, at: float) -> None:
+        """``sim``: one synchronous round, the N workers' batches (stacked) at theta_k. The caller flushes."""
+        self._apply(lambda s: self._round_update(s, batches), at, -1, 0, ())
+
+    def _apply(self, update: Callable[[ServerState], tuple[ServerState, UpdateMetrics]], at: float, worker: int,
+               staleness: int, extra: tuple) -> None:
+        """Run one update and record it. The order of the appends keeps ``partial`` consistent
+        whatever line a Ctrl-C interrupts."""
+        self.before.append(self.server.params)
+        self.server, metrics = update(self.server)
+        self.version += 1
+        self.iteration += 1
+        self.rows.append((self.iteration, at, worker, staleness, *extra))
+        self.pending.append(metrics)
+        self.drops.append(self.dropped)
+
+    # ------------------------------------------------------------------ evaluation points
+
+    def flush_if_due(self) -> None:
+        """At an evaluation point: the rows since the last one to the recorder (which checks them for
+        divergence, evaluates, checkpoints when due and flushes)."""
+        if not self.pending or not is_eval_point(self.iteration, self.config):
             return
-        it = self.iteration
-        record = EvalRecord(it, evaluate(self.learner, self.server.params)[0])
-        self.evals.append(record)
-        if self.hooks.on_flush is not None:
-            self.hooks.on_flush(self._columns(), list(self.evals))
-        if self.hooks.on_chunk is not None:
-            self.hooks.on_chunk(it, record)
+        new = self._columns(self.rows, jax.device_get(self.pending))
+        before, drops = self.before, self.drops
+        self.rows, self.pending, self.before, self.drops = [], [], [], []
+        self.final = self.recorder.flush(new, self.server.params, before=lambda b: before[b],
+                                         dropped=lambda b: drops[b], snapshot=self.snapshot)
+
+    def _columns(self, rows: list[tuple], fetched: list[UpdateMetrics]) -> Columns:
+        names = (*BASE_COLUMNS, *self.columns)
+        dtypes = {"time": np.float64, "compute_time": np.float64}
+        columns: Columns = {name: np.array([r[j] for r in rows], dtypes.get(name, np.int64))
+                            for j, name in enumerate(names)}
+        for name in UpdateMetrics._fields:
+            columns[name] = np.array([getattr(m, name) for m in fetched], np.float64)
+        return columns
 
     # ------------------------------------------------------------------ result
 
-    def _tail(self, first: int) -> dict[str, np.ndarray]:
-        """The metric columns of the fetched rows from index ``first`` on."""
-        return {name: np.array([getattr(m, name) for m in self.fetched[first:]], np.float64)
-                for name in UpdateMetrics._fields}
-
     def result(self, status: str = "completed") -> RunResult:
+        """The run's result: completed, diverged (as the recorder found it) or, after Ctrl-C,
+        ``status = "interrupted"`` with every update recorded so far."""
+        events = tuple(self.events)
+        if self.final is not None:
+            return self.final._replace(events=events)
         self.evaluate_initial()
-        self.fetched.extend(jax.device_get(self.pending))
-        self.pending.clear()
-        if self.diverged_at is not None:
-            return diverged_result(self.learner, self.last_finite, self._columns(), self.evals, self.diverged_at,
-                             self.dropped)._replace(events=tuple(self.events))
-        columns = self._columns()
-        _, trajectory = evaluate(self.learner, self.server.params)
-        return RunResult(np.asarray(self.server.params), columns, self.evals, trajectory, status=status,
-                         dropped=self.dropped, events=tuple(self.events))
-
-    def _columns(self) -> dict[str, np.ndarray]:
-        """Every row so far (the fetched ones: call after a fetch)."""
-        rows = self.rows[:len(self.fetched)]
-        columns: dict[str, Any] = {
-            "iteration": np.array([r[0] for r in rows], np.int64),
-            "time": np.array([r[1] for r in rows], np.float64),
-            "worker": np.array([r[2] for r in rows], np.int64),
-            "staleness": np.array([r[3] for r in rows], np.int64),
-            "residual_staleness": np.array([r[4] for r in rows], np.int64),
-            "compute_time": np.array([r[5] for r in rows], np.float64),  # worker s of sampling + compute
-        }
-        columns.update(self._tail(0))
-        return columns
+        n = min(len(self.rows), len(self.pending))
+        extra = self._columns(self.rows[:n], jax.device_get(self.pending[:n])) if n or not self.metrics else None
+        params = self.before[n] if n < len(self.before) else self.server.params
+        dropped = self.drops[n - 1] if 0 < n <= len(self.drops) else self.dropped
+        return self.recorder.result(params, status, extra=extra, dropped=dropped, events=events)

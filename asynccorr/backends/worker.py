@@ -9,7 +9,7 @@ Roles and messages, in one place (Sample Factory style)::
     worker -> server   Message(...)            one job's result, below
 
 A worker loops: pull ``(theta_i, i)``; sample a batch with its own exploratory
-rollouts (its key stream is ``trainer.worker_stream(k_workers, worker)``, as on
+rollouts (its key stream is ``build.worker_stream(k_workers, worker)``, as on
 the ``sim`` backend); then
 
 * direction schemes (``sync``, ``async``): ``G = F(theta_i, batch)``, sent tagged
@@ -101,9 +101,9 @@ class WorkerCompute:
     def __init__(self, spec: WorkerSpec) -> None:
         import jax
 
+        from asynccorr.build import build, run_keys, worker_stream
         from asynccorr.config import ExperimentConfig, from_dict
         from asynccorr.schemes import get_scheme
-        from asynccorr.trainer import build, worker_stream
 
         self.spec = spec
         config = from_dict(ExperimentConfig, spec.config)
@@ -112,7 +112,7 @@ class WorkerCompute:
             raise ValueError(f"scheme {spec.scheme} is not supported on real workers")
         learner, _ = build(config)
         self.ship_batch = config.workers.measure_grad_error and not self.scheme.synchronous
-        k_params, k_workers = jax.random.split(jax.random.PRNGKey(config.train.seed))
+        k_params, k_workers = run_keys(config.train.seed)
         key, sampler_key = worker_stream(k_workers, spec.worker)
         if spec.incarnation:
             key = jax.random.fold_in(key, spec.incarnation)  # a replacement does not replay its predecessor's batches
