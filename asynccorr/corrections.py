@@ -18,6 +18,11 @@ Extra arguments (all optional; a correction uses what it needs):
                      of ``jvp`` when given
   ``hessian``        the dense Jacobian of F at theta_i (small nets only)
   ``staleness``      server version minus the version of theta_i
+
+Parameters, directions and products may be any pytree (as in optax: a flax
+``params`` dict, a tuple of arrays) or one flat vector; every rule acts leaf by leaf,
+and norms are global over the tree. On a flat vector the arithmetic is exactly that
+of a single array (the experiment runner's case).
 """
 
 from __future__ import annotations
@@ -29,8 +34,30 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.flatten_util import ravel_pytree
 
 Array = jax.Array
+Tree = Any  # a pytree of arrays (or one array)
+
+
+def _map(fn: Callable[..., Array], tree: Tree, *rest: Tree) -> Tree:
+    return jax.tree_util.tree_map(fn, tree, *rest)
+
+
+def _sub(a: Tree, b: Tree) -> Tree:
+    return _map(lambda x, y: x - y, a, b)
+
+
+def _add(a: Tree, b: Tree) -> Tree:
+    return _map(lambda x, y: x + y, a, b)
+
+
+def _norm(tree: Tree) -> Array:
+    """Global L2 norm; for a single array exactly ``jnp.linalg.norm``."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    if len(leaves) == 1:
+        return jnp.linalg.norm(leaves[0])
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in leaves))
 
 
 class EmptyState(NamedTuple):
@@ -61,7 +88,7 @@ def _gap_product(correction: str, params: Array | None, worker_params: Array | N
         return gap_product
     params = _require(params, "params", correction)
     worker_params = _require(worker_params, "worker_params", correction)
-    return _require(jvp, "jvp (or gap_product)", correction)(params - worker_params)
+    return _require(jvp, "jvp (or gap_product)", correction)(_sub(params, worker_params))
 
 
 def no_correction() -> optax.GradientTransformationExtraArgs:
@@ -75,7 +102,7 @@ def hessian_correction() -> optax.GradientTransformationExtraArgs:
     def correct(g: Array, params: Array | None, *, worker_params: Array | None = None,
                 jvp: Callable[[Array], Array] | None = None, gap_product: Array | None = None,
                 **_: Any) -> Array:
-        return g + _gap_product("hessian_correction", params, worker_params, jvp, gap_product)
+        return _add(g, _gap_product("hessian_correction", params, worker_params, jvp, gap_product))
 
     return _stateless(correct)
 
@@ -95,9 +122,9 @@ def trust_region_hessian_correction(max_ratio: float = 1.0) -> optax.GradientTra
                 jvp: Callable[[Array], Array] | None = None, gap_product: Array | None = None,
                 **_: Any) -> Array:
         c = _gap_product("trust_region_hessian_correction", params, worker_params, jvp, gap_product)
-        c_norm = jnp.linalg.norm(c)
-        scale = jnp.minimum(1.0, max_ratio * jnp.linalg.norm(g) / jnp.maximum(c_norm, 1e-30))
-        return g + scale * c
+        c_norm = _norm(c)
+        scale = jnp.minimum(1.0, max_ratio * _norm(g) / jnp.maximum(c_norm, 1e-30))
+        return _map(lambda g_, c_: g_ + scale * c_, g, c)
 
     return _stateless(correct)
 
@@ -110,7 +137,8 @@ def dense_hessian_correction() -> optax.GradientTransformationExtraArgs:
         params = _require(params, "params", "dense_hessian_correction")
         worker_params = _require(worker_params, "worker_params", "dense_hessian_correction")
         hessian = _require(hessian, "hessian", "dense_hessian_correction")
-        return g + hessian @ (params - worker_params)
+        gap, unravel = ravel_pytree(_sub(params, worker_params))  # H acts on the flattened tree
+        return _add(g, unravel(hessian @ gap))
 
     return _stateless(correct)
 
@@ -121,7 +149,7 @@ def dense_hessian_correction() -> optax.GradientTransformationExtraArgs:
 def _worker_gap(correction: str, params: Array | None, worker_params: Array | None) -> Array:
     """``theta_k - theta_i``: how far the server moved since the worker pulled."""
     params = _require(params, "params", correction)
-    return params - _require(worker_params, "worker_params", correction)
+    return _sub(params, _require(worker_params, "worker_params", correction))
 
 
 def delay_compensation(lam: float = 0.04) -> optax.GradientTransformationExtraArgs:
@@ -136,13 +164,14 @@ def delay_compensation(lam: float = 0.04) -> optax.GradientTransformationExtraAr
         raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
 
     def correct(g: Array, params: Array | None, *, worker_params: Array | None = None, **_: Any) -> Array:
-        return g + lam * g * g * _worker_gap("delay_compensation", params, worker_params)
+        gap = _worker_gap("delay_compensation", params, worker_params)
+        return _map(lambda g_, d: g_ + lam * g_ * g_ * d, g, gap)
 
     return _stateless(correct)
 
 
 class AdaptiveDelayCompensationState(NamedTuple):
-    mean_square: Array  # MS_t: running mean of G*G over the directions applied so far
+    mean_square: Tree  # MS_t: running mean of G*G over the directions applied so far
 
 
 def adaptive_delay_compensation(lam0: float = 2.0, momentum: float = 0.95,
@@ -163,14 +192,17 @@ def adaptive_delay_compensation(lam0: float = 2.0, momentum: float = 0.95,
         raise ValueError(f"eps must be > 0, got {eps!r}")
 
     def init(params: Array) -> AdaptiveDelayCompensationState:
-        return AdaptiveDelayCompensationState(jnp.zeros_like(params))
+        return AdaptiveDelayCompensationState(_map(jnp.zeros_like, params))
 
     def update(g: Array, state: AdaptiveDelayCompensationState, params: Array | None = None, *,
                worker_params: Array | None = None, **_: Any):
         gap = _worker_gap("adaptive_delay_compensation", params, worker_params)
-        mean_square = momentum * state.mean_square + (1 - momentum) * g * g
-        lam = lam0 / jnp.sqrt(mean_square + eps)
-        return g + lam * g * g * gap, AdaptiveDelayCompensationState(mean_square)
+        mean_square = _map(lambda ms, g_: momentum * ms + (1 - momentum) * g_ * g_, state.mean_square, g)
+
+        def compensate(g_: Array, ms: Array, d: Array) -> Array:
+            return g_ + lam0 / jnp.sqrt(ms + eps) * g_ * g_ * d
+
+        return _map(compensate, g, mean_square, gap), AdaptiveDelayCompensationState(mean_square)
 
     return optax.GradientTransformationExtraArgs(init, update)
 
@@ -185,14 +217,14 @@ def staleness_scaling() -> optax.GradientTransformationExtraArgs:
 
     def correct(g: Array, params: Array | None, *, staleness: Array | None = None, **_: Any) -> Array:
         tau = _require(staleness, "staleness", "staleness_scaling")
-        return g / jnp.maximum(jnp.asarray(tau, g.dtype), 1.0)
+        return _map(lambda g_: g_ / jnp.maximum(jnp.asarray(tau, g_.dtype), 1.0), g)
 
     return _stateless(correct)
 
 
 class GapAwareState(NamedTuple):
-    previous_params: Array  # theta_k of the previous call
-    mean_step: Array  # EMA of |theta_k - theta_{k-1}| per parameter, not bias-corrected
+    previous_params: Tree  # theta_k of the previous call
+    mean_step: Tree  # EMA of |theta_k - theta_{k-1}| per parameter, not bias-corrected
     steps: Array  # int32: server steps observed so far (= calls - 1 after the first call)
     calls: Array  # int32
 
@@ -221,19 +253,24 @@ def gap_aware(decay: float = 0.99) -> optax.GradientTransformationExtraArgs:
 
     def init(params: Array) -> GapAwareState:
         zero = jnp.zeros((), jnp.int32)
-        return GapAwareState(jnp.asarray(params), jnp.zeros_like(params), zero, zero)
+        return GapAwareState(_map(jnp.asarray, params), _map(jnp.zeros_like, params), zero, zero)
 
     def update(g: Array, state: GapAwareState, params: Array | None = None, *,
                worker_params: Array | None = None, **_: Any):
-        distance = jnp.abs(_worker_gap("gap_aware", params, worker_params))
+        gap = _worker_gap("gap_aware", params, worker_params)
         observe = state.calls > 0
-        step = jnp.abs(params - state.previous_params)
-        mean_step = jnp.where(observe, decay * state.mean_step + (1 - decay) * step, state.mean_step)
         steps = state.steps + observe.astype(jnp.int32)
-        c = mean_step / (1 - decay ** jnp.maximum(steps, 1).astype(g.dtype))
-        safe_c = jnp.where(c > 0, c, 1.0)
-        gap = jnp.where(c > 0, jnp.maximum(1.0, distance / safe_c), 1.0)
-        return g / gap, GapAwareState(params, mean_step, steps, state.calls + 1)
+
+        def mean(m: Array, p: Array, prev: Array) -> Array:
+            return jnp.where(observe, decay * m + (1 - decay) * jnp.abs(p - prev), m)
+
+        def penalise(g_: Array, d: Array, m: Array) -> Array:
+            c = m / (1 - decay ** jnp.maximum(steps, 1).astype(g_.dtype))
+            safe_c = jnp.where(c > 0, c, 1.0)
+            return g_ / jnp.where(c > 0, jnp.maximum(1.0, jnp.abs(d) / safe_c), 1.0)
+
+        mean_step = _map(mean, state.mean_step, params, state.previous_params)
+        return _map(penalise, g, gap, mean_step), GapAwareState(params, mean_step, steps, state.calls + 1)
 
     return optax.GradientTransformationExtraArgs(init, update)
 
@@ -251,6 +288,6 @@ def drop_stale(bound: int = 8) -> optax.GradientTransformationExtraArgs:
 
     def correct(g: Array, params: Array | None, *, staleness: Array | None = None, **_: Any) -> Array:
         tau = _require(staleness, "staleness", "drop_stale")
-        return jnp.where(tau > bound, jnp.zeros_like(g), g)
+        return _map(lambda g_: jnp.where(tau > bound, jnp.zeros_like(g_), g_), g)
 
     return _stateless(correct)

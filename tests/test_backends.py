@@ -1,0 +1,76 @@
+"""The backend registry: one entry per backend, read by config validation, runs and the CLI."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+from asynccorr.backends import BACKENDS, Backend, backend_help, check_backend_runs, get_backend
+from asynccorr.config import ConfigError, ExperimentConfig, with_overrides
+from asynccorr.runs import ResumeError, resumable, train, train_run
+from asynccorr.schemes import SCHEMES, SEQUENTIAL
+
+
+@pytest.mark.parametrize("name", list(BACKENDS))
+def test_every_registered_backend_names_a_run_function_taking_config_scheme_and_hooks(name):
+    run = BACKENDS[name].run_function()
+    params = inspect.signature(run).parameters
+    assert list(params)[:2] == ["config", "scheme_name"] and "hooks" in params
+
+
+def test_config_validation_accepts_exactly_the_registered_backends():
+    for name in BACKENDS:
+        assert with_overrides(ExperimentConfig(), workers={"backend": name}).workers.backend == name
+    with pytest.raises(ConfigError, match="workers.backend must be one of") as err:
+        with_overrides(ExperimentConfig(), workers={"backend": "slurm"})
+    assert all(repr(name) in str(err.value) for name in BACKENDS)
+
+
+def test_the_cli_help_lists_every_backend_with_its_summary():
+    text = backend_help()
+    assert all(f"{b.name} ({b.summary})" in text for b in BACKENDS.values())
+
+
+def test_a_backend_that_refuses_a_compute_kind_is_told_apart_and_names_the_backends_that_can():
+    dense = [name for name, s in SCHEMES.items() if s.compute == "dense"]
+    assert dense
+    for backend in BACKENDS.values():
+        for scheme in dense:
+            if backend.supports(scheme):
+                check_backend_runs(backend.name, scheme)
+            else:
+                with pytest.raises(ConfigError, match=rf"{scheme} .*runs on workers.backend = 'sim'"):
+                    check_backend_runs(backend.name, scheme)
+
+
+def test_a_new_backend_entry_is_all_it_takes_to_train_on_it(monkeypatch):
+    """Register a backend whose run function is the simulation's: train() dispatches to it."""
+    calls = []
+
+    def run_probe(config, scheme_name, hooks=None):
+        calls.append((config.workers.backend, scheme_name))
+        return "result"
+
+    import asynccorr.backends as registry
+
+    monkeypatch.setitem(registry.BACKENDS, "probe",
+                        Backend("probe", "a test backend", f"{__name__}:_probe_run", resumable=False))
+    monkeypatch.setattr(f"{__name__}._probe_run", run_probe, raising=False)
+    config = with_overrides(ExperimentConfig(), workers={"backend": "probe"})
+    assert train(config, "async") == "result" and calls == [("probe", "async")]
+    assert not resumable(config, "async") and resumable(config, SEQUENTIAL)
+
+
+def test_resume_is_refused_on_a_backend_a_checkpoint_cannot_reproduce(tmp_path):
+    for name, backend in BACKENDS.items():
+        if backend.resumable:
+            continue
+        config = with_overrides(ExperimentConfig(), workers={"backend": name})
+        with pytest.raises(ResumeError, match="resume needs workers.backend = 'sim'"):
+            train_run(config, "async", tmp_path, resume=True)
+    assert get_backend("sim").resumable
+
+
+def _probe_run(*args, **kwargs):  # replaced by the test that registers the probe backend
+    raise AssertionError("not patched")
