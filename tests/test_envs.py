@@ -535,3 +535,16 @@ def test_params_can_be_vmapped_over_a_batch_of_amplitudes(name):
         np.testing.assert_allclose(_state_array(jax.tree.map(lambda x, i=i: x[i], st_b)),
                                    _state_array(st_i), rtol=1e-5, atol=1e-6)
 
+
+
+@pytest.mark.parametrize("name", ENV_NAMES)
+@pytest.mark.parametrize(("field", "value", "says"), [
+    ("amplitude", "big", "must be a number"),
+    ("dt", [0.1], "must be a number"),
+    ("amplitude", True, "must be a number"),
+    ("max_steps", 200.5, "must be an integer"),
+    ("max_steps", "200", "must be a number"),
+])
+def test_make_rejects_an_override_of_the_wrong_type_naming_it(name, field, value, says):
+    with pytest.raises(ValueError, match=f"{field} {says}, got {value!r}".replace("[", r"\[").replace("]", r"\]")):
+        make(name, **{field: value})

@@ -14,6 +14,14 @@ ENVIRONMENTS: dict[str, type[Environment]] = {
 }
 
 
+def _check_number(name: str, value: Any, default: Any) -> None:
+    """An override must have its parameter's type: an integer where the default is one, else a number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if isinstance(default, int) and not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+
+
 def make(name: str, **overrides: Any) -> tuple[Environment, Any]:
     """Build ``(env, params)`` by name; ``overrides`` replace default params.
 
@@ -26,6 +34,9 @@ def make(name: str, **overrides: Any) -> tuple[Environment, Any]:
     unknown = sorted(set(overrides) - set(defaults.__dataclass_fields__))
     if unknown:
         raise ValueError(f"unknown {name} env parameter(s): {', '.join(unknown)}")
+    for field_name, value in overrides.items():
+        if field_name != "preview":
+            _check_number(field_name, value, getattr(defaults, field_name))
     if "preview" in overrides:
         try:
             preview = tuple(float(p) for p in overrides["preview"])
