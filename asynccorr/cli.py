@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from asynccorr.backends import backend_help
 from asynccorr.config import ConfigError, ExperimentConfig, load_config, with_overrides
 from asynccorr.results import RunExistsError
 from asynccorr.schemes import SCHEMES, SEQUENTIAL
@@ -35,7 +35,7 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 DEFAULT_CONFIG = Path("experiments/paper.toml")
-BACKEND_HELP = "Execution backend (overrides workers.backend): sim, mp (processes) or ray."
+BACKEND_HELP = backend_help()
 SCHEME_HELP = ", ".join([SEQUENTIAL, *SCHEMES]) + "."
 ADDRESS_HELP = "Ray cluster address (overrides workers.address); default: start a local Ray."
 
@@ -214,6 +214,7 @@ def compare(
         train_run,
         write_summary,
     )
+    from asynccorr.stats import mean_std_text
 
     if resume and overwrite:
         raise CliError("--resume and --overwrite exclude each other (--overwrite starts every run afresh)")
@@ -262,11 +263,10 @@ def compare(
                 "mean staleness", "sim time [s]", "wall [s]"):
         table.add_column(col)
     for a in aggregate(rows):
-        table.add_row(a["scheme"], (f"{a['final_policy_loss']:.3f} ± {a['final_policy_loss_std']:.3f}"
-                       if math.isfinite(a['final_policy_loss']) else "–"),
-                      f"{a['grad_error_mean']:.3g}", f"{a['rms_lateral']:.4f}", f"{a['left_road']}/{a['seeds']}",
-                      diverged_text(a), f"{a['mean_staleness']:.2f}", f"{a['sim_time']:.2f}",
-                      f"{a['wall_time_s']:.1f}")
+        table.add_row(a["scheme"], mean_std_text(a["final_policy_loss"], ".3f"),
+                      f"{a['grad_error_mean'].mean:.3g}", f"{a['rms_lateral'].mean:.4f}",
+                      f"{a['left_road']}/{a['seeds']}", diverged_text(a), f"{a['mean_staleness'].mean:.2f}",
+                      f"{a['sim_time'].mean:.2f}", f"{a['wall_time_s'].mean:.1f}")
     Console().print(table)
     Console().print(f"summary: {folder / 'summary.md'}")
 
@@ -306,14 +306,13 @@ def regimes(
     writes regimes.csv, regimes.md and heat maps into <results>/<name>/."""
     import time
 
-    from asynccorr.regimes import load_regimes, run_study
+    from asynccorr.regime_runs import render, run_study, study_dir
+    from asynccorr.regimes import load_regimes
 
     if jobs < 1:
         raise CliError(f"--jobs must be >= 1, got {jobs}")
     study = load_regimes(config)
     if redraw:
-        from asynccorr.regimes import render, study_dir
-
         rows = render(study, study_dir(results, study))
         Console().print(f"{len(rows)} runs redrawn: {study_dir(results, study) / 'regimes.md'}")
         return

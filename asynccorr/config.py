@@ -73,7 +73,7 @@ class EnvConfig:
         _check_types(self, "env.")
         try:
             make(self.name, **self.params)
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
             raise ConfigError(f"env.{exc}" if not str(exc).startswith("env") else str(exc)) from None
 
 

@@ -12,7 +12,8 @@ and writes five figures, each as PNG and PDF, into ``<experiment>/figures/``:
 Curves are the mean over seeds of a centred moving average, the band spans the
 seeds' minimum to maximum. Each scheme keeps its colour in every figure. A run
 that diverged (``"status": "diverged"`` with ``"diverged_at": k`` in ``meta.json``,
-or non-finite losses) is drawn up to the update before its divergence point, marked
+or a row that ``run_protocol.first_diverged_row`` flags, with the run's own
+``train.divergence_loss``) is drawn up to the update before its divergence point, marked
 with an ``x`` at update k on the loss and gradient-error figures; its diverged tail
 never sets the axis limits.
 """
@@ -20,11 +21,10 @@ never sets the axis limits.
 from __future__ import annotations
 
 import csv
+import io
 import json
-import os
-import re
-import tempfile
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,15 +39,14 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import LogFormatter
 
-from asynccorr.results import read_csv
+from asynccorr.results import atomic_write_bytes, parse_run_dir_name, read_csv
+from asynccorr.run_protocol import first_diverged_row
+from asynccorr.schemes import DISPLAY_ORDER
 
-RUN_DIR_RE = re.compile(r"^(?P<scheme>.+)-seed(?P<seed>\d+)$")
-SCHEME_ORDER = ("sequential", "sync", "async", "modify", "modify-safe", "modify-dense", "dc-asgd", "dc-asgd-a",
-                "staleness-lr", "gap-aware", "drop-stale")
 _PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-            "#bcbd22", "#17becf", "#393b79")
+            "#bcbd22", "#17becf", "#393b79")  # the colours of DISPLAY_ORDER, in its order
 _EXTRA_PALETTE = ("#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354", "#756bb1")
-FIGURE_NAMES = ("loss_vs_iteration", "gradient_error_vs_iteration", "tracking", "loss_vs_time", "staleness")
+FORMATS = ("png", "pdf")  # every figure is written in each
 MAX_POINTS = 2000  # points per plotted curve (long runs are resampled after smoothing)
 DPI = 150
 
@@ -85,16 +84,22 @@ class Run:
         return None
 
     @property
+    def divergence_bound(self) -> float:
+        """The run's ``train.divergence_loss`` (``config.json``); no bound if it does not say."""
+        train = self.config.get("train")
+        value = train.get("divergence_loss") if isinstance(train, dict) else None
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.inf
+
+    @property
     def valid_rows(self) -> int:
-        """Rows before the divergence point: before the first non-finite loss and before the update
-        ``diverged_at`` (all rows if neither)."""
-        bad = np.zeros(self.rows, bool)
-        for name in ("policy_loss", "value_loss"):
-            if name in self.metrics:
-                bad |= ~np.isfinite(self.metrics[name])
+        """Rows before the divergence point: before the first row that ``first_diverged_row`` flags
+        (with the run's own bound) and before the update ``diverged_at`` (all rows if neither)."""
+        bad = first_diverged_row(self.metrics, self.divergence_bound)
+        n = self.rows if bad is None else bad
         if self.diverged_at is not None:
-            bad |= self.metrics["iteration"] >= self.diverged_at
-        return int(np.argmax(bad)) if bad.any() else self.rows
+            past = self.metrics["iteration"] >= self.diverged_at
+            n = min(n, int(np.argmax(past))) if past.any() else n
+        return n
 
     @property
     def diverged(self) -> bool:
@@ -112,8 +117,8 @@ def load_runs(folder: Path) -> list[Run]:
         raise PlotError(f"experiment folder {folder} does not exist")
     if not folder.is_dir():
         raise PlotError(f"{folder} is not a directory")
-    runs = [_load_run(p, m["scheme"], int(m["seed"])) for p in sorted(folder.iterdir())
-            if p.is_dir() and not p.name.startswith(".") and (m := RUN_DIR_RE.match(p.name))]
+    runs = [_load_run(p, *name) for p in sorted(folder.iterdir())
+            if p.is_dir() and not p.name.startswith(".") and (name := parse_run_dir_name(p.name))]
     if not runs:
         raise PlotError(f"no run directories (<scheme>-seed<k>/) in {folder}")
     rank = {s: i for i, s in enumerate(scheme_order([r.scheme for r in runs]))}
@@ -161,14 +166,14 @@ def _one_line(e: BaseException) -> str:
 
 
 def scheme_order(schemes: Sequence[str]) -> list[str]:
-    """Distinct schemes: the known ones in their fixed order, then the others alphabetically."""
+    """Distinct schemes: the known ones in ``schemes.DISPLAY_ORDER``, then the others alphabetically."""
     present = set(schemes)
-    return [s for s in SCHEME_ORDER if s in present] + sorted(present - set(SCHEME_ORDER))
+    return [s for s in DISPLAY_ORDER if s in present] + sorted(present - set(DISPLAY_ORDER))
 
 
 def scheme_colors(schemes: Sequence[str]) -> dict[str, str]:
     """A fixed colour per known scheme; unknown ones get the extra colours in alphabetical order."""
-    colors = dict(zip(SCHEME_ORDER, _PALETTE))
+    colors = dict(zip(DISPLAY_ORDER, _PALETTE))
     others = [s for s in scheme_order(schemes) if s not in colors]
     colors.update({s: _EXTRA_PALETTE[i % len(_EXTRA_PALETTE)] for i, s in enumerate(others)})
     return {s: colors[s] for s in scheme_order(schemes)}
@@ -661,16 +666,28 @@ FIGURES: dict[str, Callable[[Sequence[Run], int | None], Figure]] = {
 
 
 def save_figure(fig: Figure, path: Path) -> None:
-    """Save atomically (temporary sibling, then ``os.replace``); format from the suffix."""
+    """Render in the format of the suffix (a PDF without a creation date, so it is reproducible)
+    and write it with ``results.atomic_write_bytes``."""
     fmt = path.suffix.lstrip(".")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format=fmt, dpi=DPI, metadata={"CreationDate": None} if fmt == "pdf" else None)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, dpi=DPI, metadata={"CreationDate": None} if fmt == "pdf" else None)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def write_figures(figures: Iterable[tuple[str, Figure]], out: Path) -> list[Path]:
+    """Save each (name, figure) as ``out/<name>.<format>`` in every one of ``FORMATS``; the paths written.
+
+    ``figures`` may be a generator: each figure is saved before the next is drawn.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, fig in figures:
+        for ext in FORMATS:
+            path = out / f"{name}.{ext}"
+            save_figure(fig, path)
+            written.append(path)
+    return written
 
 
 def plot_experiment(folder: Path, out_dir: Path | None = None, smooth: int | None = None) -> list[Path]:
@@ -678,12 +695,4 @@ def plot_experiment(folder: Path, out_dir: Path | None = None, smooth: int | Non
     folder = Path(folder)
     runs = load_runs(folder)
     out = Path(out_dir) if out_dir is not None else folder / "figures"
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, make in FIGURES.items():
-        fig = make(runs, smooth)
-        for ext in ("png", "pdf"):
-            path = out / f"{name}.{ext}"
-            save_figure(fig, path)
-            written.append(path)
-    return written
+    return write_figures(((name, make(runs, smooth)) for name, make in FIGURES.items()), out)

@@ -31,8 +31,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from asynccorr.plots import save_figure, scheme_colors
+from asynccorr.plots import scheme_colors, write_figures
 from asynccorr.regimes import RegimeConfig, group, summarize_cell
+from asynccorr.stats import mean_std_text
 
 METRICS = {  # name -> (summary key, title, colour map, log scale, format)
     "reach": ("reached", "fraction of seeds reaching sync's final loss (text: final loss)", "RdYlGn", False, ".2f"),
@@ -55,15 +56,11 @@ def _cell_grid(study: RegimeConfig, summaries: dict[tuple, dict[str, Any]], dela
             seeds = c["seeds"]
             if key == "reached":
                 values[i, j] = c["reached"] / seeds
-                mean, std, count = c["final_loss"]
-                loss = "–" if count == 0 else (f"{mean:.2f}±{std:.2f}" if count > 1 else f"{mean:.2f}")
-                texts[i][j] = f"{c['reached']}/{seeds}\n{loss}"
+                texts[i][j] = f"{c['reached']}/{seeds}\n{mean_std_text(c['final_loss'], '.2f', sep='±')}"
             else:
-                mean, std, count = c[key]
-                values[i, j] = mean
+                values[i, j] = c[key].mean
                 fmt = METRICS[next(k for k, v in METRICS.items() if v[0] == key)][4]
-                body = "–" if count == 0 else (f"{mean:{fmt}}±{std:{fmt}}" if count > 1 else f"{mean:{fmt}}")
-                texts[i][j] = f"{body}\n({count}/{seeds})"
+                texts[i][j] = f"{mean_std_text(c[key], fmt, sep='±')}\n({c[key].count}/{seeds})"
             if c["diverged"]:
                 texts[i][j] += f"\ndiv {c['diverged']}/{seeds}"
     return values, texts
@@ -137,12 +134,11 @@ def best_scheme(study: RegimeConfig, summaries: dict[tuple, dict[str, Any]], del
     cands = {s: summaries[(delay, plr, vlr, n, s)] for s in study.schemes if (delay, plr, vlr, n, s) in summaries}
     at_target = {s: c for s, c in cands.items() if c["at_target"] == c["seeds"]}
     if at_target:
-        s = min(at_target, key=lambda s: at_target[s]["time_to_target"][0])
-        mean, std, _ = at_target[s]["time_to_target"]
-        return s, f"{s}\nt={mean:.3g}±{std:.2g}s"
+        s = min(at_target, key=lambda s: at_target[s]["time_to_target"].mean)
+        return s, f"{s}\nt={mean_std_text(at_target[s]['time_to_target'], '.3g', sep='±', std_fmt='.2g')}s"
     reached = {s: c for s, c in cands.items() if c["reached"] > 0}
     if reached:
-        s = max(reached, key=lambda s: (reached[s]["reached"], -reached[s]["final_loss"][0]))
+        s = max(reached, key=lambda s: (reached[s]["reached"], -reached[s]["final_loss"].mean))
         return s, f"{s}\n{reached[s]['reached']}/{reached[s]['seeds']} reach\n(no target)"
     return None, "none"
 
@@ -174,17 +170,9 @@ def best_figure(study: RegimeConfig, rows: Sequence[dict[str, Any]]) -> Figure:
 
 def plot_study(study: RegimeConfig, rows: Sequence[dict[str, Any]], out: Path) -> list[Path]:
     """Write every heat map of the study as PNG and PDF into ``out``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     figures: dict[str, Figure] = {}
     for delay in study.delays:
         for metric in METRICS:
             figures[f"{metric}_{delay}"] = metric_figure(study, rows, delay, metric)
     figures["best_scheme"] = best_figure(study, rows)
-    written = []
-    for name, fig in figures.items():
-        for ext in ("png", "pdf"):
-            path = out / f"{name}.{ext}"
-            save_figure(fig, path)
-            written.append(path)
-    return written
+    return write_figures(figures.items(), out)

@@ -7,10 +7,13 @@ from one base experiment (``[experiment]`` of the study's TOML,
 here and nowhere else:
 
 ``final_loss``
-    mean policy loss over the last ``tail_fraction`` of the run's updates.
+    mean policy loss over the last ``tail_fraction`` of the run's updates
+    (``stats.final_window``: rounded down, at least one).
 ``diverged``
-    the run stopped as diverged (``RunResult.status``), a loss or a parameter is
-    not finite, or the policy loss ran away: ``|J| > blowup_loss`` or ``J < 0`` at
+    the run diverged as every run does (``RunResult.status``, or a metric row that
+    ``run_protocol.first_diverged_row`` flags with the experiment's
+    ``train.divergence_loss``), a parameter is not finite, or, the study's stricter
+    rule (``ran_away``), the policy loss ran away: ``|J| > blowup_loss`` or ``J < 0`` at
     some update (``max_abs_loss``, ``min_loss``). ``J`` sums non-negative utilities
     plus the critic's estimate of a non-negative cost-to-go, so it is negative only
     when the critic has run away (the untrained policy's loss is 27-31; runaway
@@ -31,10 +34,8 @@ here and nowhere else:
 Outputs in ``<results>/<name>/``: ``regimes.csv`` (one row per cell x scheme x
 seed, rewritten after every run, so an interrupted study keeps what it did),
 ``regimes.md`` (per cell x scheme, mean ± std over seeds, and each scheme's
-staleness tolerance) and the heat maps in ``figures/`` (``asynccorr.regime_plots``).
-Runs go to a ``spawn`` process pool (``jobs`` processes, each single-threaded
-XLA) in bundles that share compiled code, longest first; the simulation is
-deterministic, so the numbers do not depend on ``jobs`` (up to XLA's threading).
+staleness tolerance) and the heat maps in ``figures/`` (``asynccorr.regime_plots``);
+``asynccorr.regime_runs`` runs the study and writes them.
 """
 
 from __future__ import annotations
@@ -42,22 +43,19 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
-import os
-import time
 import tomllib
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from asynccorr.config import ConfigError, ExperimentConfig, from_dict, with_overrides
-from asynccorr.results import RunExistsError, atomic_write_text, write_csv
-
-SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+from asynccorr.results import atomic_write_text, write_csv
+from asynccorr.run_protocol import first_diverged_row
+from asynccorr.schemes import SCHEMES
+from asynccorr.stats import FINAL_FRACTION, final_window, mean_std, mean_std_text
 
 ROW_FIELDS = (
     "delay", "policy_lr", "value_lr", "workers", "scheme", "seed", "iterations", "dropped", "diverged",
@@ -80,19 +78,18 @@ class RegimeConfig:
     workers: tuple[int, ...] = (1, 4, 16, 64)  # grid axis: number of simulated workers N
     learning_rates: tuple[tuple[float, ...], ...] = ((3e-4, 1e-3), (1e-3, 3e-3))  # grid axis: (policy, value)
     delays: tuple[str, ...] = ("homogeneous", "stragglers")  # grid axis: delay model
-    schemes: tuple[str, ...] = ("sync", "async", "modify", "modify-safe", "dc-asgd", "dc-asgd-a",
-                                "staleness-lr", "gap-aware", "drop-stale")
+    # every scheme that fits the default nets (a dense Hessian does not), in the registry's (display) order
+    schemes: tuple[str, ...] = tuple(s for s in SCHEMES if SCHEMES[s].compute != "dense")
     seeds: tuple[int, ...] = (0, 1, 2)
     target_loss: float = 2.5  # iterations / simulated time until the smoothed policy loss is below this
     smooth: int = 20  # moving-mean window (updates) of that test
-    tail_fraction: float = 0.1  # final loss = mean over this last fraction of the updates
+    tail_fraction: float = FINAL_FRACTION  # final loss = mean over this last fraction of the updates
     reach_tolerance: float = 0.1  # reaches sync: final loss <= sync's final loss (same cell and seed) + this
     blowup_loss: float = 1000.0  # diverged: |policy loss| above this (or the loss below 0) at some update
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)  # base of every cell
 
     def __post_init__(self) -> None:
         from asynccorr.delays import DELAY_KINDS
-        from asynccorr.schemes import SCHEMES
 
         ExperimentConfig(name=self.name)  # same rule for the folder name
         for axis in ("workers", "learning_rates", "delays", "schemes", "seeds"):
@@ -173,13 +170,12 @@ def cell_config(study: RegimeConfig, cell: Cell, seed: int) -> ExperimentConfig:
 
 def plan(study: RegimeConfig) -> list[Task]:
     """Every run of the study, validated up front (e.g. modify-dense on a large net), longest first."""
-    from asynccorr.backends.sim import check_scheme_fits
-    from asynccorr.schemes import get_scheme
-    from asynccorr.trainer import build
+    from asynccorr.build import build
+    from asynccorr.schemes import check_scheme_fits, get_scheme
 
     learner, _ = build(study.experiment)
     for scheme in study.schemes:
-        check_scheme_fits(get_scheme(scheme), learner.num_params, study.experiment)
+        check_scheme_fits(get_scheme(scheme), learner.num_params, study.experiment.schemes)
     tasks = [Task(c, s, seed, cell_config(study, c, seed)) for c in cells(study) for s in study.schemes
              for seed in study.seeds]
     return sorted(tasks, key=lambda t: -t.cost)
@@ -199,6 +195,11 @@ def smoothed_first_below(loss: np.ndarray, target: float, window: int) -> int | 
     return int(below[0]) + window - 1 if below.size else None
 
 
+def ran_away(study: RegimeConfig, max_abs_loss: float, min_loss: float) -> bool:
+    """The study's runaway rule on top of divergence: ``|J| > blowup_loss`` or ``J < 0`` at some update."""
+    return max_abs_loss > study.blowup_loss or min_loss < 0
+
+
 def run_metrics(study: RegimeConfig, result: Any) -> dict[str, Any]:
     """The per-run metrics of the module docstring (all but ``reaches_sync``, which needs sync's runs)."""
     m = result.metrics
@@ -207,10 +208,10 @@ def run_metrics(study: RegimeConfig, result: Any) -> dict[str, Any]:
     with np.errstate(invalid="ignore"):
         max_abs = float(np.max(np.abs(loss))) if n else float("nan")
         lowest = float(np.min(loss)) if n else float("nan")
-    diverged = (getattr(result, "status", "completed") == "diverged" or not np.all(np.isfinite(loss))
-                or not np.all(np.isfinite(np.asarray(m.get("value_loss", loss), np.float64)))
-                or not np.all(np.isfinite(result.params)) or max_abs > study.blowup_loss or lowest < 0)
-    tail = max(1, math.ceil(study.tail_fraction * n))
+    diverged = (getattr(result, "status", "completed") == "diverged"
+                or first_diverged_row(m, study.experiment.train.divergence_loss) is not None
+                or not np.all(np.isfinite(result.params)) or ran_away(study, max_abs, lowest))
+    tail = final_window(n, study.tail_fraction)
     hit = None if diverged else smoothed_first_below(loss, study.target_loss, study.smooth)
     staleness = np.asarray(m.get("staleness", np.zeros(n)))
     final = result.evals[-1].summary
@@ -249,7 +250,7 @@ def mark_reaches_sync(study: RegimeConfig, rows: list[dict[str, Any]]) -> None:
         worst, lowest = r.get("max_abs_loss", float("nan")), r.get("min_loss", float("nan"))
         if not math.isfinite(worst) and math.isfinite(r["final_loss"]):
             worst, lowest = abs(r["final_loss"]), r["final_loss"]
-        if not r["diverged"] and (worst > study.blowup_loss or lowest < 0):
+        if not r["diverged"] and ran_away(study, worst, lowest):
             r.update(diverged=True, final_loss=float("nan"), iters_to_target=float("nan"),
                      time_to_target=float("nan"))
     baseline = {key(r): r["final_loss"] for r in rows if r["scheme"] == "sync"}
@@ -260,106 +261,11 @@ def mark_reaches_sync(study: RegimeConfig, rows: list[dict[str, Any]]) -> None:
                                  and r["final_loss"] <= b + study.reach_tolerance)
 
 
-def _run_task(study: RegimeConfig, task: Task) -> dict[str, Any]:
-    from asynccorr.runs import train
-
-    start = time.perf_counter()
-    result = train(task.config, task.scheme)
-    row = {"delay": task.cell.delay, "policy_lr": task.cell.policy_lr, "value_lr": task.cell.value_lr,
-           "workers": task.cell.workers, "scheme": task.scheme, "seed": task.seed, **run_metrics(study, result),
-           "sync_final_loss": float("nan"), "reaches_sync": False}
-    row["wall_time_s"] = round(time.perf_counter() - start, 3)
-    return row
-
-
-def _run_bundle(study: RegimeConfig, tasks: Sequence[Task]) -> list[dict[str, Any]]:
-    return [_run_task(study, t) for t in tasks]
-
-
-def bundles(tasks: Sequence[Task]) -> list[list[Task]]:
-    """Tasks that share jit-compiled code (same step size and scheme; sync: also the same N), longest first.
-
-    A bundle runs in one process, so each process compiles only what its bundles need
-    (compiling is several seconds per function; a study has dozens of them).
-    """
-    out: dict[tuple, list[Task]] = {}
-    for t in tasks:
-        key = (t.cell.policy_lr, t.cell.value_lr, t.scheme, t.cell.workers if t.scheme == "sync" else 0)
-        out.setdefault(key, []).append(t)
-    return sorted(out.values(), key=lambda b: -sum(t.cost for t in b))
-
-
-# ---------------------------------------------------------------------------------------------- running
-
-
-def study_dir(results_root: Path, study: RegimeConfig) -> Path:
-    return Path(results_root) / study.name
-
-
-def check_no_existing_study(folder: Path) -> None:
-    if (folder / "regimes.csv").exists() or (folder / "regimes.md").exists():
-        raise RunExistsError(f"study folder {folder} already holds a study (pass --overwrite to replace it)")
-
-
-def run_study(study: RegimeConfig, results_root: Path, jobs: int = 1, overwrite: bool = False,
-              on_run: Callable[[int, int, dict[str, Any]], None] | None = None) -> tuple[Path, list[dict[str, Any]]]:
-    """Run every cell x scheme x seed, write ``regimes.csv``, ``regimes.md`` and the heat maps."""
-    if jobs < 1:
-        raise ConfigError(f"jobs must be >= 1, got {jobs!r}")
-    folder = study_dir(results_root, study)
-    if not overwrite:
-        check_no_existing_study(folder)
-    tasks = plan(study)
-    folder.mkdir(parents=True, exist_ok=True)
-    for stale in ("regimes.csv", "regimes.md"):
-        (folder / stale).unlink(missing_ok=True)
-    rows: list[dict[str, Any]] = []
-
-    def done(row: dict[str, Any]) -> None:
-        rows.append(row)
-        write_rows(folder / "regimes.csv", study, rows)
-        if on_run is not None:
-            on_run(len(rows), len(tasks), row)
-
-    if jobs == 1:
-        for task in tasks:
-            done(_run_task(study, task))
-    else:
-        previous = os.environ.get("XLA_FLAGS")
-        os.environ["XLA_FLAGS"] = f"{previous} {SINGLE_THREAD_XLA}" if previous else SINGLE_THREAD_XLA
-        try:  # spawned children read the environment at start-up, before they import jax
-            with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-                futures = [pool.submit(_run_bundle, study, b) for b in bundles(tasks)]
-                for future in as_completed(futures):
-                    for row in future.result():
-                        done(row)
-        finally:
-            if previous is None:
-                os.environ.pop("XLA_FLAGS", None)
-            else:
-                os.environ["XLA_FLAGS"] = previous
-    return folder, render(study, folder, rows)
-
-
-def render(study: RegimeConfig, folder: Path, rows: Sequence[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """(Re)write ``regimes.csv``, ``regimes.md`` and the heat maps from ``rows`` (default: ``regimes.csv``).
-
-    Cells or runs missing from the rows (an interrupted study) are shown as missing.
-    """
-    from asynccorr.regime_plots import plot_study
-
-    folder = Path(folder)
-    if rows is None:
-        if not (folder / "regimes.csv").is_file():
-            raise ConfigError(f"no regimes.csv in {folder} to redraw")
-        rows = read_rows(folder / "regimes.csv")
+def study_rows(study: RegimeConfig, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of the study's cells, schemes and seeds (an edited study drops the others), in table order."""
     known = set(cells(study))
-    rows = sort_rows(study, [r for r in rows if r["scheme"] in study.schemes and r["seed"] in study.seeds
+    return sort_rows(study, [r for r in rows if r["scheme"] in study.schemes and r["seed"] in study.seeds
                              and Cell(r["delay"], r["policy_lr"], r["value_lr"], r["workers"]) in known])
-    write_rows(folder / "regimes.csv", study, rows)
-    write_table(folder / "regimes.md", study, rows)
-    plot_study(study, rows, folder / "figures")
-    return rows
 
 
 def sort_rows(study: RegimeConfig, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -401,21 +307,14 @@ def group(rows: Sequence[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
     return out
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
-    """Mean and (population) standard deviation of the finite values, and how many there were."""
-    v = np.array([x for x in values if math.isfinite(x)], np.float64)
-    if v.size == 0:
-        return float("nan"), float("nan"), 0
-    return float(v.mean()), float(v.std()), int(v.size)
-
-
 def summarize_cell(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Per cell x scheme: fractions over seeds, and mean ± std over the seeds where a value exists."""
+    """Per cell x scheme: counts over seeds, and each metric over the seeds where it has a value
+    (``stats.MeanStd``)."""
     out: dict[str, Any] = {"seeds": len(runs), "reached": sum(r["reaches_sync"] for r in runs),
                            "diverged": sum(r["diverged"] for r in runs)}
     for k in ("final_loss", "iters_to_target", "time_to_target", "rms_lateral", "mean_staleness", "dropped"):
         out[k] = mean_std([r[k] for r in runs])
-    out["at_target"] = out["iters_to_target"][2]
+    out["at_target"] = out["iters_to_target"].count
     return out
 
 
@@ -435,13 +334,6 @@ def staleness_tolerance(study: RegimeConfig, rows: Sequence[dict[str, Any]]) -> 
                         break
                 out[(d, plr, s)] = best
     return out
-
-
-def _pm(stats: tuple[float, float, int], fmt: str) -> str:
-    mean, std, count = stats
-    if count == 0:
-        return "–"
-    return f"{mean:{fmt}} ± {std:{fmt}}" if count > 1 else f"{mean:{fmt}}"
 
 
 def write_table(path: Path, study: RegimeConfig, rows: Sequence[dict[str, Any]]) -> None:
@@ -469,10 +361,13 @@ def write_table(path: Path, study: RegimeConfig, rows: Sequence[dict[str, Any]])
     for (d, plr, _vlr, n, s), runs in group(sort_rows(study, rows)).items():
         c = summarize_cell(runs)
         k = c["seeds"]
+        text = {key: mean_std_text(c[key], fmt) for key, fmt in (
+            ("final_loss", ".3f"), ("iters_to_target", ".0f"), ("time_to_target", ".3f"), ("rms_lateral", ".4f"),
+            ("mean_staleness", ".1f"), ("dropped", ".0f"))}
         lines.append(
-            f"| {d} | {plr:g} | {n} | {s} | {c['reached']}/{k} | {c['diverged']}/{k} | {_pm(c['final_loss'], '.3f')} "
-            f"| {_pm(c['iters_to_target'], '.0f')} ({c['at_target']}/{k}) | {_pm(c['time_to_target'], '.3f')} "
-            f"| {_pm(c['rms_lateral'], '.4f')} | {_pm(c['mean_staleness'], '.1f')} | {_pm(c['dropped'], '.0f')} |")
+            f"| {d} | {plr:g} | {n} | {s} | {c['reached']}/{k} | {c['diverged']}/{k} | {text['final_loss']} "
+            f"| {text['iters_to_target']} ({c['at_target']}/{k}) | {text['time_to_target']} "
+            f"| {text['rms_lateral']} | {text['mean_staleness']} | {text['dropped']} |")
     tol = staleness_tolerance(study, rows)
     lines += ["", "## Staleness tolerance", "",
               ("The largest number of workers N of the grid up to which the scheme reached sync's final loss on "

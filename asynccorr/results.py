@@ -12,6 +12,7 @@ import io
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 import subprocess
@@ -26,6 +27,20 @@ import numpy as np
 
 class RunExistsError(FileExistsError):
     """The run directory already holds results and overwriting was not requested."""
+
+
+_RUN_DIR_NAME = re.compile(r"^(?P<scheme>.+)-seed(?P<seed>\d+)$")
+
+
+def run_dir_name(scheme: str, seed: int) -> str:
+    """The name of a run's directory in its experiment folder: ``<scheme>-seed<k>``."""
+    return f"{scheme}-seed{seed}"
+
+
+def parse_run_dir_name(name: str) -> tuple[str, int] | None:
+    """(scheme, seed) of a ``run_dir_name``; None for any other name (``figures``, ``summary.csv``)."""
+    match = _RUN_DIR_NAME.match(name)
+    return (match["scheme"], int(match["seed"])) if match else None
 
 
 def atomic_write_text(path: Path, text: str) -> None:

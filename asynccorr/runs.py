@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,20 +31,24 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
+from asynccorr.backends import BACKENDS, check_backend_runs, get_backend
 from asynccorr.checkpoint import Checkpoint, CheckpointError, load_latest_checkpoint, save_checkpoint
 from asynccorr.config import ExperimentConfig, to_dict, with_overrides
-from asynccorr.evaluation import TrackingSummary
+from asynccorr.evaluation import EvalRecord, TrackingSummary
 from asynccorr.results import (
     RunExistsError,
     atomic_write_bytes,
     atomic_write_text,
     prepare_run_dir,
+    run_dir_name,
     run_meta,
     write_csv,
     write_json,
 )
+from asynccorr.run_protocol import RunHooks, RunResult, TrainingInterrupted
 from asynccorr.schemes import SEQUENTIAL, get_scheme
-from asynccorr.trainer import EvalRecord, RunHooks, RunResult, TrainingInterrupted, train_sequential
+from asynccorr.stats import final_window, mean_std, mean_std_text
+from asynccorr.trainer import train_sequential
 
 SUMMARY_FIELDS = (
     "scheme", "seed", "status", "diverged_at", "workers", "iterations", "sim_time", "mean_staleness",
@@ -76,8 +79,13 @@ def run_backend(config: ExperimentConfig, scheme: str) -> str:
     return "sequential" if scheme == SEQUENTIAL else config.workers.backend
 
 
+def resumable(config: ExperimentConfig, scheme: str) -> bool:
+    """Whether a checkpoint of the run reproduces it bit for bit (the sequential trainer's always does)."""
+    return scheme == SEQUENTIAL or get_backend(config.workers.backend).resumable
+
+
 def run_dir_for(results_root: Path, config: ExperimentConfig, scheme: str) -> Path:
-    return Path(results_root) / config.name / f"{scheme}-seed{config.train.seed}"
+    return Path(results_root) / config.name / run_dir_name(scheme, config.train.seed)
 
 
 def train(config: ExperimentConfig, scheme: str,
@@ -86,19 +94,8 @@ def train(config: ExperimentConfig, scheme: str,
     hooks = hooks or RunHooks(on_chunk=on_chunk)
     if scheme == SEQUENTIAL:
         return train_sequential(config, hooks=hooks)
-    get_scheme(scheme)
-    backend = config.workers.backend
-    if backend == "mp":
-        from asynccorr.backends.mp import run_mp
-
-        return run_mp(config, scheme, hooks=hooks)
-    if backend == "ray":
-        from asynccorr.backends.ray_backend import run_ray
-
-        return run_ray(config, scheme, hooks=hooks)
-    from asynccorr.backends.sim import run_sim
-
-    return run_sim(config, scheme, hooks=hooks)
+    check_backend_runs(config.workers.backend, scheme)
+    return get_backend(config.workers.backend).run_function()(config, scheme, hooks=hooks)
 
 
 def _mean(values: np.ndarray) -> float:
@@ -110,7 +107,7 @@ def summarize_run(scheme: str, config: ExperimentConfig, result: RunResult, wall
     """One row of the comparison table."""
     m = result.metrics
     n = len(m["iteration"]) if "iteration" in m else 0
-    tail = max(1, n // 10)
+    tail = final_window(n)
     final: TrackingSummary = result.evals[-1].summary
     staleness = m.get("staleness", np.zeros(n))
     grad_error = m.get("grad_error", np.zeros(n))
@@ -250,8 +247,9 @@ def train_run(
     """
     run_dir = run_dir_for(results_root, config, scheme)
     backend = run_backend(config, scheme)
-    if resume is not False and backend in ("mp", "ray"):
-        raise ResumeError(f"cannot resume {run_dir}: resume needs workers.backend = 'sim' (an {backend} run is "
+    if resume is not False and not resumable(config, scheme):
+        able = " or ".join(repr(b.name) for b in BACKENDS.values() if b.resumable)
+        raise ResumeError(f"cannot resume {run_dir}: resume needs workers.backend = {able} (an {backend} run is "
                           "not reproducible from a checkpoint); start it again with --overwrite")
     if isinstance(resume, Checkpoint):
         checkpoint: Checkpoint | None = resume
@@ -297,17 +295,14 @@ def _finish(run_dir: Path, config: ExperimentConfig, scheme: str, backend: str, 
 
 def planned_runs(config: ExperimentConfig, schemes: Sequence[str], seeds: Sequence[int]) -> list[tuple[str, ExperimentConfig]]:
     """(scheme, config-with-seed) for every run of a comparison, validated up front."""
-    from asynccorr.backends.sim import check_scheme_fits
-    from asynccorr.trainer import build
+    from asynccorr.build import build
+    from asynccorr.schemes import check_scheme_fits
 
     learner, _ = build(config)
     for scheme in schemes:
         if scheme != SEQUENTIAL:
-            check_scheme_fits(get_scheme(scheme), learner.num_params, config)
-            if config.workers.backend != "sim":
-                from asynccorr.backends.serving import check_real_backend_scheme
-
-                check_real_backend_scheme(scheme, config.workers.backend)
+            check_scheme_fits(get_scheme(scheme), learner.num_params, config.schemes)
+            check_backend_runs(config.workers.backend, scheme)
     return [(s, with_overrides(config, train={"seed": seed})) for s in schemes for seed in seeds]
 
 
@@ -349,7 +344,7 @@ def resume_plan(results_root: Path, plan: Sequence[tuple[str, ExperimentConfig]]
             planned.append(PlannedRun(scheme, cfg, "reuse", row=row))
             continue
         try:
-            checkpoint = load_latest_checkpoint(run_dir) if run_backend(cfg, scheme) in ("sim", "sequential") else None
+            checkpoint = load_latest_checkpoint(run_dir) if resumable(cfg, scheme) else None
         except CheckpointError as exc:
             raise ResumeError(str(exc)) from None
         if checkpoint is None:
@@ -367,7 +362,7 @@ def check_no_existing_runs(results_root: Path, plan: Sequence[tuple[str, Experim
 
 
 def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per scheme: mean and standard deviation over seeds of the numeric summary fields.
+    """Per scheme: each numeric summary field over seeds (``stats.MeanStd``), and counts.
 
     Means are over the seeds with a finite value: a diverged run has no final loss,
     and the ``diverged`` count says how many seeds are left out."""
@@ -377,10 +372,7 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         agg: dict[str, Any] = {"scheme": scheme, "seeds": len(group)}
         for key in ("final_policy_loss", "grad_error_mean", "grad_error_final", "rms_lateral", "mean_staleness",
                     "sim_time", "wall_time_s"):
-            values = np.array([r[key] for r in group], np.float64)
-            values = values[np.isfinite(values)]  # over the seeds that have a value (diverged ones are counted apart)
-            agg[key] = float(np.mean(values)) if len(values) else float("nan")
-            agg[key + "_std"] = float(np.std(values)) if len(values) > 1 else 0.0
+            agg[key] = mean_std(r[key] for r in group)
         agg["left_road"] = sum(bool(r["left_road"]) for r in group)
         agg["diverged"] = sum(r.get("status") == "diverged" for r in group)
         agg["diverged_at"] = [r["diverged_at"] for r in group if r.get("status") == "diverged"]
@@ -405,10 +397,7 @@ def write_summary(folder: Path, rows: Sequence[dict[str, Any]], title: str) -> N
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
 
     def pm(a: dict[str, Any], key: str, fmt: str) -> str:
-        v, s = a[key], a[key + "_std"]
-        if not math.isfinite(v):
-            return "nan"
-        return f"{v:{fmt}} ± {s:{fmt}}" if a["seeds"] > 1 else f"{v:{fmt}}"
+        return mean_std_text(a[key], fmt, missing="nan")
 
     for a in aggregate(rows):
         lines.append(f"| {a['scheme']} | {a['seeds']} | {diverged_text(a)} | {pm(a, 'final_policy_loss', '.3f')} | "

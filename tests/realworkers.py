@@ -74,18 +74,19 @@ def assert_worker_corrected_modify_run(result) -> None:
 
 def run_with_a_killed_and_a_hung_worker(run, backend: str):
     """Run 60 async updates with ``run`` (``run_mp`` or ``run_ray``): worker 0 is SIGKILLed after
-    the first 20, worker 1 hangs on its 3rd job; both must be replaced and the run complete."""
-    pids: dict[int, int] = {}
+    the first 20, worker 1 hangs on its 3rd job; both must be replaced and the run complete, and
+    the ``died`` and ``hung`` events name the pids of the processes that died and hung."""
+    first: dict[int, int] = {}  # worker -> pid of its first incarnation (from its ready event)
     killed: list[int] = []
 
     def on_event(e):
         if e["kind"] == "ready":
-            pids[e["worker"]] = e["pid"]
+            first.setdefault(e["worker"], e["pid"])
 
     def on_chunk(done, record):
         if not killed:
-            killed.append(pids[0])
-            os.kill(pids[0], signal.SIGKILL)
+            killed.append(first[0])
+            os.kill(first[0], signal.SIGKILL)
 
     cfg = tiny_config(backend, train={"iterations": 60, "eval_every": 20}, workers={"timeout": 2.0})
     result = run(cfg, "async", on_chunk=on_chunk, on_event=on_event, hang=(1, 3))
@@ -94,7 +95,9 @@ def run_with_a_killed_and_a_hung_worker(run, backend: str):
     assert ("died", 0) in kinds and ("hung", 1) in kinds
     restarted = {e["worker"] for e in result.events if e["kind"] == "started" and e["incarnation"] == 1}
     assert restarted == {0, 1}
-    return result, killed[0]
+    assert next(e for e in result.events if e["kind"] == "died")["pid"] == killed[0]
+    assert next(e for e in result.events if e["kind"] == "hung")["pid"] == first[1]
+    return result
 
 
 def tagged_processes(tag: str) -> list[int]:

@@ -231,7 +231,3 @@ def test_resuming_a_finished_run_says_so_and_changes_nothing(capsys, earlier):
 def test_the_earlier_run_is_marked_completed(earlier):
     meta = json.loads((earlier.run_dir / "meta.json").read_text())
     assert meta["status"] == "completed" and meta["diverged_at"] is None
-
-
-def test_there_are_at_least_25_bad_inputs():
-    assert len(BAD_TOML) + len(CLI_CASES) + len(PLOT_CASES) + 2 >= 25

@@ -546,5 +546,5 @@ def test_params_can_be_vmapped_over_a_batch_of_amplitudes(name):
     ("max_steps", "200", "must be a number"),
 ])
 def test_make_rejects_an_override_of_the_wrong_type_naming_it(name, field, value, says):
-    with pytest.raises(ValueError, match=f"{field} {says}, got {value!r}".replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(TypeError, match=f"{field} {says}, got {value!r}".replace("[", r"\[").replace("]", r"\]")):
         make(name, **{field: value})

@@ -19,12 +19,12 @@ from realworkers import (  # noqa: F401
 )
 
 from asynccorr.backends.mp import SharedBlock, run_mp
+from asynccorr.build import make_optimizer
 from asynccorr.config import ConfigError, ExperimentConfig, with_overrides
 from asynccorr.learner import Learner, Losses
 from asynccorr.runs import planned_runs
 from asynccorr.schemes import get_scheme, make_correction
 from asynccorr.server import init_server, make_message_update
-from asynccorr.trainer import make_optimizer
 
 # ----------------------------------------------------------------------------- shared memory
 
@@ -92,7 +92,7 @@ def test_the_real_backends_server_stops_at_the_first_diverging_update_and_flushe
     """As on sim: rows up to and including the bad update, the parameters before it, status diverged."""
     from asynccorr.backends.serving import ServerRole
     from asynccorr.backends.worker import Message
-    from asynccorr.trainer import RunHooks
+    from asynccorr.run_protocol import RunHooks
 
     cfg = tiny_config("mp", train={"iterations": 10, "eval_every": 2}, workers={"measure_grad_error": False})
     flushed: list[int] = []
@@ -146,8 +146,7 @@ def test_sync_on_mp_averages_one_direction_per_worker_per_version():
 
 @pytest.mark.slow
 def test_a_killed_worker_and_a_hung_worker_are_replaced_and_the_run_completes():
-    result, killed = run_with_a_killed_and_a_hung_worker(run_mp, "mp")
-    assert next(e for e in result.events if e["kind"] == "died")["pid"] == killed
+    run_with_a_killed_and_a_hung_worker(run_mp, "mp")
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -9,9 +10,10 @@ import pytest
 from matplotlib.collections import PolyCollection
 
 from asynccorr import plots
-from asynccorr.plots import FIGURE_NAMES, PlotError, load_runs, plot_experiment
-from asynccorr.results import write_csv, write_json
+from asynccorr.plots import FIGURES, PlotError, load_runs, plot_experiment
+from asynccorr.results import parse_run_dir_name, read_csv, run_dir_name, write_csv, write_json
 
+REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FRESH = ("sequential", "sync")
 
@@ -20,7 +22,7 @@ def make_run(folder: Path, scheme: str, seed: int, n: int = 40, diverge_at: int 
              meta: dict | None = None) -> Path:
     """A run directory in the layout ``asynccorr.runs`` writes, with plausible synthetic curves."""
     rng = np.random.default_rng(seed + 17 * len(scheme))
-    run = folder / f"{scheme}-seed{seed}"
+    run = folder / run_dir_name(scheme, seed)
     it = np.arange(1, n + 1)
     stale = np.zeros(n) if scheme in FRESH else rng.integers(0, 5, n).astype(float)
     loss = 20.0 * np.exp(-it / 15) + 1 + 0.2 * rng.random(n)
@@ -92,19 +94,20 @@ def plotted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, b
 # ---------------------------------------------------------------------------------------------- output
 
 
-def test_every_figure_is_written_as_png_and_pdf_into_the_figures_folder(plotted):
+def test_every_figure_is_written_as_a_valid_png_and_pdf_into_the_figures_folder(plotted):
     folder, _, paths = plotted
-    expected = {folder / "figures" / f"{name}.{ext}" for name in FIGURE_NAMES for ext in ("png", "pdf")}
-    assert set(paths) == expected and len(paths) == 10
+    expected = {folder / "figures" / f"{name}.{ext}" for name in FIGURES for ext in ("png", "pdf")}
+    assert set(paths) == expected and len(paths) == len(expected)
     for path in paths:
         data = path.read_bytes()
         assert len(data) > 1000
         assert data.startswith(PNG_MAGIC if path.suffix == ".png" else b"%PDF")
 
 
-def test_the_five_figures_are_the_documented_ones():
-    assert FIGURE_NAMES == ("loss_vs_iteration", "gradient_error_vs_iteration", "tracking", "loss_vs_time",
-                            "staleness")
+def test_plot_writes_exactly_the_figures_the_readme_shows(plotted):
+    _, _, paths = plotted
+    shown = set(re.findall(r"results/paper/figures/(\w+)\.png", (REPO / "README.md").read_text()))
+    assert {p.stem for p in paths} == shown
 
 
 def test_figures_go_to_the_requested_output_folder_which_is_created(tmp_path: Path):
@@ -140,6 +143,13 @@ def test_runs_are_ordered_by_the_fixed_scheme_order_then_seed_and_schemes_may_co
                                                    ("modify-safe", 1), ("zeta", 0)]
     assert runs[2].path == folder / "modify-safe-seed0"
     assert runs[2].metrics["policy_loss"].shape == (40,) and runs[2].config["workers"]["count"] == 4
+
+
+def test_run_directory_names_are_read_back_as_written_and_nothing_else_is_a_run():
+    for scheme, seed in (("modify-safe", 0), ("dc-asgd-a", 12), ("my-seed-scheme", 3)):
+        assert parse_run_dir_name(run_dir_name(scheme, seed)) == (scheme, seed)
+    for other in ("figures", "summary.csv", "async-seed", "async-seedx", "async"):
+        assert parse_run_dir_name(other) is None
 
 
 def test_each_scheme_keeps_one_colour_whatever_else_is_in_the_folder():
@@ -248,6 +258,24 @@ def test_a_diverged_seed_is_marked_with_an_x_where_it_stops_and_noted_in_the_leg
         if figure is plots.loss_vs_iteration:
             assert crosses[0].get_xdata()[0] == 25  # the last finite update before the nan
             assert np.isfinite(crosses[0].get_ydata()[0])
+
+
+def test_a_run_is_cut_at_the_first_row_the_divergence_rule_flags_with_its_own_bound(tmp_path: Path):
+    folder = tmp_path / "exp"
+    for seed, column, row, value in ((0, "value_loss", 30, 5e3), (1, "update_norm", 20, np.nan)):
+        run = make_run(folder, "async", seed)
+        metrics = read_csv(run / "metrics.csv")
+        metrics[column][row] = value
+        write_csv(run / "metrics.csv", metrics)
+
+    def cut(train: dict) -> list[tuple[bool, int]]:
+        for seed in (0, 1):
+            write_json(folder / run_dir_name("async", seed) / "config.json",
+                       {"name": "exp", "train": {"seed": seed, **train}})
+        return [(r.diverged, r.valid_rows) for r in load_runs(folder)]
+
+    assert cut({"divergence_loss": 1e3}) == [(True, 30), (True, 20)]
+    assert cut({}) == [(False, 40), (True, 20)]  # no bound recorded: only the non-finite row counts
 
 
 def test_a_run_that_stopped_early_is_diverged_when_its_meta_says_so(tmp_path: Path):

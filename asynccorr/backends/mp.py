@@ -1,29 +1,27 @@
-"""The ``mp`` backend: real parallel workers as processes on this machine.
+"""The ``mp`` backend's transport: real parallel workers as processes on this machine.
+
+``supervisor.supervise`` runs the loop (start, ready, messages, death, hang,
+replacement, Ctrl-C, cleanup); this module is how it reaches its workers:
 
 * Workers are ``multiprocessing`` processes of the ``spawn`` context (JAX does
   not survive ``fork``), started with one XLA/BLAS thread each
   (``worker.WORKER_ENV``) so that N workers use N cores, with SIGINT ignored (the
   server handles Ctrl-C for everyone) and, on Linux, killed if the server dies.
 * Server -> workers: one ``SharedBlock`` (``multiprocessing.shared_memory``):
-  the flat float32 parameters under a seqlock with their version, a stop flag
-  and one heartbeat per worker. Workers read ``(theta_k, k)`` whenever they
-  start a job and, for ``modify``, again before the Hessian-vector product.
+  the flat float32 parameters under a seqlock with their version, a stop flag, a
+  go flag and one heartbeat per worker. Workers pull their own jobs: they read
+  ``(theta_k, k)`` whenever they start one (``sync``: once per version) and, for
+  ``modify``, again before the Hessian-vector product.
 * Workers -> server: one pipe per worker carrying ``worker.Ready`` and
   ``worker.Message`` (a pipe per worker, not a shared queue: a worker killed
   while writing can only corrupt its own channel, never block the others).
-* The server (this process) waits on every pipe and every process sentinel at
-  once, applies messages with ``serving.ServerRole`` and publishes each new
-  version to the block.
-
-Fault tolerance: a worker whose process ends (crash, SIGKILL) is seen through
-its sentinel at once; a worker whose current job is older than
-``workers.timeout`` seconds (heartbeat) is killed. Either way it is logged,
-recorded in ``RunResult.events`` and replaced by a fresh process with the same
-worker id. Complete messages it sent before dying are still applied (they are
-valid directions at a real ``theta_i``, and their staleness is measured); a
-message cut off mid-write is dropped. Ctrl-C stops and reaps every worker,
-unlinks the shared memory and raises ``trainer.TrainingInterrupted`` carrying
-every metric so far.
+* Arrivals: the server (this process) waits on every pipe and every process
+  sentinel at once; a sentinel, or a pipe that ends, is a death.
+* Hang: a worker's heartbeat is the time its current job started (0 between jobs).
+* Replacement: complete messages still in a dead worker's pipe are drained (a
+  message cut off mid-write ends the drain); the process is terminated, then
+  killed. Cleanup sets the stop flag, reaps every process and unlinks the shared
+  memory.
 """
 
 from __future__ import annotations
@@ -41,18 +39,16 @@ from typing import Any
 
 import numpy as np
 
-from asynccorr.backends.serving import ServerRole, log
+from asynccorr.backends.serving import ServerRole
+from asynccorr.backends.supervisor import Arrival, Death, OnEvent, Transport, WorkerStartError, supervise
 from asynccorr.backends.worker import Message, Ready, WorkerCompute, WorkerSpec, worker_env
-from asynccorr.config import ExperimentConfig, to_dict
-from asynccorr.trainer import EvalRecord, RunHooks, RunResult, TrainingInterrupted
+from asynccorr.config import ExperimentConfig
+from asynccorr.evaluation import EvalRecord
+from asynccorr.run_protocol import RunHooks, RunResult
 
-STARTUP_TIMEOUT = 300.0  # seconds a new worker may take to import JAX and compile before it counts as hung
-START_FAILURES = 3  # a worker that dies this many times in a row before getting ready aborts the run
+__all__ = ["Processes", "SharedBlock", "WorkerStartError", "run_mp"]
+
 _HEADER = 4  # int64: seqlock sequence, version, stop flag, go flag
-
-
-class WorkerStartError(RuntimeError):
-    """A worker process keeps failing during start-up (a bug or a broken environment, not a fault to heal)."""
 
 
 class SharedBlock:
@@ -199,12 +195,9 @@ def _in_main_thread() -> bool:
 
 
 @dataclass
-class _Slot:
+class _Process:
     process: Any  # multiprocessing.Process
-    conn: connection.Connection
-    spec: WorkerSpec
-    started: float  # time.monotonic() at spawn
-    ready: bool = False
+    conn: connection.Connection  # the read end of its pipe
 
 
 def _reap(process: Any, grace: float) -> None:
@@ -218,14 +211,94 @@ def _reap(process: Any, grace: float) -> None:
         process.close()
 
 
-def run_mp(
-    config: ExperimentConfig,
-    scheme_name: str,
-    on_chunk: Callable[[int, EvalRecord], None] | None = None,
-    hooks: RunHooks | None = None,
-    on_event: Callable[[dict[str, Any]], None] | None = None,
-    hang: tuple[int, int] | None = None,
-) -> RunResult:
+class Processes(Transport):
+    """Worker processes, a pipe each, and the shared block (see the module docstring)."""
+
+    def __init__(self, workers: int, size: int) -> None:
+        self.ctx = mp.get_context("spawn")
+        self.block = SharedBlock.create(workers, size)
+        self.procs: dict[int, _Process] = {}
+
+    def spawn(self, spec: WorkerSpec) -> int | None:
+        reader, writer = self.ctx.Pipe(duplex=False)
+        args = (spec, self.block.name, self.block.workers, self.block.size, writer, os.getpid())
+        process = self.ctx.Process(target=_worker_main, args=args, name=f"asynccorr-worker-{spec.worker}",
+                                   daemon=True)
+        with _spawn_environment():
+            process.start()
+        writer.close()
+        self.procs[spec.worker] = _Process(process, reader)
+        return process.pid
+
+    def wait(self, timeout: float) -> Iterator[Arrival]:
+        """Every pipe and every sentinel at once; an ended pipe or process is a death."""
+        waitables: dict[Any, tuple[int, bool]] = {}  # pipe or sentinel -> (worker, is the sentinel)
+        for i, proc in self.procs.items():
+            waitables[proc.conn] = (i, False)
+            waitables[proc.process.sentinel] = (i, True)
+        dead: set[int] = set()
+        for ready in connection.wait(list(waitables), timeout=timeout):
+            i, exited = waitables[ready]
+            if i in dead:
+                continue  # the rest of its pipe is for drain
+            if not exited:
+                try:
+                    yield i, self.procs[i].conn.recv()
+                    continue
+                except (EOFError, OSError):
+                    pass
+            dead.add(i)
+            yield i, Death("died")
+
+    def publish(self, params: np.ndarray, version: int) -> None:
+        self.block.write(params, version)
+
+    def go(self) -> None:
+        self.block.go()
+
+    def busy_for(self, worker: int) -> float | None:
+        beat = float(self.block.heartbeat[worker])
+        return time.time() - beat if beat > 0 else None
+
+    def drain(self, worker: int) -> Iterator[Message]:
+        """Complete messages still in its pipe; a torn one ends the drain."""
+        conn = self.procs[worker].conn
+        with contextlib.suppress(EOFError, OSError, ValueError):
+            while conn.poll():
+                msg = conn.recv()
+                if isinstance(msg, Message):
+                    yield msg
+
+    def failure_note(self, worker: int) -> str:
+        return f" (last exit code {self.procs[worker].process.exitcode}); see its output above"
+
+    def stop(self, worker: int, death: Death) -> dict[str, Any]:
+        proc = self.procs.pop(worker)
+        exitcode = proc.process.exitcode if death.kind == "died" else None
+        _reap(proc.process, 0.5)
+        proc.conn.close()
+        self.block.heartbeat[worker] = 0.0
+        return {"exitcode": exitcode}
+
+    def close(self) -> None:
+        """Stop flag, pipes closed, SIGTERM to all (1 s in all to exit), SIGKILL to the rest, block unlinked."""
+        self.block.stop()
+        procs = list(self.procs.values())
+        for proc in procs:
+            proc.conn.close()
+        deadline = time.monotonic() + 1.0
+        for proc in procs:
+            proc.process.terminate()
+        for proc in procs:
+            proc.process.join(max(0.0, deadline - time.monotonic()))
+        for proc in procs:
+            _reap(proc.process, 0.0)
+        self.block.close()
+
+
+def run_mp(config: ExperimentConfig, scheme_name: str, on_chunk: Callable[[int, EvalRecord], None] | None = None,
+           hooks: RunHooks | None = None, on_event: OnEvent | None = None,
+           hang: tuple[int, int] | None = None) -> RunResult:
     """Train ``config.train.iterations`` server updates of ``scheme_name`` with worker processes.
 
     ``on_event`` sees every worker event (``started``, ``ready``, ``died``,
@@ -233,115 +306,4 @@ def run_mp(
     first process of that worker hangs forever on that job.
     """
     role = ServerRole(config, scheme_name, hooks or RunHooks(on_chunk=on_chunk))
-    ctx = mp.get_context("spawn")
-    count, size = config.workers.count, role.params.size
-    block = SharedBlock.create(count, size)
-    block.write(role.params, 0)
-    config_dict = to_dict(config)
-    slots: dict[int, _Slot] = {}
-
-    def event(kind: str, i: int, **fields: Any) -> None:
-        role.event(kind, i, **fields)
-        if on_event is not None:
-            on_event(role.events[-1])
-
-    def spawn(i: int, incarnation: int) -> None:
-        reader, writer = ctx.Pipe(duplex=False)
-        spec = WorkerSpec(config_dict, scheme_name, i, incarnation,
-                          hang[1] if hang is not None and hang[0] == i else 0)
-        process = ctx.Process(target=_worker_main, args=(spec, block.name, count, size, writer, os.getpid()),
-                              name=f"asynccorr-worker-{i}", daemon=True)
-        with _spawn_environment():
-            process.start()
-        writer.close()
-        slots[i] = _Slot(process, reader, spec, time.monotonic())
-        event("started", i, pid=process.pid, incarnation=incarnation)
-
-    def handle(i: int, msg: Any) -> None:
-        if isinstance(msg, Ready):
-            slots[i].ready = True
-            event("ready", i, pid=msg.pid)
-            if not block.going and all(slot.ready for slot in slots.values()):
-                role.start_clock()
-                block.go()
-                log.info("training: all %d workers ready", count)
-        elif isinstance(msg, Message) and role.receive(msg):
-            block.write(role.params, role.version)
-
-    failures = dict.fromkeys(range(count), 0)  # consecutive deaths before ready, per worker
-
-    def replace(i: int, kind: str, **fields: Any) -> None:
-        slot = slots[i]
-        failures[i] = 0 if slot.ready else failures[i] + 1
-        if failures[i] >= START_FAILURES:
-            raise WorkerStartError(f"worker {i} failed {failures[i]} times in a row before it was ready "
-                                   f"(last exit code {slot.process.exitcode}); see its output above")
-        del slots[i]
-        # complete messages already in the pipe are applied; a torn one ends the drain
-        with contextlib.suppress(EOFError, OSError, ValueError):
-            while not role.done and slot.conn.poll():
-                msg = slot.conn.recv()
-                if isinstance(msg, Message) and role.receive(msg):
-                    block.write(role.params, role.version)
-        pid = slot.process.pid
-        _reap(slot.process, 0.5)
-        slot.conn.close()
-        block.heartbeat[i] = 0.0
-        event(kind, i, pid=pid, **fields)
-        spawn(i, slot.spec.incarnation + 1)
-
-    interrupted = False
-    try:
-        for i in range(count):
-            spawn(i, 0)
-        role.warm_up()
-        role.evaluate_initial()
-        while not role.done:
-            waitables: dict[Any, tuple[int, str]] = {}
-            for i, slot in slots.items():
-                waitables[slot.conn] = (i, "conn")
-                waitables[slot.process.sentinel] = (i, "exit")
-            dead: dict[int, str] = {}
-            for ready in connection.wait(list(waitables), timeout=0.25):
-                i, what = waitables[ready]
-                if i in dead:
-                    continue
-                if what == "exit":
-                    dead[i] = "died"
-                    continue
-                try:
-                    handle(i, slots[i].conn.recv())
-                except (EOFError, OSError):
-                    dead[i] = "died"
-                if role.done:
-                    break
-            if role.done:
-                break
-            now = time.time()
-            for i, slot in list(slots.items()):
-                if i in dead:
-                    continue
-                beat = float(block.heartbeat[i])
-                job_hung = slot.ready and beat > 0 and now - beat > config.workers.timeout
-                start_hung = not slot.ready and time.monotonic() - slot.started > STARTUP_TIMEOUT
-                if job_hung or start_hung:
-                    dead[i] = "hung"
-            for i, kind in dead.items():
-                replace(i, kind, exitcode=slots[i].process.exitcode if kind == "died" else None)
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        block.stop()
-        for slot in slots.values():
-            slot.conn.close()
-        deadline = time.monotonic() + 1.0
-        for slot in slots.values():
-            slot.process.terminate()
-        for slot in slots.values():
-            slot.process.join(max(0.0, deadline - time.monotonic()))
-        for slot in slots.values():
-            _reap(slot.process, 0.0)
-        block.close()
-    if interrupted:
-        raise TrainingInterrupted(role.result("interrupted")) from None
-    return role.result()
+    return supervise(role, Processes(role.count, role.params.size), on_event, hang)

@@ -15,17 +15,19 @@ ENVIRONMENTS: dict[str, type[Environment]] = {
 
 
 def _check_number(name: str, value: Any, default: Any) -> None:
-    """An override must have its parameter's type: an integer where the default is one, else a number."""
+    """An override must have its parameter's type: an integer where the default is one, else a number
+    (``TypeError`` naming it)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number, got {value!r}")
+        raise TypeError(f"{name} must be a number, got {value!r}")
     if isinstance(default, int) and not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
+        raise TypeError(f"{name} must be an integer, got {value!r}")
 
 
 def make(name: str, **overrides: Any) -> tuple[Environment, Any]:
     """Build ``(env, params)`` by name; ``overrides`` replace default params.
 
-    Raises ``ValueError`` naming the bad environment or parameter.
+    Raises ``ValueError`` naming the bad environment or parameter (``TypeError`` for an
+    override of the wrong type).
     """
     if name not in ENVIRONMENTS:
         raise ValueError(f"env must be one of {sorted(ENVIRONMENTS)}, got {name!r}")

@@ -1,0 +1,129 @@
+"""Running a regime study (``asynccorr.regimes``) and writing its outputs.
+
+Runs go to a ``spawn`` process pool (``jobs`` processes, each single-threaded
+XLA) in bundles that share compiled code, longest first; the simulation is
+deterministic, so the numbers do not depend on ``jobs`` (up to XLA's threading).
+After every run ``regimes.csv`` is rewritten, so an interrupted study keeps what it
+did; at the end ``render`` writes ``regimes.md`` (``asynccorr.regimes``) and the heat
+maps (``asynccorr.regime_plots``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from asynccorr.config import ConfigError
+from asynccorr.regime_plots import plot_study
+from asynccorr.regimes import (
+    RegimeConfig,
+    Task,
+    plan,
+    read_rows,
+    run_metrics,
+    study_rows,
+    write_rows,
+    write_table,
+)
+from asynccorr.results import RunExistsError
+from asynccorr.runs import train
+
+SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+def _run_task(study: RegimeConfig, task: Task) -> dict[str, Any]:
+    start = time.perf_counter()
+    result = train(task.config, task.scheme)
+    row = {"delay": task.cell.delay, "policy_lr": task.cell.policy_lr, "value_lr": task.cell.value_lr,
+           "workers": task.cell.workers, "scheme": task.scheme, "seed": task.seed, **run_metrics(study, result),
+           "sync_final_loss": float("nan"), "reaches_sync": False}
+    row["wall_time_s"] = round(time.perf_counter() - start, 3)
+    return row
+
+
+def _run_bundle(study: RegimeConfig, tasks: Sequence[Task]) -> list[dict[str, Any]]:
+    return [_run_task(study, t) for t in tasks]
+
+
+def bundles(tasks: Sequence[Task]) -> list[list[Task]]:
+    """Tasks that share jit-compiled code (same step size and scheme; sync: also the same N), longest first.
+
+    A bundle runs in one process, so each process compiles only what its bundles need
+    (compiling is several seconds per function; a study has dozens of them).
+    """
+    out: dict[tuple, list[Task]] = {}
+    for t in tasks:
+        key = (t.cell.policy_lr, t.cell.value_lr, t.scheme, t.cell.workers if t.scheme == "sync" else 0)
+        out.setdefault(key, []).append(t)
+    return sorted(out.values(), key=lambda b: -sum(t.cost for t in b))
+
+
+def study_dir(results_root: Path, study: RegimeConfig) -> Path:
+    return Path(results_root) / study.name
+
+
+def check_no_existing_study(folder: Path) -> None:
+    if (folder / "regimes.csv").exists() or (folder / "regimes.md").exists():
+        raise RunExistsError(f"study folder {folder} already holds a study (pass --overwrite to replace it)")
+
+
+def run_study(study: RegimeConfig, results_root: Path, jobs: int = 1, overwrite: bool = False,
+              on_run: Callable[[int, int, dict[str, Any]], None] | None = None) -> tuple[Path, list[dict[str, Any]]]:
+    """Run every cell x scheme x seed, write ``regimes.csv``, ``regimes.md`` and the heat maps."""
+    if jobs < 1:
+        raise ConfigError(f"jobs must be >= 1, got {jobs!r}")
+    folder = study_dir(results_root, study)
+    if not overwrite:
+        check_no_existing_study(folder)
+    tasks = plan(study)
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in ("regimes.csv", "regimes.md"):
+        (folder / stale).unlink(missing_ok=True)
+    rows: list[dict[str, Any]] = []
+
+    def done(row: dict[str, Any]) -> None:
+        rows.append(row)
+        write_rows(folder / "regimes.csv", study, rows)
+        if on_run is not None:
+            on_run(len(rows), len(tasks), row)
+
+    if jobs == 1:
+        for task in tasks:
+            done(_run_task(study, task))
+    else:
+        previous = os.environ.get("XLA_FLAGS")
+        os.environ["XLA_FLAGS"] = f"{previous} {SINGLE_THREAD_XLA}" if previous else SINGLE_THREAD_XLA
+        try:  # spawned children read the environment at start-up, before they import jax
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+                futures = [pool.submit(_run_bundle, study, b) for b in bundles(tasks)]
+                for future in as_completed(futures):
+                    for row in future.result():
+                        done(row)
+        finally:
+            if previous is None:
+                os.environ.pop("XLA_FLAGS", None)
+            else:
+                os.environ["XLA_FLAGS"] = previous
+    return folder, render(study, folder, rows)
+
+
+def render(study: RegimeConfig, folder: Path, rows: Sequence[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """(Re)write ``regimes.csv``, ``regimes.md`` and the heat maps from ``rows`` (default: ``regimes.csv``).
+
+    Cells or runs missing from the rows (an interrupted study) are shown as missing.
+    """
+    folder = Path(folder)
+    if rows is None:
+        if not (folder / "regimes.csv").is_file():
+            raise ConfigError(f"no regimes.csv in {folder} to redraw")
+        rows = read_rows(folder / "regimes.csv")
+    rows = study_rows(study, rows)
+    write_rows(folder / "regimes.csv", study, rows)
+    write_table(folder / "regimes.md", study, rows)
+    plot_study(study, rows, folder / "figures")
+    return rows
