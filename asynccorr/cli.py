@@ -273,18 +273,20 @@ def compare(
 
 @app.command()
 def plot(
-    folder: Annotated[Path, typer.Argument(help="An experiment folder, e.g. results/paper.")],
-    out: Annotated[Path | None, typer.Option(help="Where to write figures (default: <folder>/figures).")] = None,
+    folder: Annotated[Path, typer.Argument(help="A results root (every experiment beneath it), an experiment "
+                                                "folder (results/paper) or one run directory.")],
+    out: Annotated[Path | None, typer.Option(help="Where to write figures (default: <folder>/figures for each "
+                                                  "experiment or run).")] = None,
 ) -> None:
     """Write the loss, gradient-error, tracking, loss-vs-time and staleness figures (PNG and PDF)."""
-    from asynccorr.plots import PlotError, plot_experiment
+    from asynccorr.plots import PlotError, plot_path
 
     try:
-        paths = plot_experiment(folder, out)
+        paths = plot_path(folder, out)
     except PlotError as exc:
         raise CliError(str(exc)) from None
-    for p in paths:
-        Console().print(str(p))
+    for p in paths:  # one path a line, never wrapped: for the reader and for scripts
+        typer.echo(str(p))
 
 
 DEFAULT_REGIMES = Path("experiments/regimes.toml")

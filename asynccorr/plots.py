@@ -693,6 +693,46 @@ def write_figures(figures: Iterable[tuple[str, Figure]], out: Path) -> list[Path
 def plot_experiment(folder: Path, out_dir: Path | None = None, smooth: int | None = None) -> list[Path]:
     """Write every figure of ``folder`` as PNG and PDF into ``out_dir`` (default ``folder/figures``)."""
     folder = Path(folder)
-    runs = load_runs(folder)
-    out = Path(out_dir) if out_dir is not None else folder / "figures"
+    return _plot_runs(load_runs(folder), Path(out_dir) if out_dir is not None else folder / "figures", smooth)
+
+
+def _plot_runs(runs: Sequence[Run], out: Path, smooth: int | None) -> list[Path]:
     return write_figures(((name, make(runs, smooth)) for name, make in FIGURES.items()), out)
+
+
+def _is_run_dir(path: Path) -> bool:
+    return path.is_dir() and parse_run_dir_name(path.name) is not None and (path / "metrics.csv").is_file()
+
+
+def experiment_folders(root: Path) -> list[Path]:
+    """The folders at or beneath ``root`` that hold run directories (``<scheme>-seed<k>/``), sorted."""
+    root = Path(root)
+    found = []
+    for folder in sorted([root, *(p for p in root.rglob("*") if p.is_dir())]):
+        if any(part.startswith(".") or part == "figures" for part in folder.relative_to(root).parts):
+            continue
+        if not _is_run_dir(folder) and any(_is_run_dir(p) for p in folder.iterdir()):
+            found.append(folder)
+    return found
+
+
+def plot_path(path: Path, out_dir: Path | None = None, smooth: int | None = None) -> list[Path]:
+    """Plot what ``path`` holds: one run directory (figures of that run), an experiment folder, or a
+    results root (every experiment folder beneath it; with ``out_dir``, each into
+    ``out_dir/<its path under the root>``). A ``PlotError`` when nothing there is plottable."""
+    path = Path(path)
+    if not path.exists():
+        raise PlotError(f"results path {path} does not exist")
+    if not path.is_dir():
+        raise PlotError(f"{path} is not a directory")
+    if _is_run_dir(path):
+        out = Path(out_dir) if out_dir is not None else path / "figures"
+        return _plot_runs([_load_run(path, *parse_run_dir_name(path.name))], out, smooth)
+    folders = experiment_folders(path)
+    if not folders:
+        raise PlotError(f"no run directories (<scheme>-seed<k>/) in {path} or beneath it")
+    paths: list[Path] = []
+    for folder in folders:
+        out = None if out_dir is None else Path(out_dir) / folder.relative_to(path)
+        paths.extend(plot_experiment(folder, out, smooth))
+    return paths

@@ -7,10 +7,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from clitools import run_cli
 from matplotlib.collections import PolyCollection
 
 from asynccorr import plots
-from asynccorr.plots import FIGURES, FORMATS, PlotError, load_runs, plot_experiment
+from asynccorr.plots import (
+    FIGURES,
+    FORMATS,
+    PlotError,
+    experiment_folders,
+    load_runs,
+    plot_experiment,
+    plot_path,
+)
 from asynccorr.results import parse_run_dir_name, read_csv, run_dir_name, write_csv, write_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -351,3 +360,51 @@ def test_a_metrics_file_without_the_loss_column_is_a_plot_error(experiment: Path
 
 def test_plot_error_is_a_value_error():
     assert issubclass(PlotError, ValueError)
+
+
+# ----------------------------------------------------------------------------- plot PATH: a root, an experiment, a run
+
+
+def test_plotting_a_results_root_plots_every_experiment_beneath_it_and_nothing_else(tmp_path: Path):
+    root = tmp_path / "results"
+    make_experiment(root / "paper", schemes=("async", "modify"), seeds=(0,))
+    make_experiment(root / "studies" / "fast", schemes=("sync",), seeds=(0, 1))
+    (root / "regimes").mkdir(parents=True)
+    (root / "regimes" / "regimes.md").write_text("# a study without run directories\n")
+    paths = plot_path(root)
+    per_figure = len(FIGURES) * len(FORMATS)
+    assert len(paths) == 2 * per_figure
+    assert {p.parent for p in paths} == {root / "paper" / "figures", root / "studies" / "fast" / "figures"}
+    assert not (root / "figures").exists() and not (root / "regimes" / "figures").exists()
+    assert experiment_folders(root) == [root / "paper", root / "studies" / "fast"]  # figures/ never counted
+
+
+def test_plotting_a_root_with_out_mirrors_each_experiment_under_it(tmp_path: Path):
+    root = tmp_path / "results"
+    make_experiment(root / "a", schemes=("async",), seeds=(0,))
+    make_experiment(root / "b", schemes=("async",), seeds=(0,))
+    paths = plot_path(root, out_dir=tmp_path / "figs")
+    assert {p.parent for p in paths} == {tmp_path / "figs" / "a", tmp_path / "figs" / "b"}
+
+
+def test_plotting_one_run_directory_draws_that_run_into_its_own_figures_folder(tmp_path: Path):
+    run = make_run(tmp_path / "exp", "modify", 3)
+    make_run(tmp_path / "exp", "async", 3)
+    paths = plot_path(run)
+    assert len(paths) == len(FIGURES) * len(FORMATS) and {p.parent for p in paths} == {run / "figures"}
+    assert all(p.read_bytes()[:8] == PNG_MAGIC for p in paths if p.suffix == ".png")
+
+
+def test_the_cli_plots_the_root_and_prints_every_file_it_wrote(capsys, tmp_path: Path):
+    root = tmp_path / "results"
+    make_experiment(root / "paper", schemes=("async",), seeds=(0,))
+    code, out, err = run_cli(capsys, "plot", str(root))
+    assert code == 0, err
+    written = sorted((root / "paper" / "figures").iterdir())
+    assert sorted(Path(line) for line in out.split()) == written
+
+
+def test_a_root_with_nothing_plottable_beneath_it_is_one_line_and_exit_2(capsys, tmp_path: Path):
+    (tmp_path / "results" / "regimes").mkdir(parents=True)
+    code, _, err = run_cli(capsys, "plot", str(tmp_path / "results"))
+    assert code == 2 and "no run directories" in err and "beneath it" in err and len(err.strip().splitlines()) == 1
