@@ -10,15 +10,19 @@ Pytrees are rebuilt against a template of the same structure (e.g. from
 
 Each file is written to a temporary sibling, flushed to disk and moved into
 place with ``os.replace``: a crash leaves either the previous checkpoint or the
-new one, never a torn file. The two latest are kept.
+new one, never a torn file. The two latest are kept. Each records a SHA-256 of its
+arrays, verified on load: a checkpoint damaged afterwards (a failing disk, an
+interrupted copy) is skipped, with a note, for the newest one that loads and verifies.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
-from collections.abc import Mapping, Sequence
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -64,7 +68,8 @@ def save_checkpoint(run_dir: Path, checkpoint: Checkpoint, keep: int = KEEP) -> 
     folder = Path(run_dir) / CHECKPOINT_DIR
     folder.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
-    info = json.dumps({"iteration": checkpoint.iteration, **checkpoint.info}, sort_keys=True)
+    info = json.dumps({"iteration": checkpoint.iteration, **checkpoint.info, "sha256": digest(checkpoint.arrays)},
+                      sort_keys=True)
     np.savez(buf, **checkpoint.arrays, **{_INFO: np.array(info)})
     path = folder / f"ckpt-{checkpoint.iteration:09d}.npz"
     atomic_write_bytes(path, buf.getvalue())
@@ -73,26 +78,50 @@ def save_checkpoint(run_dir: Path, checkpoint: Checkpoint, keep: int = KEEP) -> 
     return path
 
 
+def digest(arrays: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 of named arrays (names, dtypes, shapes and bytes, in name order)."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
 def read_checkpoint(path: Path) -> Checkpoint:
+    """One checkpoint file, verified against its recorded digest; ``CheckpointError`` saying why not."""
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
         info = json.loads(str(arrays.pop(_INFO)))
-        return Checkpoint(int(info.pop("iteration")), arrays, info)
-    except (OSError, ValueError, KeyError) as exc:
+        iteration = int(info.pop("iteration"))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"checkpoint {path} is unreadable: {exc}") from None
+    recorded = info.pop("sha256", None)
+    if recorded is not None and recorded != digest(arrays):
+        raise CheckpointError(f"checkpoint {path} is corrupt: its arrays do not match their recorded SHA-256")
+    return Checkpoint(iteration, arrays, info)
 
 
-def load_latest_checkpoint(run_dir: Path) -> Checkpoint | None:
-    """The newest readable checkpoint of a run directory, or None if it has none."""
-    error: CheckpointError | None = None
-    for path in checkpoint_files(run_dir):
+def load_latest_checkpoint(run_dir: Path, on_skip: Callable[[str], None] | None = None) -> Checkpoint | None:
+    """The newest checkpoint of a run directory that loads and verifies, or None if it has none.
+
+    A damaged one is skipped for the one before it (``on_skip`` gets one line about it);
+    when none loads, a ``CheckpointError`` names the run and the newest one's fault. Nothing
+    is deleted."""
+    files = checkpoint_files(run_dir)
+    errors: list[CheckpointError] = []
+    for path in files:
         try:
-            return read_checkpoint(path)
+            checkpoint = read_checkpoint(path)
         except CheckpointError as exc:  # fall back to the previous one
-            error = exc
-    if error is not None:
-        raise error
+            errors.append(exc)
+            if on_skip is not None:
+                on_skip(f"skipped {exc}")
+            continue
+        return checkpoint
+    if errors:
+        raise CheckpointError(f"no checkpoint of {run_dir} loads ({len(files)} tried; newest: {errors[0]})")
     return None
 
 

@@ -40,6 +40,11 @@ SCHEME_HELP = ", ".join([SEQUENTIAL, *SCHEMES]) + "."
 ADDRESS_HELP = "Ray cluster address (overrides workers.address); default: start a local Ray."
 
 
+def _warn(message: str) -> None:
+    """One line on stderr that does not stop the command."""
+    console.print(f"warning: {message}", markup=False, soft_wrap=True)
+
+
 @app.callback()
 def _root() -> None:
     """asynccorr: train, compare and plot asynchronous-SGD schemes on vehicle path tracking."""
@@ -150,7 +155,7 @@ def train(
     checkpoint = None
     if resume:
         try:
-            checkpoint = resume_checkpoint(run_dir_for(results, cfg, scheme), cfg, scheme)
+            checkpoint = resume_checkpoint(run_dir_for(results, cfg, scheme), cfg, scheme, on_skip=_warn)
         except RunFinished as exc:
             print(str(exc))
             return
@@ -225,7 +230,7 @@ def compare(
                          schemes={"compare": scheme_list, "seeds": seed_list})
     plan = planned_runs(cfg, cfg.schemes.compare, cfg.schemes.seeds)
     if resume:
-        planned = resume_plan(results, plan)
+        planned = resume_plan(results, plan, on_skip=_warn)
         counts = {a: sum(p.action == a for p in planned) for a in ("reuse", "resume", "restart", "train")}
         console.print(f"resume: {counts['reuse']} finished runs reused, {counts['resume']} continued from a "
                       f"checkpoint, {counts['restart']} restarted, {counts['train']} to train")

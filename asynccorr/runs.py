@@ -203,7 +203,8 @@ def check_same_run(run_dir: Path, config: ExperimentConfig, scheme: str) -> dict
     return _read_json_dict(run_dir / "meta.json") or {}
 
 
-def resume_checkpoint(run_dir: Path, config: ExperimentConfig, scheme: str) -> Checkpoint:
+def resume_checkpoint(run_dir: Path, config: ExperimentConfig, scheme: str,
+                      on_skip: Callable[[str], None] | None = None) -> Checkpoint:
     """The checkpoint to continue ``run_dir`` from, after checking that it is the same run.
 
     Raises ``ResumeError`` (no run, a different config, no readable checkpoint) or
@@ -213,7 +214,7 @@ def resume_checkpoint(run_dir: Path, config: ExperimentConfig, scheme: str) -> C
     if status in FINISHED:
         raise RunFinished(f"run {run_dir} already finished (status {status}); nothing to resume")
     try:
-        checkpoint = load_latest_checkpoint(run_dir)
+        checkpoint = load_latest_checkpoint(run_dir, on_skip)
     except CheckpointError as exc:
         raise ResumeError(str(exc)) from None
     if checkpoint is None:
@@ -316,7 +317,8 @@ class PlannedRun(NamedTuple):
     checkpoint: Checkpoint | None = None  # resume: where it continues from
 
 
-def resume_plan(results_root: Path, plan: Sequence[tuple[str, ExperimentConfig]]) -> list[PlannedRun]:
+def resume_plan(results_root: Path, plan: Sequence[tuple[str, ExperimentConfig]],
+                on_skip: Callable[[str], None] | None = None) -> list[PlannedRun]:
     """Decide, before anything trains, how each run of ``plan`` is completed:
 
     * no run directory (or an empty one): ``train`` it;
@@ -344,7 +346,7 @@ def resume_plan(results_root: Path, plan: Sequence[tuple[str, ExperimentConfig]]
             planned.append(PlannedRun(scheme, cfg, "reuse", row=row))
             continue
         try:
-            checkpoint = load_latest_checkpoint(run_dir) if resumable(cfg, scheme) else None
+            checkpoint = load_latest_checkpoint(run_dir, on_skip) if resumable(cfg, scheme) else None
         except CheckpointError as exc:
             raise ResumeError(str(exc)) from None
         if checkpoint is None:

@@ -17,7 +17,7 @@ from clitools import run_cli
 
 from asynccorr import plots
 from asynccorr.backends.sim import run_sim
-from asynccorr.checkpoint import checkpoint_files, read_checkpoint
+from asynccorr.checkpoint import CheckpointError, checkpoint_files, load_latest_checkpoint, read_checkpoint
 from asynccorr.cli import main
 from asynccorr.config import ExperimentConfig, with_overrides
 from asynccorr.results import read_csv, write_csv, write_json
@@ -191,6 +191,70 @@ def test_checkpoints_do_not_change_results_and_a_resumed_run_equals_the_uninterr
     assert resumed == c and result.status == "completed"
     same_files(a, c)
     assert json.loads((c / "meta.json").read_text())["resumed_from"] == 4
+
+
+def _interrupted_copy(run: Path, dest: Path) -> Path:
+    """A copy of a finished run as a crash just before its end leaves it: final files missing, 'running'."""
+    shutil.copytree(run, dest)
+    for name in ("params.npy", "trajectory.csv"):
+        (dest / name).unlink()
+    write_json(dest / "meta.json", {**json.loads((dest / "meta.json").read_text()), "status": "running"})
+    return dest
+
+
+def test_resume_skips_a_truncated_newest_checkpoint_for_the_older_one_and_says_so(tmp_path, capsys):
+    """A real truncated file (as a failing disk leaves it): resume from the checkpoint before it,
+    one warning line, and the result equals the uninterrupted run's."""
+    cfg = tiny()
+    a, _, _ = train_run(cfg, "async", tmp_path / "a")
+    c = _interrupted_copy(a, tmp_path / "c" / a.parent.name / a.name)
+    newest, older = checkpoint_files(c)
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    code, _, err = run_cli(capsys, "train", "--scheme", "async", "--config", str(_tiny_toml(tmp_path, cfg)),
+                           "--results", str(tmp_path / "c"), "--resume", "--quiet")
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and newest.name in warnings[0] and "unreadable" in warnings[0]
+    assert json.loads((c / "meta.json").read_text())["resumed_from"] == read_checkpoint(older).iteration
+    same_files(a, c)
+
+
+def test_a_checkpoint_whose_arrays_were_altered_fails_its_checksum_and_is_skipped(tmp_path):
+    cfg = tiny()
+    a, _, _ = train_run(cfg, "async", tmp_path / "a")
+    newest, older = checkpoint_files(a)
+    ckpt = read_checkpoint(newest)
+    name = min(ckpt.arrays)
+    with np.load(newest, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays[name] = arrays[name] + 1  # the same file layout and recorded digest, other numbers
+    np.savez(newest, **arrays)
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        read_checkpoint(newest)
+    skipped: list[str] = []
+    assert load_latest_checkpoint(a, skipped.append).iteration == read_checkpoint(older).iteration
+    assert len(skipped) == 1 and "corrupt" in skipped[0]
+
+
+def test_when_no_checkpoint_loads_resume_is_one_line_exit_2_and_nothing_is_deleted(tmp_path, capsys):
+    cfg = tiny()
+    a, _, _ = train_run(cfg, "async", tmp_path / "a")
+    c = _interrupted_copy(a, tmp_path / "c" / a.parent.name / a.name)
+    for path in checkpoint_files(c):
+        path.write_bytes(path.read_bytes()[:100])
+    before = {p.name: p.read_bytes() for p in sorted((c / "checkpoint").iterdir())}
+    code, _, err = run_cli(capsys, "train", "--scheme", "async", "--config", str(_tiny_toml(tmp_path, cfg)),
+                           "--results", str(tmp_path / "c"), "--resume", "--quiet")
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "no checkpoint of" in errors[0] and "loads" in errors[0]
+    assert {p.name: p.read_bytes() for p in sorted((c / "checkpoint").iterdir())} == before
+
+
+def _tiny_toml(folder: Path, cfg: ExperimentConfig) -> Path:
+    """``cfg`` as an experiment TOML the CLI reads back to the same resolved config."""
+    path = folder / "tiny.toml"
+    path.write_text(COMPARE_TOML.replace('name = "tiny"', f'name = "{cfg.name}"'))
+    return path
 
 
 def _wait_for_checkpoint(proc: subprocess.Popen, run_dir: Path, past: int, timeout: float = 240.0) -> int:
