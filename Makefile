@@ -38,6 +38,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_env.py
 	$(BIN)/python benchmarks/bench_direction.py
 	$(BIN)/python benchmarks/bench_backends.py
+	$(BIN)/python benchmarks/bench_flush.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

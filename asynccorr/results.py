@@ -2,7 +2,10 @@
 
 Every file is written to a temporary sibling and moved into place with
 ``os.replace``, so a crash never leaves a half-written file; an existing run
-directory is never replaced unless the caller asks to overwrite it.
+directory is never replaced unless the caller asks to overwrite it. The one
+exception is a training run's growing metrics table (``CsvLog``): rows are appended
+at each evaluation point (a full rewrite each time would cost the square of the run's
+length), so a crash may leave a torn last line, which ``read_csv`` drops.
 """
 
 from __future__ import annotations
@@ -76,6 +79,11 @@ def _json_default(value: Any) -> Any:
 
 def write_csv(path: Path, columns: Mapping[str, Sequence[Any] | np.ndarray]) -> None:
     """Write equal-length columns as CSV (floats with repr precision, deterministic)."""
+    atomic_write_text(path, csv_text(columns))
+
+
+def csv_text(columns: Mapping[str, Sequence[Any] | np.ndarray], start: int = 0, header: bool = True) -> str:
+    """Rows ``start ..`` of equal-length columns as CSV text (with the header line if asked)."""
     names = list(columns)
     arrays = [np.asarray(columns[n]) for n in names]
     lengths = {a.shape[0] for a in arrays}
@@ -83,10 +91,32 @@ def write_csv(path: Path, columns: Mapping[str, Sequence[Any] | np.ndarray]) -> 
         raise ValueError(f"columns have different lengths: {dict(zip(names, (a.shape[0] for a in arrays)))}")
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(names)
-    for row in zip(*arrays):
+    if header:
+        writer.writerow(names)
+    for row in zip(*(a[start:] for a in arrays)):
         writer.writerow([_fmt(v) for v in row])
-    atomic_write_text(path, buf.getvalue())
+    return buf.getvalue()
+
+
+class CsvLog:
+    """A CSV table that only grows while a run trains: its first ``write`` (of this process) writes
+    the whole table atomically, each later one appends the rows beyond those written, flushed to
+    disk. The text is the same as ``write_csv``'s of the same columns."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.rows: int | None = None  # rows on disk, once this log has written the table
+
+    def write(self, columns: Mapping[str, Sequence[Any] | np.ndarray]) -> None:
+        n = len(np.asarray(next(iter(columns.values())))) if columns else 0
+        if self.rows is None or n < self.rows:
+            write_csv(self.path, columns)
+        elif n > self.rows:
+            with open(self.path, "a", newline="") as f:
+                f.write(csv_text(columns, start=self.rows, header=False))
+                f.flush()
+                os.fsync(f.fileno())
+        self.rows = n
 
 
 def _fmt(value: Any) -> str:
@@ -100,9 +130,13 @@ def _fmt(value: Any) -> str:
 
 
 def read_csv(path: Path) -> dict[str, np.ndarray]:
-    """Read a CSV written by ``write_csv`` back into float columns."""
+    """Read a CSV written by ``write_csv`` (or a ``CsvLog``) back into float columns; a torn last
+    line (no line end: a crash during an append) is dropped."""
     with open(path, newline="") as f:
-        rows = list(csv.reader(f))
+        text = f.read()
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    rows = list(csv.reader(io.StringIO(text)))
     if not rows:
         raise ValueError(f"empty CSV file: {path}")
     header, body = rows[0], rows[1:]

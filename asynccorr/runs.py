@@ -7,7 +7,7 @@ The glue between the trainers (pure computation) and the results layout::
         meta.json       versions, commit, host, backend, wall time, summary; "status":
                         "running" while training, then "completed", "diverged" (with
                         "diverged_at") or "interrupted"
-        metrics.csv     one row per server update (rewritten at every evaluation point)
+        metrics.csv     one row per server update (new rows appended at every evaluation point)
         eval.csv        periodic closed-loop tracking evaluation (likewise)
         trajectory.csv  final policy on the fixed scenario
         params.npy      final flat parameter vector (of a diverged run: before the bad update)
@@ -36,6 +36,7 @@ from asynccorr.checkpoint import Checkpoint, CheckpointError, load_latest_checkp
 from asynccorr.config import ExperimentConfig, to_dict, with_overrides
 from asynccorr.evaluation import EvalRecord, TrackingSummary
 from asynccorr.results import (
+    CsvLog,
     RunExistsError,
     atomic_write_bytes,
     atomic_write_text,
@@ -142,9 +143,14 @@ def write_eval(run_dir: Path, evals: Sequence[EvalRecord]) -> None:
     })
 
 
-def write_progress(run_dir: Path, metrics: dict[str, np.ndarray], evals: Sequence[EvalRecord]) -> None:
-    """The metrics and evaluations so far (called at every evaluation point while training)."""
-    write_csv(run_dir / "metrics.csv", metrics)
+def write_progress(run_dir: Path, metrics: dict[str, np.ndarray], evals: Sequence[EvalRecord],
+                   log: CsvLog | None = None) -> None:
+    """The metrics and evaluations so far (called at every evaluation point while training: the
+    metrics through ``log``, which appends the new rows, and at the end in full)."""
+    if log is None:
+        write_csv(run_dir / "metrics.csv", metrics)
+    else:
+        log.write(metrics)
     write_eval(run_dir, evals)
 
 
@@ -241,7 +247,7 @@ def train_run(
     """Train one run and write its directory; returns (run dir, result, summary row).
 
     While it trains, ``meta.json`` says ``"status": "running"``, the metrics so far are
-    rewritten at every evaluation point and checkpoints are saved when due. With
+    appended at every evaluation point and checkpoints are saved when due. With
     ``resume`` the run continues from its latest checkpoint (see ``resume_checkpoint``), or
     from the given one.
     Ctrl-C writes the partial run (status ``interrupted``) and raises ``RunInterrupted``.
@@ -263,9 +269,10 @@ def train_run(
     write_json(run_dir / "meta.json", run_meta(backend, scheme, config.train.seed, {
         "experiment": config.name, "status": "running",
         **({"resumed_from": checkpoint.iteration} if checkpoint else {})}))
+    metrics_log = CsvLog(run_dir / "metrics.csv")
     hooks = RunHooks(
         on_chunk=on_chunk,
-        on_flush=lambda metrics, evals: write_progress(run_dir, metrics, evals),
+        on_flush=lambda metrics, evals: write_progress(run_dir, metrics, evals, metrics_log),
         on_checkpoint=lambda ckpt: save_checkpoint(run_dir, ckpt),
         resume=checkpoint,
     )

@@ -20,7 +20,7 @@ from asynccorr.backends.sim import run_sim
 from asynccorr.checkpoint import CheckpointError, checkpoint_files, load_latest_checkpoint, read_checkpoint
 from asynccorr.cli import main
 from asynccorr.config import ExperimentConfig, with_overrides
-from asynccorr.results import read_csv, write_csv, write_json
+from asynccorr.results import CsvLog, csv_text, read_csv, write_csv, write_json
 from asynccorr.run_protocol import RunHooks, TrainingInterrupted, first_diverged_row
 from asynccorr.runs import aggregate, diverged_text, train, train_run
 from asynccorr.runs import config_record as runs_config_record
@@ -458,3 +458,51 @@ def test_scheme_means_leave_out_seeds_without_a_value_and_count_the_diverged_one
     [agg] = aggregate(rows)
     assert agg["final_policy_loss"] == (3.0, 1.0, 2)  # mean, std, seeds with a value
     assert agg["diverged"] == 1 and diverged_text(agg) == "1/3 (at 9)"
+
+
+# ----------------------------------------------------------------------------- the growing metrics table
+
+
+def test_a_metrics_log_appends_only_new_rows_and_reads_the_same_as_a_full_write(tmp_path):
+    cols = {"iteration": np.arange(1, 31), "loss": np.linspace(3.0, 1.0, 30) / 7}
+    log = CsvLog(tmp_path / "log.csv")
+    sizes = []
+    for n in (10, 20, 30):
+        log.write({k: v[:n] for k, v in cols.items()})
+        sizes.append((tmp_path / "log.csv").stat().st_size)
+    write_csv(tmp_path / "full.csv", cols)
+    assert (tmp_path / "log.csv").read_bytes() == (tmp_path / "full.csv").read_bytes()
+    assert sizes[0] < sizes[1] < sizes[2]
+    # appended, not rewritten: the bytes of the first write are still the file's first bytes
+    first = csv_text({k: v[:10] for k, v in cols.items()}).encode()
+    assert (tmp_path / "log.csv").read_bytes().startswith(first)
+
+
+def test_a_torn_last_line_left_by_a_crash_mid_append_is_dropped_by_the_readers(tmp_path):
+    run = tmp_path / "exp" / "async-seed0"
+    cols = {"iteration": np.arange(1, 5), "policy_loss": [4.0, 3.0, 2.5, 2.0]}
+    write_csv(run / "metrics.csv", cols)
+    with open(run / "metrics.csv", "a") as f:
+        f.write("5,1.9")  # the crash: no line end
+    np.testing.assert_array_equal(read_csv(run / "metrics.csv")["iteration"], [1, 2, 3, 4])
+    write_csv(run / "eval.csv", {"iteration": [0, 4], "rms_lateral": [1.0, 0.5]})
+    write_json(run / "meta.json", {"status": "running"})
+    write_json(run / "config.json", {"name": "exp"})
+    [loaded] = plots.load_runs(tmp_path / "exp")
+    assert len(loaded.metrics["iteration"]) == 4
+
+
+def test_a_training_run_appends_its_metrics_at_each_evaluation_point(tmp_path, monkeypatch):
+    """While it trains the table grows by the new rows only; the finished file is the whole table."""
+    appended: list[int] = []
+    original = CsvLog.write
+
+    def spy(self, columns):
+        before = self.rows
+        original(self, columns)
+        appended.append(self.rows - (before or 0))
+
+    monkeypatch.setattr(CsvLog, "write", spy)
+    run, _, _ = train_run(tiny(train={"checkpoint_every": 0}), "async", tmp_path)
+    assert appended == [2] * 6  # 12 updates, eval_every 2: each flush writes its 2 new rows
+    assert read_csv(run / "metrics.csv")["iteration"].tolist() == list(range(1, 13))
