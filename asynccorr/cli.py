@@ -138,6 +138,7 @@ def train(
     from asynccorr.runs import (
         RunFinished,
         check_no_existing_runs,
+        check_unlocked,
         planned_runs,
         resume_checkpoint,
         run_dir_for,
@@ -152,6 +153,7 @@ def train(
     if env is not None and env != cfg.env.name:
         cfg = with_overrides(cfg, env={"name": env, "params": {}})
     [(scheme, cfg)] = planned_runs(cfg, [scheme], [cfg.train.seed])
+    check_unlocked(results, [(scheme, cfg)], take_over=resume or overwrite)
     checkpoint = None
     if resume:
         try:
@@ -213,6 +215,7 @@ def compare(
         PlannedRun,
         aggregate,
         check_no_existing_runs,
+        check_unlocked,
         diverged_text,
         planned_runs,
         resume_plan,
@@ -229,11 +232,14 @@ def compare(
                          workers={"count": workers, "backend": backend, "address": address},
                          schemes={"compare": scheme_list, "seeds": seed_list})
     plan = planned_runs(cfg, cfg.schemes.compare, cfg.schemes.seeds)
+    check_unlocked(results, plan, take_over=resume or overwrite)
     if resume:
         planned = resume_plan(results, plan, on_skip=_warn)
         counts = {a: sum(p.action == a for p in planned) for a in ("reuse", "resume", "restart", "train")}
+        dead = sum(p.status == "dead" for p in planned)
         console.print(f"resume: {counts['reuse']} finished runs reused, {counts['resume']} continued from a "
-                      f"checkpoint, {counts['restart']} restarted, {counts['train']} to train")
+                      f"checkpoint, {counts['restart']} restarted, {counts['train']} to train"
+                      + (f" ({dead} of the unfinished dead: their process is gone)" if dead else ""))
     else:
         if not overwrite:
             check_no_existing_runs(results, plan)
@@ -287,7 +293,7 @@ def plot(
     from asynccorr.plots import PlotError, plot_path
 
     try:
-        paths = plot_path(folder, out)
+        paths = plot_path(folder, out, on_note=_warn)
     except PlotError as exc:
         raise CliError(str(exc)) from None
     for p in paths:  # one path a line, never wrapped: for the reader and for scripts

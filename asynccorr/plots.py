@@ -39,6 +39,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import LogFormatter
 
+from asynccorr import locks
 from asynccorr.results import atomic_write_bytes, parse_run_dir_name, read_csv
 from asynccorr.run_protocol import first_diverged_row
 from asynccorr.schemes import DISPLAY_ORDER
@@ -690,14 +691,26 @@ def write_figures(figures: Iterable[tuple[str, Figure]], out: Path) -> list[Path
     return written
 
 
-def plot_experiment(folder: Path, out_dir: Path | None = None, smooth: int | None = None) -> list[Path]:
-    """Write every figure of ``folder`` as PNG and PDF into ``out_dir`` (default ``folder/figures``)."""
+def plot_experiment(folder: Path, out_dir: Path | None = None, smooth: int | None = None,
+                    on_note: Callable[[str], None] | None = None) -> list[Path]:
+    """Write every figure of ``folder`` as PNG and PDF into ``out_dir`` (default ``folder/figures``);
+    ``on_note`` hears of every run drawn that did not finish (interrupted, running, dead)."""
     folder = Path(folder)
-    return _plot_runs(load_runs(folder), Path(out_dir) if out_dir is not None else folder / "figures", smooth)
+    return _plot_runs(load_runs(folder), Path(out_dir) if out_dir is not None else folder / "figures", smooth,
+                      on_note)
 
 
-def _plot_runs(runs: Sequence[Run], out: Path, smooth: int | None) -> list[Path]:
+def _plot_runs(runs: Sequence[Run], out: Path, smooth: int | None,
+               on_note: Callable[[str], None] | None = None) -> list[Path]:
+    for run in runs:
+        status = locks.run_status(run.path, run.meta)
+        if on_note is not None and status in UNFINISHED:
+            why = " (meta.json says running; no live process owns it)" if status == "dead" else ""
+            on_note(f"{run.path} is {status}{why}: drawn up to update {int(run.metrics['iteration'][-1])}")
     return write_figures(((name, make(runs, smooth)) for name, make in FIGURES.items()), out)
+
+
+UNFINISHED = ("interrupted", "running", "dead")  # statuses of a run drawn only as far as it got
 
 
 def _is_run_dir(path: Path) -> bool:
@@ -716,7 +729,8 @@ def experiment_folders(root: Path) -> list[Path]:
     return found
 
 
-def plot_path(path: Path, out_dir: Path | None = None, smooth: int | None = None) -> list[Path]:
+def plot_path(path: Path, out_dir: Path | None = None, smooth: int | None = None,
+              on_note: Callable[[str], None] | None = None) -> list[Path]:
     """Plot what ``path`` holds: one run directory (figures of that run), an experiment folder, or a
     results root (every experiment folder beneath it; with ``out_dir``, each into
     ``out_dir/<its path under the root>``). A ``PlotError`` when nothing there is plottable."""
@@ -727,12 +741,12 @@ def plot_path(path: Path, out_dir: Path | None = None, smooth: int | None = None
         raise PlotError(f"{path} is not a directory")
     if _is_run_dir(path):
         out = Path(out_dir) if out_dir is not None else path / "figures"
-        return _plot_runs([_load_run(path, *parse_run_dir_name(path.name))], out, smooth)
+        return _plot_runs([_load_run(path, *parse_run_dir_name(path.name))], out, smooth, on_note)
     folders = experiment_folders(path)
     if not folders:
         raise PlotError(f"no run directories (<scheme>-seed<k>/) in {path} or beneath it")
     paths: list[Path] = []
     for folder in folders:
         out = None if out_dir is None else Path(out_dir) / folder.relative_to(path)
-        paths.extend(plot_experiment(folder, out, smooth))
+        paths.extend(plot_experiment(folder, out, smooth, on_note))
     return paths

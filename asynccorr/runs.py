@@ -31,6 +31,7 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
+from asynccorr import locks
 from asynccorr.backends import BACKENDS, check_backend_runs, get_backend
 from asynccorr.checkpoint import Checkpoint, CheckpointError, load_latest_checkpoint, save_checkpoint
 from asynccorr.config import ExperimentConfig, to_dict, with_overrides
@@ -258,6 +259,17 @@ def train_run(
         able = " or ".join(repr(b.name) for b in BACKENDS.values() if b.resumable)
         raise ResumeError(f"cannot resume {run_dir}: resume needs workers.backend = {able} (an {backend} run is "
                           "not reproducible from a checkpoint); start it again with --overwrite")
+    owner = locks.acquire(run_dir, take_over=overwrite or resume is not False)
+    try:
+        return _train_owned(run_dir, backend, config, scheme, overwrite, on_chunk, resume)
+    finally:
+        locks.release(run_dir, owner)
+
+
+def _train_owned(run_dir: Path, backend: str, config: ExperimentConfig, scheme: str, overwrite: bool,
+                 on_chunk: Callable[[int, EvalRecord], None] | None, resume: bool | Checkpoint
+                 ) -> tuple[Path, RunResult, dict[str, Any]]:
+    """``train_run`` once this process owns the run directory."""
     if isinstance(resume, Checkpoint):
         checkpoint: Checkpoint | None = resume
     elif resume:
@@ -322,6 +334,7 @@ class PlannedRun(NamedTuple):
     action: Literal["train", "reuse", "resume", "restart"]
     row: dict[str, Any] | None = None  # reuse: the finished run's summary row (from its meta.json)
     checkpoint: Checkpoint | None = None  # resume: where it continues from
+    status: str | None = None  # an existing run's status as read (``locks.run_status``: "dead" if its owner is gone)
 
 
 def resume_plan(results_root: Path, plan: Sequence[tuple[str, ExperimentConfig]],
@@ -346,21 +359,29 @@ def resume_plan(results_root: Path, plan: Sequence[tuple[str, ExperimentConfig]]
             planned.append(PlannedRun(scheme, cfg, "train"))
             continue
         meta = check_same_run(run_dir, cfg, scheme)
+        status = locks.run_status(run_dir, meta)
         if meta.get("status") in FINISHED:
             row = meta.get("summary")
             if not isinstance(row, dict):
                 raise ResumeError(f"cannot reuse {run_dir}: its meta.json has no summary")
-            planned.append(PlannedRun(scheme, cfg, "reuse", row=row))
+            planned.append(PlannedRun(scheme, cfg, "reuse", row=row, status=status))
             continue
         try:
             checkpoint = load_latest_checkpoint(run_dir, on_skip) if resumable(cfg, scheme) else None
         except CheckpointError as exc:
             raise ResumeError(str(exc)) from None
         if checkpoint is None:
-            planned.append(PlannedRun(scheme, cfg, "restart"))
+            planned.append(PlannedRun(scheme, cfg, "restart", status=status))
         else:
-            planned.append(PlannedRun(scheme, cfg, "resume", checkpoint=checkpoint))
+            planned.append(PlannedRun(scheme, cfg, "resume", checkpoint=checkpoint, status=status))
     return planned
+
+
+def check_unlocked(results_root: Path, plan: Sequence[tuple[str, ExperimentConfig]], take_over: bool) -> None:
+    """Before anything trains: no run of the plan is owned by a live process, and a stale lock is
+    only taken over when asked (``--resume``, ``--overwrite``); ``locks.RunLockedError`` otherwise."""
+    for scheme, cfg in plan:
+        locks.check_free(run_dir_for(results_root, cfg, scheme), take_over)
 
 
 def check_no_existing_runs(results_root: Path, plan: Sequence[tuple[str, ExperimentConfig]]) -> None:

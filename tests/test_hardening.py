@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from clitools import run_cli
 
-from asynccorr import plots
+from asynccorr import locks, plots
 from asynccorr.backends.sim import run_sim
 from asynccorr.checkpoint import CheckpointError, checkpoint_files, load_latest_checkpoint, read_checkpoint
 from asynccorr.cli import main
@@ -312,6 +312,11 @@ def test_a_run_killed_with_sigkill_resumes_to_exactly_the_uninterrupted_result(c
     rows = len(read_csv(run_dir / "metrics.csv")["iteration"])
     assert rows % 2 == 0 and rows >= newest - 2
     assert not (run_dir / "params.npy").exists()
+    # the killed owner's lock stays behind: the run reads as dead, and only --resume/--overwrite take it
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert locks.read_owner(run_dir).pid == proc.pid and locks.run_status(run_dir, meta) == "dead"
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2 and "stale lock" in err and str(proc.pid) in err
 
     main([*args, "--resume"])
     main(["train", "--scheme", scheme, "--config", str(reference_config), "--results", str(tmp_path / "ref"),
@@ -320,6 +325,7 @@ def test_a_run_killed_with_sigkill_resumes_to_exactly_the_uninterrupted_result(c
     same_files(run_dir, tmp_path / "ref" / "killed" / f"{scheme}-seed0")
     meta = json.loads((run_dir / "meta.json").read_text())
     assert meta["status"] == "completed" and meta["resumed_from"] >= newest
+    assert not locks.lock_path(run_dir).exists()
 
 
 # ----------------------------------------------------------------------------- Ctrl-C
@@ -347,8 +353,8 @@ def test_ctrl_c_writes_the_partial_run_and_exits_130_with_one_line(capsys, tmp_p
 
     real, calls = runs.write_progress, []
 
-    def write_then_interrupt(run_dir, metrics, evals):
-        real(run_dir, metrics, evals)
+    def write_then_interrupt(run_dir, metrics, evals, *log):
+        real(run_dir, metrics, evals, *log)
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
@@ -395,8 +401,8 @@ def test_compare_resume_reuses_finished_runs_continues_the_interrupted_one_and_t
 
     real, flushes = runs.write_progress, []
 
-    def write_then_interrupt(run_dir, metrics, evals):
-        real(run_dir, metrics, evals)
+    def write_then_interrupt(run_dir, metrics, evals, *log):
+        real(run_dir, metrics, evals, *log)
         flushes.append(1)
         if len(flushes) == 9:  # 6 flushes finish async seed 0; the 9th is at update 6 of async seed 1
             raise KeyboardInterrupt
