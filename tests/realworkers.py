@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from clitools import tiny_toml
 
 from asynccorr.config import ExperimentConfig, with_overrides
 
@@ -114,20 +115,7 @@ def tagged_processes(tag: str) -> list[int]:
     return pids
 
 
-INTERRUPT_CONFIG = """
-name = "interrupt"
-[learner]
-policy_hidden = [8]
-value_hidden = [8]
-rollout_states = 8
-reset_states = 8
-horizon = 5
-[train]
-iterations = 10000000
-eval_every = 50
-[workers]
-count = 2
-"""
+INTERRUPT_CONFIG = tiny_toml("interrupt", iterations=10_000_000, eval_every=50)
 
 
 def interrupt_cli_run(tmp_path: Path, backend: str, started: str = "training: all 2 workers ready"):

@@ -15,27 +15,14 @@ import shutil
 from pathlib import Path
 
 import pytest
-from clitools import run_cli
+from clitools import run_cli, tiny_toml
 
 from asynccorr.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "experiments" / "paper.toml"
 
-TINY = """
-name = "tiny"
-[learner]
-policy_hidden = [8]
-value_hidden = [8]
-rollout_states = 8
-reset_states = 8
-horizon = 5
-[train]
-iterations = 2
-eval_every = 2
-[workers]
-count = 2
-"""
+TINY = tiny_toml("tiny", iterations=2)
 
 
 class Earlier:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clitools import run_cli
+from clitools import run_cli, tiny_toml
 
 from asynccorr import locks, plots
 from asynccorr.backends.sim import run_sim
@@ -270,21 +270,10 @@ def _wait_for_checkpoint(proc: subprocess.Popen, run_dir: Path, past: int, timeo
     raise AssertionError("no checkpoint appeared in time")
 
 
-KILLABLE = """
-name = "killed"
-[learner]
-policy_hidden = [8]
-value_hidden = [8]
-rollout_states = 8
-reset_states = 8
-horizon = 5
-[train]
-iterations = 400
-eval_every = 2
-checkpoint_every = {checkpoint_every}
-[workers]
-count = 3
-"""
+
+
+def killable(checkpoint_every: int) -> str:
+    return tiny_toml("killed", iterations=400, workers=3, checkpoint_every=checkpoint_every)
 
 
 @pytest.mark.slow
@@ -293,8 +282,8 @@ def test_a_run_killed_with_sigkill_resumes_to_exactly_the_uninterrupted_result(c
     """A real crash: the process is killed with SIGKILL mid-run (one more process start and
     compilation, so only for modify; the sequential trainer and sync resume in-process above)."""
     config, reference_config = tmp_path / "killed.toml", tmp_path / "reference.toml"
-    config.write_text(KILLABLE.format(checkpoint_every=2))
-    reference_config.write_text(KILLABLE.format(checkpoint_every=0))
+    config.write_text(killable(2))
+    reference_config.write_text(killable(0))
     results = tmp_path / "results"
     run_dir = results / "killed" / f"{scheme}-seed0"
     args = ["train", "--scheme", scheme, "--config", str(config), "--results", str(results), "--quiet"]

@@ -11,28 +11,17 @@ import time
 from pathlib import Path
 
 import pytest
-from clitools import run_cli
+from clitools import run_cli, tiny_toml
 
 from asynccorr import locks
 from asynccorr.results import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 
-SLOW_TOML = """
-name = "locked"
-[learner]
-policy_hidden = [8]
-value_hidden = [8]
-rollout_states = 8
-reset_states = 8
-horizon = 5
-[train]
-iterations = {iterations}
-eval_every = 2
-checkpoint_every = 0
-[workers]
-count = 3
-"""
+
+
+def locked_toml(iterations: int) -> str:
+    return tiny_toml("locked", iterations, workers=3, checkpoint_every=0)
 
 
 def _dead_pid() -> int:
@@ -101,7 +90,7 @@ def test_a_second_train_into_a_live_run_is_refused_naming_the_owner_even_with_ov
     line naming the first's pid, with --overwrite and --resume too, and changes nothing; the first
     then stops (Ctrl-C) and releases the run."""
     config = tmp_path / "locked.toml"
-    config.write_text(SLOW_TOML.format(iterations=1_000_000))
+    config.write_text(locked_toml(1_000_000))
     results = tmp_path / "results"
     run_dir = results / "locked" / "async-seed0"
     args = ["train", "--scheme", "async", "--config", str(config), "--results", str(results), "--quiet"]
@@ -134,7 +123,7 @@ def test_a_second_train_into_a_live_run_is_refused_naming_the_owner_even_with_ov
 
 def test_compare_refuses_up_front_when_one_of_its_runs_is_owned_by_a_live_process(capsys, tmp_path):
     config = tmp_path / "locked.toml"
-    config.write_text(SLOW_TOML.format(iterations=4))
+    config.write_text(locked_toml(4))
     results = tmp_path / "results"
     run = results / "locked" / "async-seed1"
     me = locks.acquire(run, take_over=False)
@@ -149,7 +138,7 @@ def test_compare_refuses_up_front_when_one_of_its_runs_is_owned_by_a_live_proces
 
 def test_plot_and_compare_resume_say_which_runs_are_dead(capsys, tmp_path):
     config = tmp_path / "locked.toml"
-    config.write_text(SLOW_TOML.format(iterations=4))
+    config.write_text(locked_toml(4))
     results = tmp_path / "results"
     code, _, err = run_cli(capsys, "compare", "--config", str(config), "--results", str(results),
                            "--schemes", "async", "--seeds", "0", "--quiet")
