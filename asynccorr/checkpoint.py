@@ -106,9 +106,9 @@ def read_checkpoint(path: Path) -> Checkpoint:
 def load_latest_checkpoint(run_dir: Path, on_skip: Callable[[str], None] | None = None) -> Checkpoint | None:
     """The newest checkpoint of a run directory that loads and verifies, or None if it has none.
 
-    A damaged one is skipped for the one before it (``on_skip`` gets one line about it);
-    when none loads, a ``CheckpointError`` names the run and the newest one's fault. Nothing
-    is deleted."""
+    A damaged one is skipped for the one before it (``on_skip`` then gets one line about
+    each skipped); when none loads, a ``CheckpointError`` names the run and the newest one's
+    fault. Nothing is deleted."""
     files = checkpoint_files(run_dir)
     errors: list[CheckpointError] = []
     for path in files:
@@ -116,9 +116,9 @@ def load_latest_checkpoint(run_dir: Path, on_skip: Callable[[str], None] | None 
             checkpoint = read_checkpoint(path)
         except CheckpointError as exc:  # fall back to the previous one
             errors.append(exc)
-            if on_skip is not None:
-                on_skip(f"skipped {exc}")
             continue
+        for skipped in errors if on_skip is not None else ():
+            on_skip(f"skipped {skipped}")
         return checkpoint
     if errors:
         raise CheckpointError(f"no checkpoint of {run_dir} loads ({len(files)} tried; newest: {errors[0]})")

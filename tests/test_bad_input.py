@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from clitools import run_cli, tiny_toml
 
+from asynccorr import locks
 from asynccorr.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -173,6 +177,50 @@ def test_resuming_a_run_that_crashed_before_its_first_checkpoint_is_rejected(cap
     meta.write_text(json.dumps({**json.loads(meta.read_text()), "status": "running"}))
     assert_rejected(capsys, earlier, ["train", "--scheme", "async", "--config", str(earlier.config), "--results",
                                       str(results), "--resume"], "no checkpoint", also_untouched=results)
+
+
+def test_resuming_when_no_checkpoint_loads_is_rejected_and_nothing_is_deleted(capsys, tmp_path, earlier):
+    """Every checkpoint truncated (as a failing disk leaves them): one line, status 2, files kept."""
+    config = tmp_path / "ckpt.toml"
+    config.write_text(tiny_toml("ckpt", iterations=6, checkpoint_every=2))
+    results = tmp_path / "results"
+    args = ["train", "--scheme", "async", "--config", str(config), "--results", str(results), "--quiet"]
+    run_cli(capsys, *args)
+    run = results / "ckpt" / "async-seed0"
+    meta = run / "meta.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "status": "running"}))
+    for path in sorted((run / "checkpoint").iterdir()):
+        path.write_bytes(path.read_bytes()[:64])
+    assert_rejected(capsys, earlier, [*args, "--resume"], "no checkpoint of", also_untouched=results)
+
+
+@pytest.mark.parametrize("extra", [[], ["--overwrite"], ["--resume"]])
+def test_training_into_a_run_a_live_process_owns_is_rejected_naming_it(capsys, tmp_path, earlier, extra):
+    results = tmp_path / "results"
+    shutil.copytree(earlier.results, results)
+    run = results / "tiny" / "async-seed0"
+    owner = locks.acquire(run, take_over=False)  # this process: alive
+    try:
+        assert_rejected(capsys, earlier, ["train", "--scheme", "async", "--config", str(earlier.config),
+                                          "--results", str(results), *extra],
+                        f"in use by pid {os.getpid()}", also_untouched=results)
+        assert_rejected(capsys, earlier, ["compare", "--schemes", "async", "--seeds", "0", "--config",
+                                          str(earlier.config), "--results", str(results), *extra],
+                        f"in use by pid {os.getpid()}", also_untouched=results)
+    finally:
+        locks.release(run, owner)
+
+
+def test_a_stale_lock_is_not_taken_without_resume_or_overwrite(capsys, tmp_path, earlier):
+    results = tmp_path / "results"
+    shutil.copytree(earlier.results, results)
+    run = results / "tiny" / "async-seed0"
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    locks.lock_path(run).write_text(json.dumps(locks.this_process()._replace(pid=gone.pid, start=None)._asdict()))
+    assert_rejected(capsys, earlier, ["train", "--scheme", "async", "--config", str(earlier.config),
+                                      "--results", str(results)], f"stale lock of pid {gone.pid}",
+                    also_untouched=results)
 
 
 # ----------------------------------------------------------------------------- plot
