@@ -65,11 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     results: dict[str, dict[int, float]] = {"append": {}, "rewrite": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        for way in results:
+        for way, seconds in results.items():
             for n in (1_000, 10_000):
                 repeats = args.repeats if way == "append" else 1  # a rewrite at 10,000 updates takes ~1 min
-                results[way][n] = min(total_flush_seconds(n, args.every, way == "append", Path(tmp))
-                                      for _ in range(repeats))
+                seconds[n] = min(total_flush_seconds(n, args.every, way == "append", Path(tmp))
+                                 for _ in range(repeats))
     print(f"flush every {args.every} updates, {len(COLUMNS)} columns; total flush time of a run:")
     print(f"{'':<10} {'1,000 upd':>12} {'10,000 upd':>12} {'growth':>8}")
     for way, t in results.items():
