@@ -12,14 +12,16 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from asynccorr.backends import backend_help
 from asynccorr.config import ConfigError, ExperimentConfig, load_config, with_overrides
@@ -38,6 +40,35 @@ DEFAULT_CONFIG = Path("experiments/paper.toml")
 BACKEND_HELP = backend_help()
 SCHEME_HELP = ", ".join([SEQUENTIAL, *SCHEMES]) + "."
 ADDRESS_HELP = "Ray cluster address (overrides workers.address); default: start a local Ray."
+
+
+def print_table(out: Console, title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """A table that stays readable in a narrow terminal: as it is when it fits the console; else
+    transposed (a column per row, e.g. per scheme) when that fits; else one block per row. No cell
+    is ever cut or wrapped."""
+    def table(heads: Sequence[str], body: Sequence[Sequence[str]]) -> Table | None:
+        """The table, or None when its widest cells do not fit side by side."""
+        widths = [max(len(str(cell)) for cell in column) for column in zip(heads, *body)]
+        if sum(widths) + 2 * (len(widths) - 1) > out.width:  # two spaces between columns, no edges
+            return None
+        t = Table(title=Text(title), box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, collapse_padding=True)
+        for head, width in zip(heads, widths):
+            t.add_column(Text(head), no_wrap=True, min_width=width)
+        for row in body:
+            t.add_row(*(Text(str(cell)) for cell in row))  # Text: "[s]" is a unit, not markup
+        return t
+
+    transposed = [[h, *(r[i] for r in rows)] for i, h in enumerate(headers) if i]
+    for candidate in (table(headers, rows), table(["", *(r[0] for r in rows)], transposed)):
+        if candidate is not None:
+            out.print(candidate)
+            return
+    out.print(title, markup=False)
+    width = max(len(h) for h in headers)
+    for row in rows:
+        out.print(row[0], markup=False)
+        for head, cell in zip(headers[1:], row[1:]):
+            out.print(f"  {head:<{width}}  {cell}", markup=False, soft_wrap=True)
 
 
 def _warn(message: str) -> None:
@@ -175,17 +206,15 @@ def train(
 
     first, last = result.evals[0].summary, result.evals[-1].summary
     workers_text = "1 worker" if summary["workers"] == 1 else f"{summary['workers']} workers"
-    table = Table(title=f"{cfg.name}: {scheme}, {workers_text}, seed {cfg.train.seed}, "
-                        f"{cfg.train.iterations} updates")
-    for col in ("policy", "rms lateral [m]", "max lateral [m]", "rms heading [rad]", "utility", "on road"):
-        table.add_column(col)
-    for label, s in (("initial", first), ("final", last)):
-        table.add_row(label, f"{s.rms_lateral:.4f}", f"{s.max_lateral:.4f}", f"{s.rms_heading:.4f}",
-                      f"{s.total_utility:.3f}", f"{s.steps_on_road}/{len(result.trajectory.x)}")
     out = Console()
-    out.print(table)
+    print_table(out, f"{cfg.name}: {scheme}, {workers_text}, seed {cfg.train.seed}, {cfg.train.iterations} updates",
+                ("policy", "rms lateral [m]", "max lateral [m]", "rms heading [rad]", "utility", "on road"),
+                [(label, f"{s.rms_lateral:.4f}", f"{s.max_lateral:.4f}", f"{s.rms_heading:.4f}",
+                  f"{s.total_utility:.3f}", f"{s.steps_on_road}/{len(result.trajectory.x)}")
+                 for label, s in (("initial", first), ("final", last))])
     out.print(f"mean staleness {summary['mean_staleness']:.2f}, gradient error {summary['grad_error_mean']:.4f} "
-              f"(stale: {summary['stale_grad_error_mean']:.4f}), final policy loss {summary['final_policy_loss']:.4f}")
+              f"(stale: {summary['stale_grad_error_mean']:.4f}), final policy loss {summary['final_policy_loss']:.4f}",
+              soft_wrap=True)
     if result.status == "diverged":
         out.print(f"[bold red]diverged[/] at update {result.diverged_at} (train.divergence_loss = "
                   f"{cfg.train.divergence_loss:g}); results up to there")
@@ -268,17 +297,15 @@ def compare(
     write_summary(folder, rows, f"{cfg.name}: {cfg.workers.count} workers ({cfg.workers.delay}), "
                                 f"{cfg.train.iterations} updates")
 
-    table = Table(title=f"{cfg.name}: {cfg.workers.count} workers ({cfg.workers.delay} delays), "
-                        f"{cfg.train.iterations} updates, seeds {','.join(map(str, cfg.schemes.seeds))}")
-    for col in ("scheme", "final policy loss", "gradient error", "RMS lateral [m]", "left road", "diverged",
-                "mean staleness", "sim time [s]", "wall [s]"):
-        table.add_column(col)
-    for a in aggregate(rows):
-        table.add_row(a["scheme"], mean_std_text(a["final_policy_loss"], ".3f"),
-                      f"{a['grad_error_mean'].mean:.3g}", f"{a['rms_lateral'].mean:.4f}",
-                      f"{a['left_road']}/{a['seeds']}", diverged_text(a), f"{a['mean_staleness'].mean:.2f}",
-                      f"{a['sim_time'].mean:.2f}", f"{a['wall_time_s'].mean:.1f}")
-    Console().print(table)
+    title = (f"{cfg.name}: {cfg.workers.count} workers ({cfg.workers.delay} delays), "
+             f"{cfg.train.iterations} updates, seeds {','.join(map(str, cfg.schemes.seeds))}")
+    headers = ("scheme", "final policy loss", "gradient error", "RMS lateral [m]", "left road", "diverged",
+               "mean staleness", "sim time [s]", "wall [s]")
+    body = [(a["scheme"], mean_std_text(a["final_policy_loss"], ".3f"), f"{a['grad_error_mean'].mean:.3g}",
+             f"{a['rms_lateral'].mean:.4f}", f"{a['left_road']}/{a['seeds']}", diverged_text(a),
+             f"{a['mean_staleness'].mean:.2f}", f"{a['sim_time'].mean:.2f}", f"{a['wall_time_s'].mean:.1f}")
+            for a in aggregate(rows)]
+    print_table(Console(), title, headers, body)
     Console().print(f"summary: {folder / 'summary.md'}")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -9,6 +10,9 @@ from pathlib import Path
 
 import pytest
 from clitools import run_cli
+from rich.console import Console
+
+from asynccorr.cli import print_table
 
 TINY = """
 name = "tiny"
@@ -88,3 +92,35 @@ def test_train_help_lists_every_registered_scheme(capsys):
     text = " ".join(out.replace("│", " ").split())
     for name in [SEQUENTIAL, *SCHEMES]:
         assert name in text, name
+
+
+def _table(width: int, rows: int) -> str:
+    out = Console(file=io.StringIO(), width=width)
+    headers = ("scheme", "final policy loss", "gradient error", "RMS lateral [m]", "left road", "diverged",
+               "mean staleness", "sim time [s]", "wall [s]")  # the compare table's
+    body = [(f"scheme-{i}", "1.911 ± 0.163", "2.96e-06", "1.4057", "2/2", "0/2", "1.12", "0.03", "1.4")
+            for i in range(rows)]
+    print_table(out, "a title", headers, body)
+    return out.file.getvalue()
+
+
+@pytest.mark.parametrize(("width", "rows", "layout"), [(140, 4, "wide"), (80, 4, "transposed"), (40, 4, "blocks")])
+def test_summary_tables_stay_readable_in_a_narrow_terminal(width, rows, layout):
+    """No line is wider than the terminal and no cell is cut; units in brackets are kept (not markup)."""
+    text = _table(width, rows)
+    lines = text.splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= width
+    assert "…" not in text and "sim time [s]" in text and text.count("1.911 ± 0.163") == rows
+    header = next(line for line in lines if "scheme-0" in line or "gradient error" in line)
+    assert {"wide": "gradient error" in header and "scheme" in header,
+            "transposed": header.split()[:1] == ["scheme-0"],
+            "blocks": lines[1] == "scheme-0"}[layout], text
+
+
+def test_compare_prints_its_table_within_80_columns(capsys, monkeypatch, tmp_path, tiny_config):
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, err = run_cli(capsys, "compare", "--schemes", "sync,async,modify,modify-safe", "--seeds", "0,1",
+                             "--config", str(tiny_config), "--results", str(tmp_path), "--quiet")
+    assert code == 0, err
+    assert max(len(line.rstrip()) for line in out.splitlines()) <= 80 and "…" not in out
+    assert "modify-safe" in out and "mean staleness" in out
