@@ -24,7 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from asynccorr.backends import backend_help
-from asynccorr.config import ConfigError, ExperimentConfig, load_config, with_overrides
+from asynccorr.config import ConfigError, with_overrides
 from asynccorr.results import RunExistsError
 from asynccorr.schemes import SCHEMES, SEQUENTIAL
 
@@ -36,7 +36,6 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
-DEFAULT_CONFIG = Path("experiments/paper.toml")
 BACKEND_HELP = backend_help()
 SCHEME_HELP = ", ".join([SEQUENTIAL, *SCHEMES]) + "."
 ADDRESS_HELP = "Ray cluster address (overrides workers.address); default: start a local Ray."
@@ -105,14 +104,6 @@ def _interruptible(command: Callable[..., None]) -> Callable[..., None]:
     return wrapper
 
 
-def resolve_config(config: Path | None, **overrides: dict[str, Any]) -> ExperimentConfig:
-    """Load the TOML (or the default experiment if present) and apply CLI overrides."""
-    if config is None and DEFAULT_CONFIG.is_file():
-        config = DEFAULT_CONFIG
-    base = load_config(config)
-    return with_overrides(base, **{k: {f: v for f, v in d.items() if v is not None} for k, d in overrides.items()})
-
-
 def _progress(quiet: bool) -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("rms lateral {task.fields[rms]}"), TimeElapsedColumn(),
@@ -166,43 +157,30 @@ def train(
 ) -> None:
     """Train one run of a scheme and write results/<experiment>/<scheme>-seed<k>/."""
     _logging(verbose)
-    from asynccorr.runs import (
-        RunFinished,
-        check_no_existing_runs,
-        check_unlocked,
-        planned_runs,
-        resume_checkpoint,
-        run_dir_for,
-        train_run,
-    )
+    from asynccorr import api
+    from asynccorr.runs import RunFinished
 
     if resume and overwrite:
         raise CliError("--resume and --overwrite exclude each other (--overwrite starts the run afresh)")
     _check_scheme(scheme)
-    cfg = resolve_config(config, train={"seed": seed, "iterations": iterations},
+    cfg = api.experiment(config, train={"seed": seed, "iterations": iterations},
                          workers={"count": workers, "backend": backend, "address": address})
     if env is not None and env != cfg.env.name:
         cfg = with_overrides(cfg, env={"name": env, "params": {}})
-    [(scheme, cfg)] = planned_runs(cfg, [scheme], [cfg.train.seed])
-    check_unlocked(results, [(scheme, cfg)], take_over=resume or overwrite)
-    checkpoint = None
-    if resume:
-        try:
-            checkpoint = resume_checkpoint(run_dir_for(results, cfg, scheme), cfg, scheme, on_skip=_warn)
-        except RunFinished as exc:
-            print(str(exc))
-            return
-    elif not overwrite:
-        check_no_existing_runs(results, [(scheme, cfg)])
+
+    try:
+        plan = api.plan_train(cfg, scheme, results, overwrite=overwrite, resume=resume, on_warning=_warn)
+    except RunFinished as exc:
+        print(str(exc))
+        return
 
     with _progress(quiet) as progress:
-        task = progress.add_task(f"{scheme} seed {cfg.train.seed}", total=cfg.train.iterations, rms="-")
+        task = progress.add_task(f"{plan.scheme} seed {cfg.train.seed}", total=cfg.train.iterations, rms="-")
 
         def on_chunk(done: int, record: Any) -> None:
             progress.update(task, completed=done, rms=f"{record.summary.rms_lateral:.3f} m")
 
-        run_dir, result, summary = train_run(cfg, scheme, results, overwrite=overwrite, on_chunk=on_chunk,
-                                             resume=checkpoint or False)
+        run_dir, result, summary = api.run_train(plan, on_chunk)
 
     first, last = result.evals[0].summary, result.evals[-1].summary
     workers_text = "1 worker" if summary["workers"] == 1 else f"{summary['workers']} workers"
@@ -240,62 +218,41 @@ def compare(
 ) -> None:
     """Run every scheme of the experiment on every seed; print and save a summary table."""
     _logging(verbose)
-    from asynccorr.runs import (
-        PlannedRun,
-        aggregate,
-        check_no_existing_runs,
-        check_unlocked,
-        diverged_text,
-        planned_runs,
-        resume_plan,
-        train_run,
-        write_summary,
-    )
+    from asynccorr import api
+    from asynccorr.runs import diverged_text
     from asynccorr.stats import mean_std_text
 
     if resume and overwrite:
         raise CliError("--resume and --overwrite exclude each other (--overwrite starts every run afresh)")
     scheme_list = _parse_list(schemes, "--schemes", str)
     seed_list = _parse_list(seeds, "--seeds", int)
-    cfg = resolve_config(config, train={"iterations": iterations},
+    cfg = api.experiment(config, train={"iterations": iterations},
                          workers={"count": workers, "backend": backend, "address": address},
                          schemes={"compare": scheme_list, "seeds": seed_list})
-    plan = planned_runs(cfg, cfg.schemes.compare, cfg.schemes.seeds)
-    check_unlocked(results, plan, take_over=resume or overwrite)
+
+    plan = api.plan_compare(cfg, results=results, overwrite=overwrite, resume=resume, on_warning=_warn)
     if resume:
-        planned = resume_plan(results, plan, on_skip=_warn)
-        counts = {a: sum(p.action == a for p in planned) for a in ("reuse", "resume", "restart", "train")}
-        dead = sum(p.status == "dead" for p in planned)
+        counts = {a: sum(p.action == a for p in plan.runs) for a in ("reuse", "resume", "restart", "train")}
+        dead = sum(p.status == "dead" for p in plan.runs)
         console.print(f"resume: {counts['reuse']} finished runs reused, {counts['resume']} continued from a "
                       f"checkpoint, {counts['restart']} restarted, {counts['train']} to train"
                       + (f" ({dead} of the unfinished dead: their process is gone)" if dead else ""))
-    else:
-        if not overwrite:
-            check_no_existing_runs(results, plan)
-        planned = [PlannedRun(scheme, run_cfg, "train") for scheme, run_cfg in plan]
 
-    rows = []
     with _progress(quiet) as progress:
-        overall = progress.add_task("compare", total=len(planned), rms="")
-        for run in planned:
+        overall = progress.add_task("compare", total=len(plan.runs), rms="")
+
+        def on_run(run: Any) -> Any:
             if run.action == "reuse":
-                rows.append(run.row)
-                progress.advance(overall)
-                continue
+                return None
             task = progress.add_task(f"{run.scheme} seed {run.config.train.seed}",
                                      total=run.config.train.iterations, rms="-")
 
-            def on_chunk(done: int, record: Any, task: Any = task) -> None:
+            def on_chunk(done: int, record: Any) -> None:
                 progress.update(task, completed=done, rms=f"{record.summary.rms_lateral:.3f} m")
 
-            _, _, row = train_run(run.config, run.scheme, results, on_chunk=on_chunk,
-                                  overwrite=overwrite or run.action == "restart",
-                                  resume=run.checkpoint if run.action == "resume" else False)
-            rows.append(row)
-            progress.advance(overall)
-    folder = results / cfg.name
-    write_summary(folder, rows, f"{cfg.name}: {cfg.workers.count} workers ({cfg.workers.delay}), "
-                                f"{cfg.train.iterations} updates")
+            return on_chunk
+
+        folder, _, table = api.run_compare(plan, on_run, on_done=lambda run: progress.advance(overall))
 
     title = (f"{cfg.name}: {cfg.workers.count} workers ({cfg.workers.delay} delays), "
              f"{cfg.train.iterations} updates, seeds {','.join(map(str, cfg.schemes.seeds))}")
@@ -304,7 +261,7 @@ def compare(
     body = [(a["scheme"], mean_std_text(a["final_policy_loss"], ".3f"), f"{a['grad_error_mean'].mean:.3g}",
              f"{a['rms_lateral'].mean:.4f}", f"{a['left_road']}/{a['seeds']}", diverged_text(a),
              f"{a['mean_staleness'].mean:.2f}", f"{a['sim_time'].mean:.2f}", f"{a['wall_time_s'].mean:.1f}")
-            for a in aggregate(rows)]
+            for a in table]
     print_table(Console(), title, headers, body)
     Console().print(f"summary: {folder / 'summary.md'}")
 

@@ -144,6 +144,15 @@ def read_csv(path: Path) -> dict[str, np.ndarray]:
     return {name: data[:, i] for i, name in enumerate(header)}
 
 
+def read_text_csv(path: Path) -> dict[str, list[str]]:
+    """A CSV's columns as text (a table with names or statuses in it, such as summary.csv)."""
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return {}
+    return {name: [row[i] if i < len(row) else "" for row in rows[1:]] for i, name in enumerate(rows[0])}
+
+
 def prepare_run_dir(path: Path, overwrite: bool) -> Path:
     """Create an empty run directory; refuse to clobber an existing one unless ``overwrite``."""
     if path.exists() and any(path.iterdir()):

@@ -1,0 +1,182 @@
+"""A small Python API for notebooks and scripts: the same operations as the command line,
+which is a thin layer over it.
+
+    from asynccorr import api
+
+    cfg = api.experiment("experiments/paper.toml", train={"iterations": 200})
+    run = api.train(cfg, "modify", results="results")        # one run: its directory, result, summary row
+    comp = api.compare(cfg, schemes=["async", "modify"], seeds=[0, 1])
+    comp.table                                               # per scheme: mean ± std over seeds
+    res = api.load("results/paper")                          # a results folder read back
+    res.runs[0].metrics["grad_error"], res.summary
+
+Every function validates its input as the CLI does and raises the same errors
+(``ConfigError``, ``RunExistsError``, ``ResumeError``); nothing is printed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from asynccorr.checkpoint import Checkpoint
+from asynccorr.config import ExperimentConfig, load_config, with_overrides
+from asynccorr.evaluation import EvalRecord
+from asynccorr.run_protocol import RunResult
+
+DEFAULT_CONFIG = Path("experiments/paper.toml")
+
+OnChunk = Callable[[int, EvalRecord], None]
+
+
+def experiment(config: str | Path | ExperimentConfig | None = None, **sections: dict[str, Any]
+               ) -> ExperimentConfig:
+    """An experiment config: a TOML file (default: ``experiments/paper.toml`` when it exists, else the
+    built-in defaults) or a config, with section overrides (``train={"iterations": 200}``; a value
+    of None leaves the field as it is)."""
+    if isinstance(config, ExperimentConfig):
+        base = config
+    else:
+        path = Path(config) if config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
+        base = load_config(path)
+    return with_overrides(base, **{k: {f: v for f, v in d.items() if v is not None} for k, d in sections.items()})
+
+
+class TrainedRun(NamedTuple):
+    run_dir: Path
+    result: RunResult
+    summary: dict[str, Any]  # the run's row of a comparison table
+
+
+class TrainPlan(NamedTuple):
+    """One run, checked and ready to train (``plan_train``)."""
+
+    scheme: str
+    config: ExperimentConfig
+    results: Path
+    overwrite: bool
+    checkpoint: Checkpoint | None  # where a resumed run continues from
+
+
+def plan_train(config: ExperimentConfig, scheme: str = "modify", results: str | Path = "results",
+               overwrite: bool = False, resume: bool = False,
+               on_warning: Callable[[str], None] | None = None) -> TrainPlan:
+    """Check a run before anything trains: the scheme fits the config and backend, no live process
+    owns the run, no earlier run is there unless ``overwrite``; with ``resume``, the checkpoint it
+    continues from. Raises ``runs.RunFinished`` when resuming a run that already finished."""
+    from asynccorr import runs
+
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other (overwrite starts the run afresh)")
+    results = Path(results)
+    [(scheme, config)] = runs.planned_runs(config, [scheme], [config.train.seed])
+    runs.check_unlocked(results, [(scheme, config)], take_over=resume or overwrite)
+    checkpoint: Checkpoint | None = None
+    if resume:
+        checkpoint = runs.resume_checkpoint(runs.run_dir_for(results, config, scheme), config, scheme,
+                                            on_skip=on_warning)
+    elif not overwrite:
+        runs.check_no_existing_runs(results, [(scheme, config)])
+    return TrainPlan(scheme, config, results, overwrite, checkpoint)
+
+
+def run_train(plan: TrainPlan, on_chunk: OnChunk | None = None) -> TrainedRun:
+    """Train a planned run into ``results/<experiment>/<scheme>-seed<k>/``."""
+    from asynccorr import runs
+
+    return TrainedRun(*runs.train_run(plan.config, plan.scheme, plan.results, overwrite=plan.overwrite,
+                                      on_chunk=on_chunk, resume=plan.checkpoint or False))
+
+
+def train(config: ExperimentConfig, scheme: str = "modify", results: str | Path = "results",
+          overwrite: bool = False, resume: bool = False, on_chunk: OnChunk | None = None,
+          on_warning: Callable[[str], None] | None = None) -> TrainedRun:
+    """``plan_train`` then ``run_train``: one run, checked, trained and written."""
+    return run_train(plan_train(config, scheme, results, overwrite, resume, on_warning), on_chunk)
+
+
+class Comparison(NamedTuple):
+    folder: Path  # results/<experiment>/ with summary.csv and summary.md
+    rows: list[dict[str, Any]]  # one per run
+    table: list[dict[str, Any]]  # per scheme: mean ± std over seeds (``stats.MeanStd`` values)
+
+
+class ComparisonPlan(NamedTuple):
+    """A comparison's runs, checked and decided (``plan_compare``)."""
+
+    config: ExperimentConfig
+    results: Path
+    overwrite: bool
+    runs: list[Any]  # ``runs.PlannedRun``: train, reuse, resume or restart
+
+
+def plan_compare(config: ExperimentConfig, schemes: Sequence[str] | None = None,
+                 seeds: Sequence[int] | None = None, results: str | Path = "results", overwrite: bool = False,
+                 resume: bool = False, on_warning: Callable[[str], None] | None = None) -> ComparisonPlan:
+    """Every scheme on every seed (default: the config's ``[schemes]``), checked before anything
+    trains; ``resume`` decides how each run of an interrupted comparison is completed
+    (``runs.resume_plan``)."""
+    from asynccorr import runs
+
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other (overwrite starts every run afresh)")
+    results = Path(results)
+    config = with_overrides(config, schemes={k: tuple(v) for k, v in (("compare", schemes), ("seeds", seeds))
+                                             if v is not None})
+    plan = runs.planned_runs(config, config.schemes.compare, config.schemes.seeds)
+    runs.check_unlocked(results, plan, take_over=resume or overwrite)
+    if resume:
+        planned = runs.resume_plan(results, plan, on_skip=on_warning)
+    else:
+        if not overwrite:
+            runs.check_no_existing_runs(results, plan)
+        planned = [runs.PlannedRun(scheme, cfg, "train") for scheme, cfg in plan]
+    return ComparisonPlan(config, results, overwrite, planned)
+
+
+def run_compare(plan: ComparisonPlan, on_run: Callable[[Any], OnChunk | None] | None = None,
+                on_done: Callable[[Any], None] | None = None) -> Comparison:
+    """Train (or reuse) every planned run, then write summary.csv and summary.md. ``on_run(run)`` is
+    called as each run starts and may return its progress callback, ``on_done(run)`` as it ends."""
+    from asynccorr import runs
+
+    rows = []
+    for run in plan.runs:
+        on_chunk = on_run(run) if on_run is not None else None
+        if run.action == "reuse":
+            rows.append(run.row)
+        else:
+            rows.append(runs.train_run(run.config, run.scheme, plan.results, on_chunk=on_chunk,
+                                       overwrite=plan.overwrite or run.action == "restart",
+                                       resume=run.checkpoint if run.action == "resume" else False)[2])
+        if on_done is not None:
+            on_done(run)
+    cfg = plan.config
+    folder = plan.results / cfg.name
+    runs.write_summary(folder, rows, f"{cfg.name}: {cfg.workers.count} workers ({cfg.workers.delay}), "
+                                     f"{cfg.train.iterations} updates")
+    return Comparison(folder, rows, runs.aggregate(rows))
+
+
+def compare(config: ExperimentConfig, schemes: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
+            results: str | Path = "results", overwrite: bool = False, resume: bool = False,
+            on_warning: Callable[[str], None] | None = None) -> Comparison:
+    """``plan_compare`` then ``run_compare``: every scheme on every seed, and the summary files."""
+    return run_compare(plan_compare(config, schemes, seeds, results, overwrite, resume, on_warning))
+
+
+class Results(NamedTuple):
+    folder: Path
+    runs: list[Any]  # ``plots.Run``: scheme, seed, path, metrics / evals / trajectory columns, meta, config
+    summary: dict[str, Any]  # summary.csv's columns (empty when the folder has none)
+
+
+def load(folder: str | Path) -> Results:
+    """An experiment folder read back: every run's tables, and the comparison's summary if any."""
+    from asynccorr import plots
+    from asynccorr.results import read_text_csv
+
+    folder = Path(folder)
+    summary_path = folder / "summary.csv"
+    return Results(folder, plots.load_runs(folder), read_text_csv(summary_path) if summary_path.is_file() else {})
