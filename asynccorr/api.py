@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from asynccorr import runs
 from asynccorr.checkpoint import Checkpoint
 from asynccorr.config import ExperimentConfig, load_config, with_overrides
 from asynccorr.evaluation import EvalRecord
@@ -65,26 +66,26 @@ def plan_train(config: ExperimentConfig, scheme: str = "modify", results: str | 
     """Check a run before anything trains: the scheme fits the config and backend, no live process
     owns the run, no earlier run is there unless ``overwrite``; with ``resume``, the checkpoint it
     continues from. Raises ``runs.RunFinished`` when resuming a run that already finished."""
-    from asynccorr import runs
-
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other (overwrite starts the run afresh)")
     results = Path(results)
     [(scheme, config)] = runs.planned_runs(config, [scheme], [config.train.seed])
-    runs.check_unlocked(results, [(scheme, config)], take_over=resume or overwrite)
-    checkpoint: Checkpoint | None = None
-    if resume:
-        checkpoint = runs.resume_checkpoint(runs.run_dir_for(results, config, scheme), config, scheme,
-                                            on_skip=on_warning)
-    elif not overwrite:
-        runs.check_no_existing_runs(results, [(scheme, config)])
+    _check_writable(results, [(scheme, config)], overwrite, resume)
+    checkpoint = runs.resume_checkpoint(runs.run_dir_for(results, config, scheme), config, scheme,
+                                        on_skip=on_warning) if resume else None
     return TrainPlan(scheme, config, results, overwrite, checkpoint)
+
+
+def _check_writable(results: Path, plan: list[tuple[str, ExperimentConfig]], overwrite: bool, resume: bool) -> None:
+    """No live process owns a run of ``plan`` (a stale lock only with ``resume`` or ``overwrite``), and,
+    unless one of those is given, no earlier run is there."""
+    runs.check_unlocked(results, plan, take_over=resume or overwrite)
+    if not (resume or overwrite):
+        runs.check_no_existing_runs(results, plan)
 
 
 def run_train(plan: TrainPlan, on_chunk: OnChunk | None = None) -> TrainedRun:
     """Train a planned run into ``results/<experiment>/<scheme>-seed<k>/``."""
-    from asynccorr import runs
-
     return TrainedRun(*runs.train_run(plan.config, plan.scheme, plan.results, overwrite=plan.overwrite,
                                       on_chunk=on_chunk, resume=plan.checkpoint or False))
 
@@ -117,21 +118,15 @@ def plan_compare(config: ExperimentConfig, schemes: Sequence[str] | None = None,
     """Every scheme on every seed (default: the config's ``[schemes]``), checked before anything
     trains; ``resume`` decides how each run of an interrupted comparison is completed
     (``runs.resume_plan``)."""
-    from asynccorr import runs
-
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other (overwrite starts every run afresh)")
     results = Path(results)
     config = with_overrides(config, schemes={k: tuple(v) for k, v in (("compare", schemes), ("seeds", seeds))
                                              if v is not None})
     plan = runs.planned_runs(config, config.schemes.compare, config.schemes.seeds)
-    runs.check_unlocked(results, plan, take_over=resume or overwrite)
-    if resume:
-        planned = runs.resume_plan(results, plan, on_skip=on_warning)
-    else:
-        if not overwrite:
-            runs.check_no_existing_runs(results, plan)
-        planned = [runs.PlannedRun(scheme, cfg, "train") for scheme, cfg in plan]
+    _check_writable(results, plan, overwrite, resume)
+    planned = (runs.resume_plan(results, plan, on_skip=on_warning) if resume
+               else [runs.PlannedRun(scheme, cfg, "train") for scheme, cfg in plan])
     return ComparisonPlan(config, results, overwrite, planned)
 
 
@@ -139,8 +134,6 @@ def run_compare(plan: ComparisonPlan, on_run: Callable[[Any], OnChunk | None] | 
                 on_done: Callable[[Any], None] | None = None) -> Comparison:
     """Train (or reuse) every planned run, then write summary.csv and summary.md. ``on_run(run)`` is
     called as each run starts and may return its progress callback, ``on_done(run)`` as it ends."""
-    from asynccorr import runs
-
     rows = []
     for run in plan.runs:
         on_chunk = on_run(run) if on_run is not None else None

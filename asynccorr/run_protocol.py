@@ -173,7 +173,7 @@ class Recorder:
                                    concat_columns(self.metrics, head_columns(new, bad + 1)), self.evals,
                                    int(new["iteration"][bad]), dropped(bad))
         self.metrics = concat_columns(self.metrics, new)
-        done = int(new["iteration"][-1]) if len(new.get("iteration", ())) else self.last_checkpoint
+        done = int(new["iteration"][-1])
         record = EvalRecord(done, evaluate(self.learner, params)[0])
         self.evals.append(record)
         hooks = self.hooks
