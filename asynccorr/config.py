@@ -19,7 +19,7 @@ from typing import Any
 from asynccorr.backends import BACKENDS
 from asynccorr.errors import ConfigError  # re-exported: the error every config check raises
 from asynccorr.networks import ACTIVATIONS, check_hidden
-from asynccorr.schemes import SCHEMES, SEQUENTIAL, knob_default
+from asynccorr.schemes import DEFAULT_PROTOCOL, NAMES, PROTOCOLS, knob_default
 
 
 def _require(cond: bool, name: str, message: str, value: Any) -> None:
@@ -166,9 +166,15 @@ class WorkersConfig:
     speed_spread: float = 4.0  # heterogeneous: slowest / fastest worker
     straggler_prob: float = 0.05  # stragglers: probability a job straggles
     straggler_tail: float = 1.5  # stragglers: Pareto shape of the slowdown (smaller = heavier tail)
-    direction_time: float = 0.005  # simulated seconds per direction (measured: benchmarks/bench_direction.py)
-    jvp_cost_ratio: float = 3.1  # (direction + JVP) / direction (measured, benchmarks/bench_direction.py)
+    # sim's cost model: simulated seconds of each phase = direction_time x its ratio (benchmarks/bench_phases.py)
+    direction_time: float = 0.005  # simulated seconds per direction F(theta, batch)
+    sample_cost_ratio: float = 0.5  # a worker's batch sampling / direction
+    jvp_cost_ratio: float = 3.1  # fused direction + JVP / direction (pull-first, look-ahead; the server protocol's product)
+    linearise_cost_ratio: float = 3.4  # deferred: jax.linearize at theta_i / direction
+    apply_cost_ratio: float = 3.3  # deferred: one application of the linear map / direction
     dense_cost_ratio: float = 50.0  # dense Jacobian / direction (modify-dense, small nets only)
+    server_apply_cost_ratio: float = 0.1  # the server's rule + optimizer step per message / direction
+    charge_measurement: bool = False  # sim: the gradient-error measurement costs the server one direction
     # real backends (mp, ray)
     slowdown: tuple[float, ...] = ()  # per-worker slowdown factors >= 1 (worker i sleeps (f-1) x its compute)
     timeout: float = 30.0  # seconds a worker job may take before the worker is declared hung and replaced
@@ -191,6 +197,8 @@ class WorkersConfig:
         _positive("workers.direction_time", self.direction_time)
         _require(math.isfinite(self.jvp_cost_ratio) and self.jvp_cost_ratio >= 1, "workers.jvp_cost_ratio",
                  "must be >= 1", self.jvp_cost_ratio)
+        for name in ("sample_cost_ratio", "linearise_cost_ratio", "apply_cost_ratio", "server_apply_cost_ratio"):
+            _nonnegative(f"workers.{name}", getattr(self, name))
         _require(math.isfinite(self.dense_cost_ratio) and self.dense_cost_ratio >= 1,
                  "workers.dense_cost_ratio", "must be >= 1", self.dense_cost_ratio)
         _require(len(self.slowdown) <= self.count, "workers.slowdown",
@@ -206,6 +214,7 @@ class SchemesConfig:
 
     compare: tuple[str, ...] = ("sync", "async", "modify", "modify-safe")
     seeds: tuple[int, ...] = (0, 1, 2)
+    protocol: str = DEFAULT_PROTOCOL  # how a bare modify / modify-safe gets its product (schemes.PROTOCOLS)
     # the correction knobs; their defaults are the correction factories' own (asynccorr.corrections)
     trust_ratio: float = knob_default("trust_ratio")  # modify-safe: cap |correction| at trust_ratio * |G|
     dense_max_params: int = 2048  # modify-dense refuses larger networks (dense H has n^2 entries)
@@ -220,8 +229,8 @@ class SchemesConfig:
         _check_types(self, "schemes.")
         _require(len(self.compare) >= 1, "schemes.compare", "must name at least one scheme", self.compare)
         for name in self.compare:
-            _require(name in SCHEMES or name == SEQUENTIAL, "schemes.compare",
-                     f"must hold names from {[SEQUENTIAL, *SCHEMES]}", name)
+            _require(name in NAMES, "schemes.compare", f"must hold names from {list(NAMES)}", name)
+        _require(self.protocol in PROTOCOLS, "schemes.protocol", f"must be one of {list(PROTOCOLS)}", self.protocol)
         _require(len(set(self.compare)) == len(self.compare), "schemes.compare", "has duplicates", self.compare)
         _require(len(self.seeds) >= 1, "schemes.seeds", "must list at least one seed", self.seeds)
         _require(all(0 <= s < MAX_SEED for s in self.seeds), "schemes.seeds", f"must be in [0, {MAX_SEED})",

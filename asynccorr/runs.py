@@ -34,7 +34,7 @@ import numpy as np
 from asynccorr import locks
 from asynccorr.backends import BACKENDS, check_backend_runs, get_backend
 from asynccorr.checkpoint import Checkpoint, CheckpointError, load_latest_checkpoint, save_checkpoint
-from asynccorr.config import ExperimentConfig, to_dict, with_overrides
+from asynccorr.config import ConfigError, ExperimentConfig, to_dict, with_overrides
 from asynccorr.evaluation import EvalRecord, TrackingSummary
 from asynccorr.results import (
     CsvLog,
@@ -48,7 +48,7 @@ from asynccorr.results import (
     write_json,
 )
 from asynccorr.run_protocol import RunHooks, RunResult, TrainingInterrupted
-from asynccorr.schemes import SEQUENTIAL, get_scheme
+from asynccorr.schemes import SEQUENTIAL, get_scheme, resolve
 from asynccorr.stats import final_window, mean_std, mean_std_text
 from asynccorr.trainer import train_sequential
 
@@ -96,6 +96,7 @@ def train(config: ExperimentConfig, scheme: str,
     hooks = hooks or RunHooks(on_chunk=on_chunk)
     if scheme == SEQUENTIAL:
         return train_sequential(config, hooks=hooks)
+    scheme = resolve(scheme, config.schemes.protocol)
     check_backend_runs(config.workers.backend, scheme)
     return get_backend(config.workers.backend).run_function()(config, scheme, hooks=hooks)
 
@@ -319,6 +320,10 @@ def planned_runs(config: ExperimentConfig, schemes: Sequence[str], seeds: Sequen
     from asynccorr.schemes import check_scheme_fits
 
     learner, _ = build(config)
+    schemes = [resolve(s, config.schemes.protocol) for s in schemes]
+    repeated = sorted({s for s in schemes if schemes.count(s) > 1})
+    if repeated:
+        raise ConfigError(f"schemes.compare names {repeated[0]} twice (a bare modify is modify@<schemes.protocol>)")
     for scheme in schemes:
         if scheme != SEQUENTIAL:
             check_scheme_fits(get_scheme(scheme), learner.num_params, config.schemes)

@@ -1,21 +1,25 @@
 """The parameter server's update rule, as pure jit-compiled functions.
 
-Messages between roles (one place, Sample Factory style):
+One rule for every backend: it applies a worker's ``Message`` (documented in
+``asynccorr.backends.worker``, with the roles) as a ``Shipped`` value -- the arrays the
+worker sent -- at the server's current parameters ``theta_k``:
 
-* worker -> server, asynchronous schemes: ``(worker id, version pulled, theta_i,
-  batch)``; on the ``sim`` backend the worker's computation (``G`` and, for
-  ``modify``, the linearisation at ``theta_i``) is a pure function of that
-  message, so it is evaluated when the message is applied, against the
-  server's ``theta_k`` -- the "exact correction at application time".
-* worker -> server, ``sync``: the N batches of one round, all at ``theta_k``.
-* server -> worker: ``(theta_k, version k)`` on every pull.
-* real workers (``mp``, ``ray``): the worker computes ``G`` and, for ``modify``,
-  the gap product against the newest parameters it could pull, and ships them
-  (``asynccorr.backends.worker.Message``, where those messages are documented);
-  ``make_message_update`` applies them.
+* direction schemes: the worker's ``G`` through the scheme's correction (which may read
+  the shipped ``theta_i``: DC-ASGD, gap-aware);
+* worker-side protocols (``deferred``, ``pull-first``, ``look-ahead``): ``G`` and the
+  worker's gap product;
+* ``server`` protocol: the server evaluates ``dF/dtheta(theta_i) . (theta_k - theta_i)``
+  on the shipped batch now (the paper's Fig. 2; its cost is the server's);
+* ``oracle`` (sim only): ``G`` and the product evaluated here against ``theta_k`` for
+  free -- the upper bound;
+* ``learner``: the fresh direction ``F(theta_k, batch)`` on the shipped states;
+* ``modify-dense`` (sim only): G and the dense Jacobian at ``theta_i``, the worker's
+  pure function of what it ships, evaluated here.
 
-Every update also measures the **gradient error**: the relative distance
-between the direction the server applies and the fresh direction
+Synchronous rounds (``make_round_update``) average N messages of one round.
+
+Every update also measures the **gradient error** when it has the batch: the relative
+distance between the direction the server applies and the fresh direction
 ``F(theta_k, batch)`` on the same batch -- the paper's figure (b).
 """
 
@@ -79,103 +83,91 @@ def init_server(params: Array, optimizer: optax.GradientTransformation,
     return ServerState(params, optimizer.init(params), correction.init(params))
 
 
-@functools.lru_cache(maxsize=32)
-def make_async_update(
-    learner: Learner, optimizer: optax.GradientTransformation, scheme: Scheme,
-    correction: optax.GradientTransformationExtraArgs,
-) -> Callable[[ServerState, Array, Batch, Array], tuple[ServerState, UpdateMetrics]]:
-    """Jitted ``(server, theta_i, batch, staleness) -> (server', metrics)`` for an async scheme."""
+class Shipped(NamedTuple):
+    """The arrays of one message (None where the scheme ships nothing)."""
 
-    def update(server: ServerState, worker_params: Array, batch: Batch, staleness: Array):
-        fresh, losses = learner.direction(server.params, batch)
-        extra: dict[str, Any] = {"worker_params": worker_params, "staleness": staleness}
-        if scheme.compute == "jvp":
-            # G and H(theta_i)(theta_k - theta_i) in one forward-over-reverse pass
-            stale, extra["gap_product"], _ = learner.direction_jvp(worker_params, batch,
-                                                                   server.params - worker_params)
+    direction: Array | None  # G at theta_i
+    gap_product: Array | None  # the worker's dF/dtheta(theta_i) . (target - theta_i)
+    params: Array | None  # theta_i
+    batch: Batch | None
+    losses: Any  # Losses at theta_i (nan for learner)
+
+
+@functools.lru_cache(maxsize=32)
+def make_update(
+    learner: Learner, optimizer: optax.GradientTransformation, scheme: Scheme,
+    correction: optax.GradientTransformationExtraArgs, measure: bool,
+) -> Callable[[ServerState, Shipped, Array], tuple[ServerState, UpdateMetrics]]:
+    """Jitted ``(server, shipped, staleness) -> (server', metrics)`` for an asynchronous scheme.
+
+    ``measure``: evaluate the fresh ``F(theta_k, batch)`` on the shipped batch for the
+    gradient error (one direction per update); without it the gradient-error metrics
+    are NaN and the losses are the worker's (at theta_i).
+    """
+
+    def update(server: ServerState, msg: Shipped, staleness: Array):
+        theta_k, theta_i, batch = server.params, msg.params, msg.batch
+        extra: dict[str, Any] = {"staleness": staleness}
+        if theta_i is not None:
+            extra["worker_params"] = theta_i
+        fresh = losses = None
+        if scheme.compute == "sample":  # learner: the fresh direction is the update
+            fresh, losses = learner.direction(theta_k, batch)
+            stale = fresh
+        elif scheme.protocol == "oracle":
+            stale, extra["gap_product"], _ = learner.direction_jvp(theta_i, batch, theta_k - theta_i)
+        elif scheme.protocol == "server":
+            stale = msg.direction
+            _, extra["gap_product"], _ = learner.direction_jvp(theta_i, batch, theta_k - theta_i)
         elif scheme.compute == "dense":
-            stale, _ = learner.direction(worker_params, batch)
-            extra["hessian"] = jax.jacfwd(lambda p: learner.direction(p, batch)[0])(worker_params)
+            stale, _ = learner.direction(theta_i, batch)
+            extra["hessian"] = jax.jacfwd(lambda p: learner.direction(p, batch)[0])(theta_i)
         else:
-            stale, _ = learner.direction(worker_params, batch)
-        applied, correction_state = correction.update(stale, server.correction_state, server.params, **extra)
+            stale = msg.direction
+            if msg.gap_product is not None:
+                extra["gap_product"] = msg.gap_product
+        applied, correction_state = correction.update(stale, server.correction_state, theta_k, **extra)
+        if fresh is None:
+            if measure:
+                fresh, losses = learner.direction(theta_k, batch)
+            else:
+                fresh, losses = jnp.full_like(stale, jnp.nan), msg.losses
         return _finish(learner, optimizer, server, applied, stale, fresh, losses, correction_state)
 
     return jax.jit(update)
 
 
 @functools.lru_cache(maxsize=32)
-def make_sync_update(
-    learner: Learner, optimizer: optax.GradientTransformation,
-) -> Callable[[ServerState, Batch], tuple[ServerState, UpdateMetrics]]:
-    """Jitted ``(server, batches) -> (server', metrics)``: average N fresh directions.
-
-    ``batches`` stacks the N workers' batches on a leading axis. All directions
-    are at ``theta_k`` and every batch has the same size, so their average *is*
-    the fresh direction on the union of the batches: the gradient error of
-    ``sync`` is zero by construction (not re-measured, which would cost N more
-    direction evaluations per update).
-    """
-
-    def update(server: ServerState, batches: Batch):
-        directions, losses = jax.vmap(learner.direction, in_axes=(None, 0))(server.params, batches)
-        applied = directions.mean(axis=0)
-        losses = jax.tree.map(lambda x: x.mean(axis=0), losses)
-        return _finish(learner, optimizer, server, applied, applied, applied, losses, server.correction_state)
-
-    return jax.jit(update)
-
-
-# ----------------------------------------------------------------------------- real workers (mp, ray)
-
-
-@functools.lru_cache(maxsize=32)
-def make_message_update(
+def make_round_update(
     learner: Learner, optimizer: optax.GradientTransformation, scheme: Scheme,
     correction: optax.GradientTransformationExtraArgs, measure: bool,
-) -> Callable[..., tuple[ServerState, UpdateMetrics]]:
-    """Jitted ``(server, G, gap_product, batch, staleness, losses) -> (server', metrics)``.
+) -> Callable[[ServerState, Shipped], tuple[ServerState, UpdateMetrics]]:
+    """Jitted ``(server, shipped) -> (server', metrics)``: one synchronous round, the N
+    messages' arrays stacked on a leading axis.
 
-    Applies a direction a *real* worker computed (``asynccorr.backends.worker``):
-    ``G = F(theta_i, batch)`` and, for ``jvp`` schemes, ``gap_product =
-    dF/dtheta(theta_i) . (theta_k' - theta_i)`` against the newest parameters
-    ``theta_k'`` the worker could pull. The scheme's correction runs here, at the
-    server's current ``theta_k`` (so ``modify-safe``'s trust region still applies).
-
-    ``measure``: evaluate the fresh ``F(theta_k, batch)`` on the shipped batch to
-    measure the gradient error (one direction per update); without it the
-    gradient-error metrics are NaN and the losses are the worker's (at theta_i).
+    ``sync``: every direction is at ``theta_k`` and every batch has the same size, so
+    their average *is* the fresh direction on the union of the batches: the gradient
+    error is zero by construction (not re-measured, which would cost N more directions
+    per update). ``sync-pipelined``: the directions are one round old (at theta_{r-1});
+    with ``measure`` the fresh average at ``theta_k`` on the same batches is evaluated
+    (N directions) for the gradient error. Its corrected variant adds the workers' mean
+    gap product (each worker's product against theta_k: residual 0).
     """
 
-    def update(server: ServerState, stale: Array, gap_product: Array | None, batch: Batch | None,
-               staleness: Array, losses: Any):
-        extra: dict[str, Any] = {"staleness": staleness}
-        if scheme.compute == "jvp":
-            extra["gap_product"] = gap_product
+    def update(server: ServerState, msgs: Shipped):
+        stale = msgs.direction.mean(axis=0)
+        losses = jax.tree.map(lambda x: x.mean(axis=0), msgs.losses)
+        extra: dict[str, Any] = {}
+        if msgs.gap_product is not None:
+            extra["gap_product"] = msgs.gap_product.mean(axis=0)
         applied, correction_state = correction.update(stale, server.correction_state, server.params, **extra)
-        if measure:
-            fresh, losses = learner.direction(server.params, batch)
+        if not scheme.pipelined:
+            fresh = applied
+        elif measure:
+            directions, losses = jax.vmap(learner.direction, in_axes=(None, 0))(server.params, msgs.batch)
+            fresh, losses = directions.mean(axis=0), jax.tree.map(lambda x: x.mean(axis=0), losses)
         else:
             fresh = jnp.full_like(stale, jnp.nan)
         return _finish(learner, optimizer, server, applied, stale, fresh, losses, correction_state)
-
-    return jax.jit(update)
-
-
-@functools.lru_cache(maxsize=32)
-def make_sync_message_update(
-    learner: Learner, optimizer: optax.GradientTransformation,
-) -> Callable[[ServerState, Array, Any], tuple[ServerState, UpdateMetrics]]:
-    """Jitted ``(server, directions, losses) -> (server', metrics)``: average N worker directions.
-
-    ``directions`` stacks the N workers' ``F(theta_k, batch_j)``, all computed at
-    the server's current parameters; as in ``make_sync_update`` their average is
-    the fresh direction, so the gradient error is zero by construction.
-    """
-
-    def update(server: ServerState, directions: Array, losses: Any):
-        applied = directions.mean(axis=0)
-        losses = jax.tree.map(lambda x: x.mean(axis=0), losses)
-        return _finish(learner, optimizer, server, applied, applied, applied, losses, server.correction_state)
 
     return jax.jit(update)

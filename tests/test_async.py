@@ -16,7 +16,7 @@ from asynccorr.config import ConfigError, ExperimentConfig, with_overrides
 from asynccorr.learner import Learner, Losses
 from asynccorr.runs import train_run
 from asynccorr.schemes import SCHEMES, get_scheme, make_correction
-from asynccorr.server import init_server, make_async_update
+from asynccorr.server import Shipped, init_server, make_update
 from asynccorr.trainer import train_sequential
 
 
@@ -51,40 +51,87 @@ def quadratic_learner(dim: int = 6, seed: int = 0) -> tuple[Learner, jax.Array, 
 
     learner = Learner(env=None, env_params=None, config=None, num_policy=dim // 2, num_value=dim - dim // 2,
                       init=None, unravel=None, act=None, value=None, returns=None, losses=None,
-                      direction=direction, direction_jvp=direction_jvp, linearize=None, sampler_init=None,
-                      sample=None)
+                      direction=direction, direction_jvp=direction_jvp, linearize=None,
+                      sampler_init=lambda key: jnp.zeros(()), sample=lambda key, sampler, p: (jnp.zeros(3), sampler))
     return learner, a, b
 
 
-@pytest.mark.parametrize("staleness", [0, 1, 7, 50])
-def test_modify_applies_exactly_the_fresh_gradient_on_a_quadratic_at_any_staleness(staleness):
-    learner, a, b = quadratic_learner()
-    optimizer = make_optimizer(ExperimentConfig().optim.__class__(name="sgd", policy_lr=0.01, value_lr=0.01),
-                               learner.num_policy, learner.num_value)
-    scheme = get_scheme("modify")
-    correction = make_correction("modify")
-    update = make_async_update(learner, optimizer, scheme, correction)
-    # the worker pulled theta_i; the server then took `staleness` steps (a random walk) away from it
+def _sgd(learner):
+    return make_optimizer(ExperimentConfig().optim.__class__(name="sgd", policy_lr=0.01, value_lr=0.01),
+                          learner.num_policy, learner.num_value)
+
+
+def _drifted(staleness):
+    """theta_i, and theta_k after `staleness` server steps (a random walk) away from it."""
     worker_params = jax.random.normal(jax.random.PRNGKey(staleness + 1), (6,))
     steps = jax.random.normal(jax.random.PRNGKey(100 + staleness), (max(staleness, 1), 6))
-    server_params = worker_params + 0.3 * steps[:staleness].sum(axis=0)
-    server = init_server(server_params, optimizer, correction)
-    new_server, metrics = update(server, worker_params, None, jnp.int32(staleness))
-    fresh = a @ server_params - b
-    applied = (server_params - new_server.params) / 0.01
-    np.testing.assert_allclose(np.asarray(applied), np.asarray(fresh), rtol=1e-5, atol=1e-5)
+    return worker_params, worker_params + 0.3 * steps[:staleness].sum(axis=0)
+
+
+def _shipped(learner, scheme, theta_i, target, batch=None):
+    """What the worker of ``scheme`` ships (the worker role's own compute) after aiming at ``target``."""
+    from asynccorr.backends.worker import WorkerOps, post_pull, pre_pull, ships
+
+    ops = WorkerOps(learner)
+    g, gap, losses = post_pull(ops, scheme, theta_i, batch, target, pre_pull(ops, scheme, theta_i, batch))
+    _, ship_params = ships(scheme, True)
+    return Shipped(g, gap, theta_i if ship_params else None, batch,
+                   losses if losses is not None else Losses(jnp.zeros(()), jnp.zeros(())))
+
+
+@pytest.mark.parametrize("protocol", ["oracle", "server"])
+@pytest.mark.parametrize("staleness", [0, 1, 7, 50])
+def test_the_server_side_protocols_apply_exactly_the_fresh_gradient_on_a_quadratic_at_any_staleness(
+        protocol, staleness):
+    learner, a, b = quadratic_learner()
+    optimizer, scheme = _sgd(learner), get_scheme(f"modify@{protocol}")
+    correction = make_correction(scheme.name)
+    update = make_update(learner, optimizer, scheme, correction, True)
+    theta_i, theta_k = _drifted(staleness)
+    server = init_server(theta_k, optimizer, correction)
+    new_server, metrics = update(server, _shipped(learner, scheme, theta_i, theta_i), jnp.int32(staleness))
+    applied = (theta_k - new_server.params) / 0.01
+    np.testing.assert_allclose(np.asarray(applied), np.asarray(a @ theta_k - b), rtol=1e-5, atol=1e-5)
     assert float(metrics.grad_error) < 1e-5
     if staleness > 0:
         assert float(metrics.stale_grad_error) > 1e-3  # the uncorrected gradient was wrong
+
+
+@pytest.mark.parametrize("protocol", ["deferred", "pull-first", "look-ahead"])
+def test_a_worker_side_product_is_exact_when_it_aimed_at_theta_k_and_misses_by_what_it_could_not_see(protocol):
+    learner, a, b = quadratic_learner()
+    optimizer, scheme = _sgd(learner), get_scheme(f"modify@{protocol}")
+    correction = make_correction(scheme.name)
+    update = make_update(learner, optimizer, scheme, correction, True)
+    theta_i, theta_k = _drifted(7)
+    server = init_server(theta_k, optimizer, correction)
+    _, exact = update(server, _shipped(learner, scheme, theta_i, theta_k), jnp.int32(7))
+    _, residual = update(server, _shipped(learner, scheme, theta_i, (theta_i + theta_k) / 2), jnp.int32(7))
+    assert float(exact.grad_error) < 1e-5
+    assert 1e-3 < float(residual.grad_error) < float(residual.stale_grad_error)  # half the gap seen: half the error
+
+
+def test_the_learner_applies_the_fresh_direction_at_theta_k_from_the_shipped_states():
+    learner, a, b = quadratic_learner()
+    optimizer, scheme = _sgd(learner), get_scheme("learner")
+    update = make_update(learner, optimizer, scheme, make_correction("learner"), True)
+    theta_i, theta_k = _drifted(7)
+    server = init_server(theta_k, optimizer, make_correction("learner"))
+    new_server, metrics = update(server, _shipped(learner, scheme, theta_i, theta_i, batch=jnp.zeros(3)),
+                                 jnp.int32(7))
+    np.testing.assert_allclose(np.asarray((theta_k - new_server.params) / 0.01), np.asarray(a @ theta_k - b),
+                               rtol=1e-5, atol=1e-5)
+    assert float(metrics.grad_error) == 0.0
 
 
 def test_async_applies_the_stale_gradient_on_a_quadratic():
     learner, a, b = quadratic_learner()
     optimizer = make_optimizer(ExperimentConfig().optim.__class__(name="sgd"), learner.num_policy, learner.num_value)
     correction = make_correction("async")
-    update = make_async_update(learner, optimizer, get_scheme("async"), correction)
+    update = make_update(learner, optimizer, get_scheme("async"), correction, True)
     worker_params, server_params = jnp.zeros(6), jnp.ones(6)
-    _, metrics = update(init_server(server_params, optimizer, correction), worker_params, None, jnp.int32(3))
+    shipped = _shipped(learner, get_scheme("async"), worker_params, worker_params)
+    _, metrics = update(init_server(server_params, optimizer, correction), shipped, jnp.int32(3))
     expected = np.linalg.norm(a @ worker_params - b - (a @ server_params - b)) / np.linalg.norm(a @ server_params - b)
     assert float(metrics.grad_error) == pytest.approx(float(expected), rel=1e-5)
 
@@ -131,10 +178,12 @@ def test_corrections_say_which_extra_argument_is_missing():
 # ----------------------------------------------------------------------------- the GPI learner
 
 
-def test_modify_dense_equals_modify_on_a_small_network():
-    cfg = small_config(workers={"count": 3}, train={"iterations": 8, "eval_every": 8})
+def test_modify_dense_equals_the_exact_product_at_application_on_a_small_network():
+    """The worker ships G and its dense Hessian; the server forms G + H(theta_k - theta_i): the
+    same update as the oracle's product at application, when both jobs take as long."""
+    cfg = small_config(workers={"count": 3, "dense_cost_ratio": 3.1}, train={"iterations": 8, "eval_every": 8})
     dense = run_sim(cfg, "modify-dense")
-    hvp = run_sim(cfg, "modify")
+    hvp = run_sim(cfg, "modify@oracle")
     assert dense.metrics["staleness"].max() >= 1
     np.testing.assert_allclose(dense.params, hvp.params, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(dense.metrics["grad_error"], hvp.metrics["grad_error"], rtol=1e-3, atol=1e-5)
@@ -145,7 +194,7 @@ def test_modify_dense_refuses_networks_above_its_stated_size():
         run_sim(small_config(schemes={"dense_max_params": 100}), "modify-dense")
 
 
-@pytest.mark.parametrize("scheme", sorted(SCHEMES))
+@pytest.mark.parametrize("scheme", sorted(s for s in SCHEMES if not SCHEMES[s].pipelined))
 def test_with_one_worker_every_scheme_equals_the_sequential_trainer(scheme):
     cfg = small_config()
     reference = train_sequential(cfg)
@@ -174,6 +223,19 @@ def test_heterogeneous_workers_make_slow_workers_staler():
     assert counts[0] > counts[3]
 
 
+def test_sync_pipelined_is_one_round_stale_and_its_corrected_variant_sees_the_whole_gap():
+    """HTS-RL: round r's directions at theta_{r-1}; the server's apply overlaps the workers'
+    compute, so a round costs the slowest worker alone. The corrected variant's workers
+    apply their linearisation to theta_r - theta_{r-1}: residual staleness 0."""
+    cfg = small_config(workers={"count": 4}, train={"iterations": 10, "eval_every": 10})
+    sync, plain, corrected = (run_sim(cfg, s).metrics for s in ("sync", "sync-pipelined", "sync-pipelined-modify"))
+    assert plain["staleness"].tolist() == [0] + [1] * 9
+    assert plain["residual_staleness"].tolist() == plain["staleness"].tolist()
+    assert np.all(corrected["residual_staleness"] == 0) and corrected["staleness"].tolist() == [0] + [1] * 9
+    assert plain["time"][-1] < sync["time"][-1]  # no wait for the server's apply
+    assert corrected["grad_error"][1:].mean() < 0.5 * plain["grad_error"][1:].mean()
+
+
 def test_stragglers_give_a_heavy_tail_of_staleness():
     cfg = small_config(workers={"count": 4, "delay": "stragglers", "straggler_prob": 0.1},
                        train={"iterations": 200, "eval_every": 200})
@@ -189,12 +251,27 @@ def test_sync_waits_for_the_slowest_worker_and_is_never_stale():
     assert sync["time"][-1] > 3 * async_["time"][-1]
 
 
-def test_the_simulated_clock_charges_modify_its_hessian_vector_cost():
-    cfg = small_config(workers={"count": 4, "jitter": 0.0, "jvp_cost_ratio": 2.5},
-                       train={"iterations": 8, "eval_every": 8})
+def test_the_simulated_clock_charges_a_worker_side_product_its_hessian_vector_cost():
+    cfg = small_config(workers={"count": 4, "jitter": 0.0, "jvp_cost_ratio": 2.5, "sample_cost_ratio": 0.0,
+                                "server_apply_cost_ratio": 0.0}, train={"iterations": 8, "eval_every": 8})
     t_async = run_sim(cfg, "async").metrics["time"]
-    t_modify = run_sim(cfg, "modify").metrics["time"]
+    t_modify = run_sim(cfg, "modify@pull-first").metrics["time"]
     np.testing.assert_allclose(t_modify, 2.5 * t_async, rtol=1e-12)
+
+
+def test_the_server_protocol_charges_the_server_and_the_server_is_a_queue():
+    """4 identical workers (no jitter): the server needs 3 direction-times per message for the
+    product, the workers produce one message each per direction-time, so messages queue: the
+    server works without a pause and every worker waits for its reply."""
+    cfg = small_config(workers={"count": 4, "jitter": 0.0, "jvp_cost_ratio": 3.0, "sample_cost_ratio": 0.0,
+                                "server_apply_cost_ratio": 0.0}, train={"iterations": 12, "eval_every": 12})
+    d = cfg.workers.direction_time
+    m = run_sim(cfg, "modify@server").metrics
+    np.testing.assert_allclose(np.diff(m["time"]), 3.0 * d, rtol=1e-9)  # one update per server product
+    assert np.all(m["residual_staleness"] == 0)  # the product is against theta_k at application
+    assert m["grad_error"].max() < 0.2 * m["stale_grad_error"].max()
+    learner = run_sim(cfg, "learner").metrics  # the fresh direction costs the server 1 direction-time
+    assert learner["time"][-1] < 0.5 * m["time"][-1] and np.all(learner["grad_error"] == 0)
 
 
 def test_same_seed_gives_byte_identical_results_and_different_seeds_differ(tmp_path: Path):
@@ -239,8 +316,8 @@ def test_drop_stale_discards_exactly_the_messages_above_the_bound():
     """4 identical workers (no jitter), bound 1, worked by hand: each round of 4 simultaneous
     arrivals, workers 0 and 1 apply (staleness 0 then 1 in the first round, 1 and 1 after),
     workers 2 and 3 are staler than 1, are discarded and pull afresh."""
-    cfg = small_config(workers={"count": 4, "jitter": 0.0}, schemes={"staleness_bound": 1},
-                       train={"iterations": 6, "eval_every": 6})
+    cfg = small_config(workers={"count": 4, "jitter": 0.0, "sample_cost_ratio": 0.0, "server_apply_cost_ratio": 0.0},
+                       schemes={"staleness_bound": 1}, train={"iterations": 6, "eval_every": 6})
     dropped = run_sim(cfg, "drop-stale")
     assert dropped.metrics["staleness"].tolist() == [0, 1, 1, 1, 1, 1]
     assert dropped.metrics["worker"].tolist() == [0, 1, 0, 1, 0, 1]

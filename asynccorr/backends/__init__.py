@@ -27,24 +27,33 @@ class Backend:
     summary: str  # a few words for the CLI help
     run: str  # "module:function" of the run function
     resumable: bool  # a checkpoint reproduces the run bit for bit (so --resume is allowed)
-    refuses: tuple[str, ...] = ()  # the ``Scheme.compute`` kinds it cannot run
+    refuses: tuple[str, ...] = ()  # the scheme kinds it cannot run (``scheme_kinds``)
 
     def supports(self, scheme_name: str) -> bool:
-        return get_scheme(scheme_name).compute not in self.refuses
+        return not set(scheme_kinds(scheme_name)) & set(self.refuses)
 
     def run_function(self) -> Callable:
         module, function = self.run.split(":")
         return getattr(importlib.import_module(module), function)
 
 
+def scheme_kinds(scheme_name: str) -> tuple[str, ...]:
+    """What a backend may refuse about a scheme: its compute (``dense``), an unrealisable
+    protocol (``oracle``), rounds that overlap the server's apply (``pipelined``)."""
+    scheme = get_scheme(scheme_name)
+    return (scheme.compute, *(("oracle",) if not scheme.realisable else ()), *(("pipelined",) if scheme.pipelined else ()))
+
+
+REAL_REFUSES = ("dense", "oracle", "pipelined")  # the real backends run what a real cluster can (and we built)
+
 BACKENDS: dict[str, Backend] = {
     b.name: b
     for b in (
         Backend("sim", "a deterministic simulation on one process", "asynccorr.backends.sim:run_sim", True),
         Backend("mp", "worker processes on this machine", "asynccorr.backends.mp:run_mp", False,
-                refuses=("dense",)),
+                refuses=REAL_REFUSES),
         Backend("ray", "Ray actors on a local or remote cluster", "asynccorr.backends.ray_backend:run_ray", False,
-                refuses=("dense",)),
+                refuses=REAL_REFUSES),
     )
 }
 

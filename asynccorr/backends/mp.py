@@ -17,6 +17,10 @@ replacement, Ctrl-C, cleanup); this module is how it reaches its workers:
   while writing can only corrupt its own channel, never block the others).
 * Arrivals: the server (this process) waits on every pipe and every process
   sentinel at once; a sentinel, or a pipe that ends, is a death.
+* Push-pull: a worker that sent a message waits for the server's reply before it
+  pulls again -- the per-worker ``taken`` counter in the block, set by ``hand_out``
+  once the server applied (and published) or dropped the message. At most one message
+  per worker waits; one worker is the sequential learner (``sim`` models the same).
 * Hang: a worker's heartbeat is the time its current job started (0 between jobs).
 * Replacement: complete messages still in a dead worker's pipe are drained (a
   message cut off mid-write ends the drain); the process is terminated, then
@@ -64,14 +68,16 @@ class SharedBlock:
         buf = shm.buf
         self.header = np.ndarray((_HEADER,), np.int64, buf, 0)
         self.heartbeat = np.ndarray((workers,), np.float64, buf, 8 * _HEADER)
-        self.params = np.ndarray((size,), np.float32, buf, 8 * (_HEADER + workers))
+        self.taken = np.ndarray((workers,), np.int64, buf, 8 * (_HEADER + workers))
+        self.params = np.ndarray((size,), np.float32, buf, 8 * (_HEADER + 2 * workers))
 
     @classmethod
     def create(cls, workers: int, size: int) -> SharedBlock:
-        nbytes = 8 * (_HEADER + workers) + 4 * size
+        nbytes = 8 * (_HEADER + 2 * workers) + 4 * size
         block = cls(shared_memory.SharedMemory(create=True, size=nbytes), workers, size, owner=True)
         block.header[:] = 0
         block.heartbeat[:] = 0
+        block.taken[:] = 0
         return block
 
     @classmethod
@@ -115,7 +121,7 @@ class SharedBlock:
 
     def close(self) -> None:
         # drop the numpy views first: a buffer with exported views cannot be closed
-        del self.header, self.heartbeat, self.params
+        del self.header, self.heartbeat, self.taken, self.params
         self.shm.close()
         if self.owner:
             with contextlib.suppress(FileNotFoundError):
@@ -148,7 +154,7 @@ def _worker_main(spec: WorkerSpec, shm_name: str, workers: int, size: int,
         while not block.going and not block.stopped and os.getppid() == parent:
             time.sleep(0.001)
         wait_new = compute.scheme.synchronous
-        last = -1
+        last, sent = -1, 0
         while not block.stopped and os.getppid() == parent:
             theta, version = block.read()
             if wait_new and version == last:
@@ -158,6 +164,9 @@ def _worker_main(spec: WorkerSpec, shm_name: str, workers: int, size: int,
             msg = compute.job(theta, version, block.read)
             block.heartbeat[spec.worker] = 0.0
             conn.send(msg)
+            sent += 1
+            while block.taken[spec.worker] < sent and not block.stopped and os.getppid() == parent:
+                time.sleep(0.0002)  # push-pull: wait for the server's reply (its update published, or a drop)
             last = version
     except (BrokenPipeError, EOFError, ConnectionResetError):
         pass  # the server closed our pipe: it is shutting down
@@ -218,9 +227,12 @@ class Processes(Transport):
         self.ctx = mp.get_context("spawn")
         self.block = SharedBlock.create(workers, size)
         self.procs: dict[int, _Process] = {}
+        self.received: dict[int, int] = {}  # messages received from each worker's current incarnation
 
     def spawn(self, spec: WorkerSpec) -> int | None:
         reader, writer = self.ctx.Pipe(duplex=False)
+        self.received[spec.worker] = 0
+        self.block.taken[spec.worker] = 0
         args = (spec, self.block.name, self.block.workers, self.block.size, writer, os.getpid())
         process = self.ctx.Process(target=_worker_main, args=args, name=f"asynccorr-worker-{spec.worker}",
                                    daemon=True)
@@ -243,7 +255,10 @@ class Processes(Transport):
                 continue  # the rest of its pipe is for drain
             if not exited:
                 try:
-                    yield i, self.procs[i].conn.recv()
+                    arrival = self.procs[i].conn.recv()
+                    if isinstance(arrival, Message):
+                        self.received[i] += 1
+                    yield i, arrival
                     continue
                 except (EOFError, OSError):
                     pass
@@ -255,6 +270,10 @@ class Processes(Transport):
 
     def go(self) -> None:
         self.block.go()
+
+    def hand_out(self, worker: int) -> None:
+        """The reply to its pushes so far: the worker may pull its next job's parameters."""
+        self.block.taken[worker] = self.received.get(worker, 0)
 
     def busy_for(self, worker: int) -> float | None:
         beat = float(self.block.heartbeat[worker])

@@ -2,26 +2,19 @@
 
 Transport-agnostic and clock-agnostic (Sample Factory's idea: the same components in
 serial and in parallel mode). ``mp`` and ``ray`` hand every ``worker.Message`` they
-receive to ``ServerRole.receive``; ``sim`` drives the same role on its simulated clock
-with ``apply_job`` / ``apply_round`` and ``flush_if_due``. The role owns the parameter
-server's state (``server.ServerState``) and its version ``k``, measures each message's
-staleness ``k - i``, applies the scheme's correction (``asynccorr.server``), records
-one metric row per update and, at every evaluation point, hands the rows to the run
+receive to ``ServerRole.receive``; ``sim`` hands it the messages its simulated workers
+computed with the same worker code, at the simulated moment the server takes each one
+off its queue (``receive(msg, at=...)``), and its synchronous rounds to
+``apply_round``. The role owns the parameter server's state (``server.ServerState``)
+and its version ``k``, measures each message's staleness ``k - i`` and residual
+staleness, applies the scheme's rule (``asynccorr.server.make_update``), records one
+metric row per update and, at every evaluation point, hands the rows to the run
 protocol's ``Recorder`` (divergence, evaluation, checkpoint, flush).
 
-Messages it applies (the roles and their messages are documented in ``worker.py``):
-
-* ``receive(msg)``: a real worker's ``Message`` -- ``G`` computed at ``theta_i`` and,
-  for ``jvp`` schemes, the worker's gap product; ``sync`` collects one per worker at
-  the current version and applies their average (a direction from an older version,
-  a replaced worker's say, is discarded);
-* ``apply_job(worker, theta_i, version, batch)``: ``sim``'s message, the worker's
-  ``theta_i`` and batch; the worker's computation is a pure function of it, evaluated
-  at application against the server's ``theta_k`` (``server.make_async_update``);
-* ``apply_round(batches)``: ``sim``'s synchronous round, N batches at ``theta_k``.
-
-A ``drop-stale`` scheme discards a message staler than ``schemes.staleness_bound``
-(no update, no version bump).
+``sync`` on real workers collects one message per worker at the current version and
+applies their average (a direction from an older version, a replaced worker's say, is
+discarded). A ``drop-stale`` scheme discards a message staler than
+``schemes.staleness_bound`` (no update, no version bump).
 """
 
 from __future__ import annotations
@@ -43,35 +36,27 @@ from asynccorr.config import ExperimentConfig
 from asynccorr.evaluation import EvalRecord
 from asynccorr.learner import Batch, Losses
 from asynccorr.run_protocol import BASE_COLUMNS, Columns, Recorder, RunHooks, RunResult, is_eval_point
-from asynccorr.schemes import check_scheme_fits, correction_for, get_scheme
-from asynccorr.server import (
-    ServerState,
-    UpdateMetrics,
-    init_server,
-    make_async_update,
-    make_message_update,
-    make_sync_message_update,
-    make_sync_update,
-)
+from asynccorr.schemes import check_scheme_fits, correction_for, get_scheme, resolve
+from asynccorr.server import ServerState, Shipped, UpdateMetrics, init_server, make_round_update, make_update
 
 log = logging.getLogger("asynccorr.backends")
 
-WORKER_COLUMNS = ("residual_staleness", "compute_time")  # measured by real workers (after the base columns)
+WORKER_COLUMNS = ("residual_staleness", "compute_time")  # every backend's columns after the base ones
 
 
 class ServerRole:
     """The parameter server of one run.
 
-    ``columns``: the extra per-update columns this backend measures (``WORKER_COLUMNS``
-    on real workers, none on ``sim``). ``snapshot``: the backend's whole state as a
+    ``measure``: evaluate the fresh direction for the gradient error (``sim`` always
+    does; the real backends when ``workers.measure_grad_error``). ``snapshot``: the backend's whole state as a
     checkpoint, taken at evaluation points when due (``sim``; real backends cannot be
     reproduced from one). ``restore`` continues from a checkpointed server state.
     """
 
     def __init__(self, config: ExperimentConfig, scheme_name: str, hooks: RunHooks | None = None,
-                 columns: tuple[str, ...] = WORKER_COLUMNS) -> None:
+                 measure: bool | None = None) -> None:
         self.config = config
-        self.scheme = get_scheme(scheme_name)
+        self.scheme = get_scheme(resolve(scheme_name, config.schemes.protocol))
         self.learner, self.optimizer = build(config)
         check_scheme_fits(self.scheme, self.learner.num_params, config.schemes)
         self.correction = correction_for(self.scheme.name, config.schemes)
@@ -81,7 +66,8 @@ class ServerRole:
         self.iteration = 0  # server updates applied
         self.dropped = 0  # messages a drop-stale scheme discarded
         self.count = config.workers.count
-        self.columns = columns
+        self.columns = WORKER_COLUMNS
+        self.measure = config.workers.measure_grad_error if measure is None else measure
         self.hooks = hooks or RunHooks()
         self.recorder = Recorder(config, self.learner, self.hooks)
         self.snapshot: Callable[[], Checkpoint] | None = None
@@ -141,22 +127,12 @@ class ServerRole:
                 " ".join(f"{k}={v}" for k, v in fields.items()))
 
     def warm_up(self) -> None:
-        """Compile the real workers' update on dummy inputs (result discarded) while they start."""
-        n = self.params.size
+        """Compile the update on dummy inputs (result discarded) while the workers start."""
+        msg = dummy_message(self.scheme, self.learner, self.server.params, self.measure)
         if self.scheme.synchronous:
-            zeros = np.zeros((self.count,), np.float32)
-            out = self._sync_message_update(self.server, np.zeros((self.count, n), np.float32),
-                                              Losses(zeros, zeros))
+            out = self._round_update(self.server, stack([msg] * self.count))
         else:
-            batch = None
-            if self.config.workers.measure_grad_error:
-                key = jax.random.PRNGKey(0)
-                sampler = jax.eval_shape(self.learner.sampler_init, key)
-                shapes, _ = jax.eval_shape(self.learner.sample, key, sampler, self.server.params)
-                batch = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
-            gap = np.zeros((n,), np.float32) if self.scheme.compute == "jvp" else None
-            out = self._message_update(self.server, np.zeros((n,), np.float32), gap, batch, np.int32(0),
-                                         Losses(np.float32(0), np.float32(0)))
+            out = self._update(self.server, shipped(msg), np.int32(0))
         jax.block_until_ready(out)
 
     def evaluate_initial(self) -> None:
@@ -165,23 +141,12 @@ class ServerRole:
     # ------------------------------------------------------------------ the update functions
 
     @functools.cached_property
-    def _message_update(self) -> Callable[..., tuple[ServerState, UpdateMetrics]]:
-        """Real workers' messages: the worker computed G (and its gap product)."""
-        return make_message_update(self.learner, self.optimizer, self.scheme, self.correction,
-                                   self.config.workers.measure_grad_error)
-
-    @functools.cached_property
-    def _sync_message_update(self) -> Callable[..., tuple[ServerState, UpdateMetrics]]:
-        return make_sync_message_update(self.learner, self.optimizer)
-
-    @functools.cached_property
-    def _job_update(self) -> Callable[..., tuple[ServerState, UpdateMetrics]]:
-        """``sim``'s jobs: G and the correction evaluated at application against theta_k."""
-        return make_async_update(self.learner, self.optimizer, self.scheme, self.correction)
+    def _update(self) -> Callable[..., tuple[ServerState, UpdateMetrics]]:
+        return make_update(self.learner, self.optimizer, self.scheme, self.correction, self.measure)
 
     @functools.cached_property
     def _round_update(self) -> Callable[..., tuple[ServerState, UpdateMetrics]]:
-        return make_sync_update(self.learner, self.optimizer)
+        return make_round_update(self.learner, self.optimizer, self.scheme, self.correction, self.measure)
 
     # ------------------------------------------------------------------ messages
 
@@ -193,12 +158,21 @@ class ServerRole:
             return None
         return staleness
 
-    def receive(self, msg: Message) -> bool:
-        """Apply (or, for sync, collect) one real worker's message, flushing at evaluation points;
-        True when the parameters changed."""
+    def residual(self, msg: Message) -> int:
+        """The updates the correction could not see: none for a server-side product or a fresh
+        direction, else those since the version its product (or its direction) used."""
+        if self.scheme.compute == "sample" or self.scheme.protocol in ("server", "oracle"):
+            return 0
+        return self.version - msg.version_k
+
+    def receive(self, msg: Message, at: float | None = None, flush: bool = True) -> bool:
+        """Apply (or, for sync, collect) one message at time ``at`` (default: the wall clock),
+        flushing at evaluation points unless ``flush`` is False (``sim`` flushes once its own
+        state is consistent); True when the parameters changed."""
         self.received += 1
         if self.done:
             return False
+        at = self.now() if at is None else at
         if self.scheme.synchronous:
             if msg.version != self.version:
                 return False
@@ -207,34 +181,22 @@ class ServerRole:
                 return False
             msgs = [self.round[i] for i in sorted(self.round)]
             self.round.clear()
-            losses = Losses(jnp.asarray([m.policy_loss for m in msgs], jnp.float32),
-                            jnp.asarray([m.value_loss for m in msgs], jnp.float32))
-            directions = np.stack([m.direction for m in msgs])
-            self._apply(lambda s: self._sync_message_update(s, directions, losses), self.now(), -1, 0,
-                        (0, float(np.mean([m.compute_time for m in msgs]))))
+            self.apply_round(msgs, at)
         else:
             staleness = self.admit(msg.version)
             if staleness is None:
                 return False
-            losses = Losses(np.float32(msg.policy_loss), np.float32(msg.value_loss))
-            self._apply(lambda s: self._message_update(s, msg.direction, msg.gap_product, msg.batch,
-                                                         np.int32(staleness), losses),
-                        self.now(), msg.worker, staleness, (self.version - msg.version_k, msg.compute_time))
-        self.flush_if_due()
+            self._apply(lambda s: self._update(s, shipped(msg), np.int32(staleness)), at, msg.worker, staleness,
+                        (self.residual(msg), msg.compute_time))
+        if flush:
+            self.flush_if_due()
         return True
 
-    def apply_job(self, worker: int, theta_i: jax.Array, version: int, batch: Batch, at: float) -> bool:
-        """``sim``: apply worker ``worker``'s job (its ``theta_i`` at ``version`` and its batch) at
-        simulated time ``at``; False when the scheme dropped it. The caller flushes."""
-        staleness = self.admit(version)
-        if staleness is None:
-            return False
-        self._apply(lambda s: self._job_update(s, theta_i, batch, np.int32(staleness)), at, worker, staleness, ())
-        return True
-
-    def apply_round(self, batches: Batch, at: float) -> None:
-        """``sim``: one synchronous round, the N workers' batches (stacked) at theta_k. The caller flushes."""
-        self._apply(lambda s: self._round_update(s, batches), at, -1, 0, ())
+    def apply_round(self, msgs: list[Message], at: float, residual: int = 0) -> None:
+        """One synchronous round: the N workers' messages, averaged. ``sim`` flushes after it."""
+        staleness = self.version - msgs[0].version
+        self._apply(lambda s: self._round_update(s, stack(msgs)), at, -1, staleness,
+                    (residual, float(np.mean([m.compute_time for m in msgs]))))
 
     def _apply(self, update: Callable[[ServerState], tuple[ServerState, UpdateMetrics]], at: float, worker: int,
                staleness: int, extra: tuple) -> None:
@@ -284,3 +246,39 @@ class ServerRole:
         params = self.before[n] if n < len(self.before) else self.server.params
         dropped = self.drops[n - 1] if 0 < n <= len(self.drops) else self.dropped
         return self.recorder.result(params, status, extra=extra, dropped=dropped, events=events)
+
+
+# ----------------------------------------------------------------------------- messages as arrays
+
+
+def shipped(msg: Message) -> Shipped:
+    """The arrays a message carries, as the update rule takes them."""
+    return Shipped(msg.direction, msg.gap_product, msg.params, msg.batch,
+                   Losses(np.float32(msg.policy_loss), np.float32(msg.value_loss))
+                   if isinstance(msg.policy_loss, float) else Losses(msg.policy_loss, msg.value_loss))
+
+
+def stack(msgs: list[Message]) -> Shipped:
+    """N messages' arrays stacked on a leading axis (a synchronous round)."""
+    rows = [shipped(m) for m in msgs]
+    return jax.tree.map(lambda *xs: None if xs[0] is None else jnp.stack([jnp.asarray(x) for x in xs]), *rows,
+                        is_leaf=lambda x: x is None)
+
+
+def dummy_message(scheme: Any, learner: Any, params: jax.Array, measure: bool) -> Message:
+    """A message with the arrays a real worker of ``scheme`` ships, zero-filled (to compile)."""
+    from asynccorr.backends.worker import ships
+
+    n = params.size
+    ship_batch, ship_params = ships(scheme, measure)
+    batch = None
+    if ship_batch:
+        key = jax.random.PRNGKey(0)
+        sampler = jax.eval_shape(learner.sampler_init, key)
+        shapes, _ = jax.eval_shape(learner.sample, key, sampler, params)
+        batch = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+    has_direction = scheme.compute not in ("sample", "dense") and scheme.protocol != "oracle"
+    has_gap = scheme.protocol is not None and scheme.protocol not in ("server", "oracle")
+    zeros = np.zeros((n,), np.float32)
+    return Message(0, 0, 0, zeros if has_direction else None, zeros if has_gap else None, batch,
+                   0.0, 0.0, 0.0, zeros if ship_params else None)

@@ -1,32 +1,39 @@
-"""The worker role of the real backends (``mp``, ``ray``) and its messages.
+"""The worker role of every backend and its messages.
 
 Roles and messages, in one place (Sample Factory style)::
 
     server -> worker   (theta_k, k)            the newest parameters and their version:
                                                mp: a seqlocked shared-memory block;
-                                               ray: the job's argument and a ParameterStore actor
+                                               ray: the job's argument and a ParameterStore actor;
+                                               sim: the parameters published at that simulated moment
     worker -> server   Ready(worker, pid)      start-up done (functions compiled)
     worker -> server   Message(...)            one job's result, below
 
-A worker loops: pull ``(theta_i, i)``; sample a batch with its own exploratory
-rollouts (its key stream is ``build.worker_stream(k_workers, worker)``, as on
-the ``sim`` backend); then
+A worker loops: pull ``(theta_i, i)``; then it runs its scheme's **phases**
+(``Scheme.phases``, timed one by one):
 
-* direction schemes (``sync``, ``async``): ``G = F(theta_i, batch)``, sent tagged
-  with version ``i``;
-* ``jvp`` schemes (``modify``, ``modify-safe``), the worker-side protocol of
-  DESIGN.md section 5: linearise at ``theta_i``, pull the newest ``(theta_k', k')``
-  and apply the Hessian-vector product to the gap, i.e. ``G`` and
-  ``gap_product = dF/dtheta(theta_i) . (theta_k' - theta_i)`` in one
-  forward-over-reverse pass (``learner.direction_jvp``: the product is evaluated
-  in the same pass as the linearisation, 1.45x cheaper than ``jax.linearize`` +
-  apply, and mathematically the same linearisation at ``theta_i``). The message
-  is tagged with both versions. The server applies the scheme's correction with
-  that product (``server.make_message_update``); it records ``staleness = k_apply
-  - i`` and ``residual_staleness = k_apply - k'``: the updates the correction
-  could not see (for direction schemes the two are equal).
+* ``sample``: a batch from its own exploratory rollouts with ``theta_i`` (its key
+  stream is ``build.worker_stream(k_workers, worker)`` on every backend);
+* ``direction``: ``G = F(theta_i, batch)`` (direction schemes, the ``server``
+  protocol);
+* ``direction_jvp``: ``G`` and ``dF/dtheta(theta_i) . (target - theta_i)`` in one
+  forward-over-reverse pass (``pull-first``, ``look-ahead``, ``oracle``'s cost);
+* ``linearise`` then ``apply``: ``jax.linearize`` at ``theta_i``, the map applied
+  to the gap later (``deferred``);
+* ``dense``: G and the dense Jacobian (``modify-dense``, sim only);
+* ``schemes.PULL``: read the newest ``(theta_k', k')`` mid-job. ``target`` is
+  ``theta_k'``, or for ``look-ahead`` the point the server is expected to reach when
+  the message lands (``aim``).
 
-Everything here is plain data: messages pickle across processes and Ray.
+``learner`` runs ``sample`` only and ships the batch. The message is tagged with
+both versions; the server records ``staleness = k_apply - i`` and
+``residual_staleness`` (the updates the correction could not see: ``k_apply - k'``
+for a worker-side product, 0 for a server-side one or a fresh direction).
+
+``job_compute`` is the compute of a job given what the worker holds; mp and ray run
+it inline around a real pull (``WorkerCompute.job``), ``sim`` runs the same code at
+the simulated moments. Everything here is plain data: messages pickle across
+processes and Ray.
 """
 
 from __future__ import annotations
@@ -67,17 +74,19 @@ class Ready(NamedTuple):
 
 
 class Message(NamedTuple):
-    """One job's result, worker -> server."""
+    """One job's result, worker -> server (arrays: numpy on real backends, device arrays on sim)."""
 
     worker: int
     version: int  # i: version of theta_i, the parameters G was computed (and linearised) at
-    version_k: int  # k': version of the newest parameters the gap product used (= version for direction schemes)
-    direction: np.ndarray  # G = F(theta_i, batch), float32
-    gap_product: np.ndarray | None  # dF/dtheta(theta_i) . (theta_k' - theta_i); jvp schemes only
-    batch: Any | None  # the batch (numpy pytree) when the server measures the gradient error
-    policy_loss: float  # J at theta_i on the batch
-    value_loss: float  # L_V at theta_i on the batch
-    compute_time: float  # seconds of sampling + compute, without the slowdown sleep
+    version_k: int  # k': version of the newest parameters the gap product used (= version without a pull)
+    direction: Any | None  # G = F(theta_i, batch), float32; None for learner (the server computes it)
+    gap_product: Any | None  # dF/dtheta(theta_i) . (target - theta_i); worker-side protocols only
+    batch: Any | None  # the batch (pytree) when the server needs it or measures the gradient error
+    policy_loss: Any  # J at theta_i on the batch (nan for learner)
+    value_loss: Any  # L_V at theta_i on the batch (nan for learner)
+    compute_time: float  # seconds of the job's phases, without the slowdown sleep
+    params: Any | None = None  # theta_i, when the server's rule needs it (Scheme.needs_worker_params)
+    phase_times: tuple[float, ...] = ()  # seconds per non-pull phase, in Scheme.phases order
 
 
 class WorkerSpec(NamedTuple):
@@ -95,23 +104,108 @@ class WorkerSpec(NamedTuple):
         return float(factors[self.worker]) if self.worker < len(factors) else 1.0
 
 
+# ----------------------------------------------------------------------------- the compute of a job
+
+
+class WorkerOps:
+    """The worker role's jitted functions for one learner (shared by all of a process's workers)."""
+
+    def __init__(self, learner: Any) -> None:
+        import jax
+
+        self.learner = learner
+        self.sample = jax.jit(learner.sample)
+        self.direction = jax.jit(learner.direction)
+        self.direction_jvp = jax.jit(learner.direction_jvp)
+
+    def linearise(self, theta: Any, batch: Any) -> tuple[Any, Any, Callable[[Any], Any]]:
+        """``(G, losses, t -> dF/dtheta(theta) . t)``: ``jax.linearize`` of the jitted field (the
+        linear part is compiled once and cached; it cannot be a jit output)."""
+        import jax
+
+        (g, losses), f_jvp = jax.linearize(lambda p: self.direction(p, batch), theta)
+        return g, losses, (lambda t: f_jvp(t)[0])
+
+    def dense(self, theta: Any, batch: Any) -> Any:
+        """The dense Jacobian of F at theta (small nets only)."""
+        import jax
+
+        return jax.jacfwd(lambda p: self.learner.direction(p, batch)[0])(theta)
+
+
+def worker_ops(learner: Any) -> WorkerOps:
+    """The ``WorkerOps`` of a learner (one per learner and process: compiled once)."""
+    ops = _OPS.get(id(learner))
+    if ops is None or ops.learner is not learner:
+        ops = _OPS[id(learner)] = WorkerOps(learner)
+    return ops
+
+
+_OPS: dict[int, WorkerOps] = {}
+
+
+def aim(theta_k: Any, version_k: int, now: float, last: tuple[Any, int, float] | None, lead: float) -> Any:
+    """look-ahead's target: where the server should be when this message lands.
+
+    From the worker's previous mid-job pull ``last = (theta, version, time)`` and this one
+    (``theta_k'`` at ``version_k``, ``now``): the server's mean step ``(theta_k' - theta) /
+    (version_k - version)`` and the rate of the *other* workers' updates (its own one is
+    applied before it pulls again); the expected residual staleness is that rate times
+    ``lead``, the worker's own last pull-to-send time. With one worker the target is
+    ``theta_k'``."""
+    if last is None or lead <= 0:
+        return theta_k
+    theta, version, then = last
+    steps = version_k - version
+    if steps <= 1 or not now > then:
+        return theta_k
+    expected = (steps - 1) / (now - then) * lead  # others' updates during the lead
+    return theta_k + (expected / steps) * (theta_k - theta)
+
+
+def pre_pull(ops: WorkerOps, scheme: Any, theta_i: Any, batch: Any) -> Any:
+    """The compute before the mid-job pull: deferred's linearisation (else nothing)."""
+    return ops.linearise(theta_i, batch) if "linearise" in scheme.phases else None
+
+
+def post_pull(ops: WorkerOps, scheme: Any, theta_i: Any, batch: Any, target: Any, pre: Any) -> tuple[Any, Any, Any]:
+    """The rest of the job: ``(G or None, gap product or None, losses or None)``."""
+    phases = scheme.phases
+    if "apply" in phases:
+        g, losses, product = pre
+        return g, product(target - theta_i), losses
+    if "direction_jvp" in phases and scheme.protocol != "oracle":
+        return ops.direction_jvp(theta_i, batch, target - theta_i)
+    if "direction" in phases:
+        g, losses = ops.direction(theta_i, batch)
+        return g, None, losses
+    return None, None, None  # learner; oracle and dense: the server evaluates the worker's pure function
+
+
+def ships(scheme: Any, measure: bool) -> tuple[bool, bool]:
+    """(ship the batch, ship theta_i) for a scheme's messages."""
+    measured = measure and (not scheme.synchronous or scheme.pipelined)  # sync's error is 0 by construction
+    needed = scheme.compute in ("sample", "dense") or scheme.protocol in ("server", "oracle")
+    return measured or needed, scheme.needs_worker_params
+
+
 class WorkerCompute:
-    """A worker's state and its jitted compute step (built inside the worker process)."""
+    """A real worker's state and its jitted compute (built inside the worker process)."""
 
     def __init__(self, spec: WorkerSpec) -> None:
         import jax
 
         from asynccorr.build import build, run_keys, worker_stream
         from asynccorr.config import ExperimentConfig, from_dict
-        from asynccorr.schemes import get_scheme
+        from asynccorr.schemes import get_scheme, resolve
 
         self.spec = spec
         config = from_dict(ExperimentConfig, spec.config)
-        self.scheme = get_scheme(spec.scheme)
-        if self.scheme.compute == "dense":
+        self.scheme = get_scheme(resolve(spec.scheme, config.schemes.protocol))
+        if self.scheme.compute == "dense" or not self.scheme.realisable or self.scheme.pipelined:
             raise ValueError(f"scheme {spec.scheme} is not supported on real workers")
         learner, _ = build(config)
-        self.ship_batch = config.workers.measure_grad_error and not self.scheme.synchronous
+        self.ship_batch, self.ship_params = ships(self.scheme, config.workers.measure_grad_error)
         k_params, k_workers = run_keys(config.train.seed)
         key, sampler_key = worker_stream(k_workers, spec.worker)
         if spec.incarnation:
@@ -119,43 +213,60 @@ class WorkerCompute:
         self.key = key
         self.sampler = learner.sampler_init(sampler_key)
         self.init_params = learner.init(k_params)
-        self._sample = jax.jit(learner.sample)
-        self._direction = jax.jit(learner.direction)
-        self._direction_jvp = jax.jit(learner.direction_jvp)
+        self.ops = worker_ops(learner)
         self.jobs = 0
+        self.last_pull: tuple[np.ndarray, int, float] | None = None  # look-ahead: the previous mid-job pull
+        self.lead = 0.0  # look-ahead: the last job's pull-to-send seconds
 
     def warm_up(self) -> None:
         """Compile every function the job uses (results discarded, state unchanged)."""
         import jax
 
-        batch, _ = self._sample(self.key, self.sampler, self.init_params)
-        if self.scheme.compute == "jvp":
-            out = self._direction_jvp(self.init_params, batch, self.init_params)
-        else:
-            out = self._direction(self.init_params, batch)
-        jax.block_until_ready(out)
+        batch, _ = self.ops.sample(self.key, self.sampler, self.init_params)
+        p = self.init_params
+        jax.block_until_ready(post_pull(self.ops, self.scheme, p, batch, p, pre_pull(self.ops, self.scheme, p, batch)))
 
     def job(self, theta_i: np.ndarray, version: int, pull: Callable[[], tuple[np.ndarray, int]]) -> Message:
-        """One job at ``(theta_i, version)``; ``pull`` returns the newest ``(theta_k, k)`` (jvp schemes)."""
+        """One job at ``(theta_i, version)``; ``pull`` returns the newest ``(theta_k, k)`` (mid-job pulls)."""
         import jax
 
         self.jobs += 1
         if self.spec.incarnation == 0 and self.jobs == self.spec.hang_at_job:
             while True:  # test hook: a hung worker
                 time.sleep(1.0)
+        scheme, ops = self.scheme, self.ops
         start = time.perf_counter()
         self.key, k_sample = jax.random.split(self.key)
-        batch, self.sampler = self._sample(k_sample, self.sampler, theta_i)
-        if self.scheme.compute == "jvp":
+        batch, self.sampler = ops.sample(k_sample, self.sampler, theta_i)
+        jax.block_until_ready(batch)
+        marks = [start, time.perf_counter()]
+        pre = pre_pull(ops, scheme, theta_i, batch)
+        if pre is not None:
+            jax.block_until_ready(pre[0])
+            marks.append(time.perf_counter())
+        target, version_k = theta_i, version
+        if "pull" in scheme.phases:
             theta_k, version_k = pull()
-            g, gap, losses = self._direction_jvp(theta_i, batch, theta_k - theta_i)
-            gap = np.asarray(gap)
-        else:
-            (g, losses), gap, version_k = self._direction(theta_i, batch), None, version
-        g = np.asarray(g)
-        compute = time.perf_counter() - start
+            pulled = time.perf_counter()
+            if scheme.protocol == "look-ahead":
+                target = aim(theta_k, version_k, pulled, self.last_pull, self.lead)
+            else:
+                target = theta_k
+            self.last_pull = (theta_k, version_k, pulled)
+        g, gap, losses = post_pull(ops, scheme, theta_i, batch, target, pre)
+        g, gap = (None if x is None else np.asarray(x) for x in (g, gap))
+        end = time.perf_counter()
+        if len(scheme.phases) > 1 and scheme.phases[-1] != "sample":
+            marks.append(end)
+        if "pull" in scheme.phases:
+            self.lead = end - pulled
+        phase_times = tuple(b - a for a, b in zip(marks, marks[1:]))
+        compute = end - start
         if self.spec.slowdown > 1:
             time.sleep((self.spec.slowdown - 1.0) * compute)
+        nan = float("nan")
         return Message(self.spec.worker, version, version_k, g, gap,
                        jax.device_get(batch) if self.ship_batch else None,
-                       float(losses.policy_loss), float(losses.value_loss), compute)
+                       nan if losses is None else float(losses.policy_loss),
+                       nan if losses is None else float(losses.value_loss), compute,
+                       np.asarray(theta_i) if self.ship_params else None, phase_times)
