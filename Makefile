@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run regimes test test-fast bench clean
+.PHONY: install run regimes sim-vs-mp test test-fast bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ run: install
 regimes: install
 	$(BIN)/asynccorr regimes --config experiments/regimes.toml --jobs 2 --overwrite
 
+# The simulation checked against real worker processes: the same configs on mp and on
+# sim calibrated with mp's measured phase times (N = 2, 4, with and without a straggler).
+sim-vs-mp: install
+	$(BIN)/python -m asynccorr.calibrate --out results/sim-vs-mp
+
 # The whole test suite (slow tests included), inside a network namespace that holds only
 # loopback: the Ray cluster and the real backends' tests bind and advertise 127.0.0.1 only.
 LOOPBACK := sh tests/loopback.sh
@@ -37,6 +42,7 @@ test-fast: install
 bench: install
 	$(BIN)/python benchmarks/bench_env.py
 	$(BIN)/python benchmarks/bench_direction.py
+	$(BIN)/python benchmarks/bench_phases.py
 	$(BIN)/python benchmarks/bench_backends.py
 	$(BIN)/python benchmarks/bench_flush.py
 

@@ -26,7 +26,7 @@ from rich.text import Text
 from asynccorr.backends import backend_help
 from asynccorr.config import ConfigError, with_overrides
 from asynccorr.results import RunExistsError
-from asynccorr.schemes import SCHEMES, SEQUENTIAL
+from asynccorr.schemes import label, names_help
 
 app = typer.Typer(
     add_completion=False,
@@ -37,7 +37,7 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 BACKEND_HELP = backend_help()
-SCHEME_HELP = ", ".join([SEQUENTIAL, *SCHEMES]) + "."
+SCHEME_HELP = names_help() + "."
 ADDRESS_HELP = "Ray cluster address (overrides workers.address); default: start a local Ray."
 
 
@@ -129,13 +129,12 @@ def _parse_list(text: str | None, name: str, cast: type) -> tuple | None:
 
 
 def _check_scheme(scheme: str) -> None:
-    from asynccorr.schemes import SEQUENTIAL, get_scheme
+    from asynccorr.schemes import check_name
 
-    if scheme != SEQUENTIAL:
-        try:
-            get_scheme(scheme)
-        except ValueError as exc:
-            raise CliError(str(exc)) from None
+    try:
+        check_name(scheme)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
 
 
 @app.command()
@@ -257,10 +256,11 @@ def compare(
     title = (f"{cfg.name}: {cfg.workers.count} workers ({cfg.workers.delay} delays), "
              f"{cfg.train.iterations} updates, seeds {','.join(map(str, cfg.schemes.seeds))}")
     headers = ("scheme", "final policy loss", "gradient error", "RMS lateral [m]", "left road", "diverged",
-               "mean staleness", "sim time [s]", "wall [s]")
-    body = [(a["scheme"], mean_std_text(a["final_policy_loss"], ".3f"), f"{a['grad_error_mean'].mean:.3g}",
+               "mean staleness", "residual staleness", "time [s]", "wall [s]")
+    body = [(label(a["scheme"]), mean_std_text(a["final_policy_loss"], ".3f"), f"{a['grad_error_mean'].mean:.3g}",
              f"{a['rms_lateral'].mean:.4f}", f"{a['left_road']}/{a['seeds']}", diverged_text(a),
-             f"{a['mean_staleness'].mean:.2f}", f"{a['sim_time'].mean:.2f}", f"{a['wall_time_s'].mean:.1f}")
+             f"{a['mean_staleness'].mean:.2f}", f"{a['mean_residual_staleness'].mean:.2f}",
+             f"{a['sim_time'].mean:.2f}", f"{a['wall_time_s'].mean:.1f}")
             for a in table]
     print_table(Console(), title, headers, body)
     Console().print(f"summary: {folder / 'summary.md'}")

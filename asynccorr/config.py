@@ -19,7 +19,7 @@ from typing import Any
 from asynccorr.backends import BACKENDS
 from asynccorr.errors import ConfigError  # re-exported: the error every config check raises
 from asynccorr.networks import ACTIVATIONS, check_hidden
-from asynccorr.schemes import DEFAULT_PROTOCOL, NAMES, PROTOCOLS, knob_default
+from asynccorr.schemes import DEFAULT_PROTOCOL, NAMES, PROTOCOLS, knob_default, names_help
 
 
 def _require(cond: bool, name: str, message: str, value: Any) -> None:
@@ -168,15 +168,14 @@ class WorkersConfig:
     straggler_tail: float = 1.5  # stragglers: Pareto shape of the slowdown (smaller = heavier tail)
     # sim's cost model: simulated seconds of each phase = direction_time x its ratio (benchmarks/bench_phases.py)
     direction_time: float = 0.005  # simulated seconds per direction F(theta, batch)
-    sample_cost_ratio: float = 0.5  # a worker's batch sampling / direction
+    sample_cost_ratio: float = 0.16  # a worker's batch sampling / direction
     jvp_cost_ratio: float = 3.1  # fused direction + JVP / direction (pull-first, look-ahead; the server protocol's product)
-    linearise_cost_ratio: float = 3.4  # deferred: jax.linearize at theta_i / direction
+    linearise_cost_ratio: float = 3.1  # deferred: jax.linearize at theta_i / direction
     apply_cost_ratio: float = 3.3  # deferred: one application of the linear map / direction
     dense_cost_ratio: float = 50.0  # dense Jacobian / direction (modify-dense, small nets only)
-    server_apply_cost_ratio: float = 0.1  # the server's rule + optimizer step per message / direction
+    server_apply_cost_ratio: float = 0.2  # the server's rule + optimizer step per message / direction
     charge_measurement: bool = False  # sim: the gradient-error measurement costs the server one direction
-    # real backends (mp, ray)
-    slowdown: tuple[float, ...] = ()  # per-worker slowdown factors >= 1 (worker i sleeps (f-1) x its compute)
+    slowdown: tuple[float, ...] = ()  # per-worker factors >= 1: worker i's phases take f x as long (mp/ray: sleeps)
     timeout: float = 30.0  # seconds a worker job may take before the worker is declared hung and replaced
     address: str = ""  # ray: address of an existing cluster; "" starts a local one
     measure_grad_error: bool = True  # server re-evaluates F(theta_k) on the shipped batch (one direction/update)
@@ -229,7 +228,7 @@ class SchemesConfig:
         _check_types(self, "schemes.")
         _require(len(self.compare) >= 1, "schemes.compare", "must name at least one scheme", self.compare)
         for name in self.compare:
-            _require(name in NAMES, "schemes.compare", f"must hold names from {list(NAMES)}", name)
+            _require(name in NAMES, "schemes.compare", f"must hold scheme names ({names_help()})", name)
         _require(self.protocol in PROTOCOLS, "schemes.protocol", f"must be one of {list(PROTOCOLS)}", self.protocol)
         _require(len(set(self.compare)) == len(self.compare), "schemes.compare", "has duplicates", self.compare)
         _require(len(self.seeds) >= 1, "schemes.seeds", "must list at least one seed", self.seeds)

@@ -44,9 +44,10 @@ from asynccorr.results import atomic_write_bytes, parse_run_dir_name, read_csv
 from asynccorr.run_protocol import first_diverged_row
 from asynccorr.schemes import DISPLAY_ORDER
 
-_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-            "#bcbd22", "#17becf", "#393b79")  # the colours of DISPLAY_ORDER, in its order
-_EXTRA_PALETTE = ("#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354", "#756bb1")
+_PALETTE = ("#7f7f7f", "#1f77b4", "#ff7f0e", "#17becf", "#9edae5", "#8c564b", "#d62728", "#2ca02c",
+            "#98df8a", "#bcbd22", "#dbdb8d", "#c49c94", "#9467bd", "#c5b0d5", "#e7969c", "#f7b6d2", "#ad494a",
+            "#393b79", "#e377c2", "#aec7e8", "#ffbb78", "#637939", "#8c6d31")  # the colours of DISPLAY_ORDER, in its order
+_EXTRA_PALETTE = ("#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354", "#756bb1", "#636363", "#b5cf6b")
 FORMATS = ("png", "pdf")  # every figure is written in each
 MAX_POINTS = 2000  # points per plotted curve (long runs are resampled after smoothing)
 DPI = 150
@@ -209,11 +210,22 @@ def duplicates(runs: Sequence[Run]) -> dict[str, str]:
 
 
 def _label(scheme: str, group: Sequence[Run], same_as: str | None = None) -> str:
+    """A legend entry: the scheme with its protocol; the oracle marked as an upper bound."""
     bad = sum(r.diverged for r in group)
-    notes = [f"identical to {same_as}"] if same_as else []
+    notes = ["not realisable: an upper bound"] if not realisable(scheme) else []
+    notes += [f"identical to {same_as}"] if same_as else []
     if bad:
         notes.append("diverged" if bad == len(group) else f"diverged: {bad} of {len(group)} seeds")
     return f"{scheme} ({'; '.join(notes)})" if notes else scheme
+
+
+def realisable(scheme: str) -> bool:
+    """False for a run under the oracle protocol (drawn dashed, labelled an upper bound)."""
+    return not scheme.endswith("@oracle")
+
+
+def _style(scheme: str) -> str:
+    return "-" if realisable(scheme) else "--"
 
 
 def _width(scheme: str, dups: dict[str, str]) -> float:
@@ -443,7 +455,7 @@ def _loss_figure(runs: Sequence[Run], smooth: int | None, x_column: str) -> Figu
         label = _label(scheme, group, dups.get(scheme))
         if curves:
             plotted.append(_draw_mean_band(ax, curves, colors[scheme], label, uniform=x_column == "time",
-                                           lw=_width(scheme, dups)))
+                                           lw=_width(scheme, dups), linestyle=_style(scheme)))
             if not any(r.diverged for r in group):
                 healthy.append(plotted[-1])
         else:  # still listed, so a run that never had a finite loss is not silently missing
@@ -512,14 +524,14 @@ def gradient_error_vs_iteration(runs: Sequence[Run], smooth: int | None = None) 
         curves = _smoothed(group, "grad_error", window)
         label = _label(scheme, group, dups.get(scheme))
         if curves:
-            plotted.append(_draw_mean_band(ax, curves, colors[scheme], label, lw=lw))
+            plotted.append(_draw_mean_band(ax, curves, colors[scheme], label, lw=lw, linestyle=_style(scheme)))
         else:
             ax.plot([], [], color=colors[scheme], lw=lw, label=f"{label}: no finite gradient error")
         stale = _smoothed(group, "stale_grad_error", window) if _differs(group, "grad_error",
                                                                          "stale_grad_error") else []
         if stale:
             plotted.append(_draw_mean_band(ax, stale, colors[scheme], f"{scheme}: stale gradient before correction",
-                                           linestyle="--", lw=lw))
+                                           linestyle=":", lw=lw))
     _set_log_if_positive(ax, [p[p > 0] for p in plotted])
     for point, color in points:
         if ax.get_yscale() != "log" or point[1] > 0:

@@ -54,7 +54,7 @@ import numpy as np
 from asynccorr.config import ConfigError, ExperimentConfig, from_dict, with_overrides
 from asynccorr.results import atomic_write_text, write_csv
 from asynccorr.run_protocol import first_diverged_row
-from asynccorr.schemes import SCHEMES
+from asynccorr.schemes import NAMES, names_help, resolve
 from asynccorr.stats import FINAL_FRACTION, final_window, mean_std, mean_std_text
 
 ROW_FIELDS = (
@@ -78,8 +78,11 @@ class RegimeConfig:
     workers: tuple[int, ...] = (1, 4, 16, 64)  # grid axis: number of simulated workers N
     learning_rates: tuple[tuple[float, ...], ...] = ((3e-4, 1e-3), (1e-3, 3e-3))  # grid axis: (policy, value)
     delays: tuple[str, ...] = ("homogeneous", "stragglers")  # grid axis: delay model
-    # every scheme that fits the default nets (a dense Hessian does not), in the registry's (display) order
-    schemes: tuple[str, ...] = tuple(s for s in SCHEMES if SCHEMES[s].compute != "dense")
+    # the remedies on the default nets (a dense Hessian does not fit), with the protocol axis: the oracle
+    # (an upper bound), the best realisable protocol, and the actor-learner split
+    schemes: tuple[str, ...] = ("sync", "async", "sync-pipelined", "learner", "modify@oracle", "modify@server",
+                                "modify-safe@server", "dc-asgd", "dc-asgd-a", "staleness-lr", "gap-aware",
+                                "drop-stale")
     seeds: tuple[int, ...] = (0, 1, 2)
     target_loss: float = 2.5  # iterations / simulated time until the smoothed policy loss is below this
     smooth: int = 20  # moving-mean window (updates) of that test
@@ -103,7 +106,7 @@ class RegimeConfig:
         for d in self.delays:
             _require(d in DELAY_KINDS, "regimes.delays", f"must hold names from {list(DELAY_KINDS)}", d)
         for s in self.schemes:
-            _require(s in SCHEMES, "regimes.schemes", f"must hold scheme names from {list(SCHEMES)}", s)
+            _require(s in NAMES, "regimes.schemes", f"must hold scheme names ({names_help()})", s)
         _require("sync" in self.schemes, "regimes.schemes", "must include sync (the baseline of reaches_sync)",
                  self.schemes)
         _require(all(s >= 0 for s in self.seeds), "regimes.seeds", "must be >= 0", self.seeds)
@@ -174,9 +177,10 @@ def plan(study: RegimeConfig) -> list[Task]:
     from asynccorr.schemes import check_scheme_fits, get_scheme
 
     learner, _ = build(study.experiment)
-    for scheme in study.schemes:
+    schemes = [resolve(s, study.experiment.schemes.protocol) for s in study.schemes]
+    for scheme in schemes:
         check_scheme_fits(get_scheme(scheme), learner.num_params, study.experiment.schemes)
-    tasks = [Task(c, s, seed, cell_config(study, c, seed)) for c in cells(study) for s in study.schemes
+    tasks = [Task(c, s, seed, cell_config(study, c, seed)) for c in cells(study) for s in schemes
              for seed in study.seeds]
     return sorted(tasks, key=lambda t: -t.cost)
 

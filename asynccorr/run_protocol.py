@@ -43,6 +43,7 @@ class RunResult(NamedTuple):
     diverged_at: int | None = None  # first server update whose metrics were non-finite or beyond the bound
     dropped: int = 0  # messages a drop-stale scheme discarded (not counted as iterations)
     events: tuple = ()  # real backends: worker events (dicts: started, ready, died, hung, replaced)
+    timing: dict | None = None  # real backends: mean seconds per job phase and per server update (as measured)
 
 
 class TrainingInterrupted(Exception):

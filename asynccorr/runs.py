@@ -48,12 +48,13 @@ from asynccorr.results import (
     write_json,
 )
 from asynccorr.run_protocol import RunHooks, RunResult, TrainingInterrupted
-from asynccorr.schemes import SEQUENTIAL, get_scheme, resolve
+from asynccorr.schemes import SCHEMES, SEQUENTIAL, get_scheme, label, resolve
 from asynccorr.stats import final_window, mean_std, mean_std_text
 from asynccorr.trainer import train_sequential
 
 SUMMARY_FIELDS = (
     "scheme", "seed", "status", "diverged_at", "workers", "iterations", "sim_time", "mean_staleness",
+    "mean_residual_staleness",
     "max_staleness", "final_policy_loss", "grad_error_mean", "grad_error_final", "stale_grad_error_mean",
     "rms_lateral", "left_road", "finite", "wall_time_s",
 )
@@ -125,6 +126,7 @@ def summarize_run(scheme: str, config: ExperimentConfig, result: RunResult, wall
         "iterations": n,
         "sim_time": float(m["time"][-1]) if n and "time" in m else float("nan"),
         "mean_staleness": _mean(staleness),
+        "mean_residual_staleness": _mean(m.get("residual_staleness", staleness)),
         "max_staleness": int(np.max(staleness)) if n else 0,
         # a diverged run has no final loss (its last rows are the blow-up itself)
         "final_policy_loss": _mean(m["policy_loss"][-tail:]) if n and result.status != "diverged" else float("nan"),
@@ -406,8 +408,8 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         group = [r for r in rows if r["scheme"] == scheme]
         agg: dict[str, Any] = {"scheme": scheme, "seeds": len(group)}
         for key in ("final_policy_loss", "grad_error_mean", "grad_error_final", "rms_lateral", "mean_staleness",
-                    "sim_time", "wall_time_s"):
-            agg[key] = mean_std(r[key] for r in group)
+                    "mean_residual_staleness", "sim_time", "wall_time_s"):
+            agg[key] = mean_std(r.get(key, float("nan")) for r in group)
         agg["left_road"] = sum(bool(r["left_road"]) for r in group)
         agg["diverged"] = sum(r.get("status") == "diverged" for r in group)
         agg["diverged_at"] = [r["diverged_at"] for r in group if r.get("status") == "diverged"]
@@ -422,21 +424,30 @@ def diverged_text(agg: dict[str, Any]) -> str:
     return text + f" (at {', '.join(map(str, agg['diverged_at']))})" if agg["diverged"] else text
 
 
+def realisable(scheme: str) -> bool:
+    return scheme == SEQUENTIAL or scheme not in SCHEMES or SCHEMES[scheme].realisable
+
+
 def write_summary(folder: Path, rows: Sequence[dict[str, Any]], title: str) -> None:
     """summary.csv (one row per run) and summary.md (per scheme, mean ± std over seeds)."""
     write_csv(folder / "summary.csv", {k: ["" if r.get(k) is None else r.get(k) for r in rows]
                                        for k in SUMMARY_FIELDS})
     lines = [f"# {title}", "",
              ("| scheme | seeds | diverged | final policy loss | gradient error (mean) | gradient error (last 10%) "
-              "| RMS lateral [m] | left road | mean staleness | sim time [s] |"),
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "| RMS lateral [m] | left road | mean staleness | residual staleness | time [s] |"),
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
 
     def pm(a: dict[str, Any], key: str, fmt: str) -> str:
         return mean_std_text(a[key], fmt, missing="nan")
 
     for a in aggregate(rows):
-        lines.append(f"| {a['scheme']} | {a['seeds']} | {diverged_text(a)} | {pm(a, 'final_policy_loss', '.3f')} | "
+        lines.append(f"| {label(a['scheme'])} | {a['seeds']} | {diverged_text(a)} | "
+                     f"{pm(a, 'final_policy_loss', '.3f')} | "
                      f"{pm(a, 'grad_error_mean', '.3g')} | {pm(a, 'grad_error_final', '.3g')} | "
                      f"{pm(a, 'rms_lateral', '.4f')} | {a['left_road']}/{a['seeds']} | "
-                     f"{pm(a, 'mean_staleness', '.2f')} | {pm(a, 'sim_time', '.2f')} |")
+                     f"{pm(a, 'mean_staleness', '.2f')} | {pm(a, 'mean_residual_staleness', '.2f')} | "
+                     f"{pm(a, 'sim_time', '.2f')} |")
+    if any(not realisable(a["scheme"]) for a in aggregate(rows)):
+        lines += ["", "An oracle row is not a result of any realisable scheme: its product is evaluated against "
+                  "theta_k at the instant of application, for free (an upper bound)."]
     atomic_write_text(folder / "summary.md", "\n".join(lines) + "\n")

@@ -232,7 +232,23 @@ def check_scheme_fits(scheme: Scheme, num_params: int, schemes_config: Any) -> N
             f"learner.policy_hidden / value_hidden, or scheme modify)")
 
 
+def names_help() -> str:
+    """The names a user may give, compactly (the protocol variants as a pattern)."""
+    plain = [n for n in (SEQUENTIAL, *SCHEMES) if "@" not in n]
+    plain[plain.index("modify-dense"):plain.index("modify-dense")] = list(LINEARISING)
+    return (f"{', '.join(plain)} ({' and '.join(LINEARISING)} also as <name>@<protocol>, protocol one of "
+            f"{', '.join(PROTOCOLS)})")
+
+
+def check_name(name: str) -> None:
+    """A ``ValueError`` unless a user may name this scheme."""
+    if name not in NAMES:
+        raise ValueError(f"scheme must be one of {names_help()}; got {name!r}")
+
+
 def get_scheme(name: str) -> Scheme:
+    """A registered scheme (a bare linearising name must be ``resolve``d first)."""
     if name not in SCHEMES:
-        raise ValueError(f"scheme must be one of {', '.join(NAMES)}; got {name!r}")
+        check_name(name)
+        raise ValueError(f"scheme {name} needs a protocol: {name}@<protocol>, protocol one of {', '.join(PROTOCOLS)}")
     return SCHEMES[name]

@@ -42,13 +42,13 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 def test_train_runs_modify_by_default_and_writes_a_complete_run_directory(capsys, tmp_path, tiny_config):
     code, out, _ = run_cli(capsys, "train", "--config", str(tiny_config), "--results", str(tmp_path / "r"), "--quiet")
     assert code == 0
-    run = tmp_path / "r" / "tiny" / "modify-seed0"
+    run = tmp_path / "r" / "tiny" / "modify@server-seed0"  # a bare modify takes schemes.protocol
     assert {p.name for p in run.iterdir()} == {"config.json", "meta.json", "metrics.csv", "eval.csv",
                                                "trajectory.csv", "params.npy"}
     config = json.loads((run / "config.json").read_text())
     assert config["train"]["iterations"] == 4 and config["learner"]["horizon"] == 5
     meta = json.loads((run / "meta.json").read_text())
-    assert meta["backend"] == "sim" and meta["scheme"] == "modify" and meta["seed"] == 0 and "jax" in meta
+    assert meta["backend"] == "sim" and meta["scheme"] == "modify@server" and meta["seed"] == 0 and "jax" in meta
     assert len((run / "metrics.csv").read_text().splitlines()) == 1 + 4
     assert len((run / "trajectory.csv").read_text().splitlines()) == 1 + 200
     assert "rms lateral" in out
@@ -84,13 +84,13 @@ def test_console_script_runs_as_a_module(tmp_path, tiny_config):
     assert (tmp_path / "tiny" / "async-seed0" / "meta.json").is_file()
 
 
-def test_train_help_lists_every_registered_scheme(capsys):
-    from asynccorr.schemes import SCHEMES, SEQUENTIAL
+def test_train_help_lists_every_registered_scheme_and_protocol(capsys):
+    from asynccorr.schemes import PROTOCOLS, SCHEMES, SEQUENTIAL
 
     code, out, _ = run_cli(capsys, "train", "--help")
     assert code == 0
     text = " ".join(out.replace("│", " ").split())
-    for name in [SEQUENTIAL, *SCHEMES]:
+    for name in [SEQUENTIAL, *{s.split("@")[0] for s in SCHEMES}, *PROTOCOLS]:
         assert name in text, name
 
 

@@ -116,25 +116,25 @@ count = 4
     folder = tmp_path / "r" / "unstable"
     summary = {r["scheme"]: r for r in _csv_rows(folder / "summary.csv")}
     assert summary["sequential"]["status"] == "completed" and summary["sequential"]["diverged_at"] == ""
-    assert summary["modify"]["status"] == "diverged"
-    assert summary["modify"]["final_policy_loss"] == "nan"  # a blow-up has no final loss
-    k = int(summary["modify"]["diverged_at"])
-    assert f"| modify | 1 | 1/1 (at {k}) |" in (folder / "summary.md").read_text()
+    assert summary["modify@server"]["status"] == "diverged"
+    assert summary["modify@server"]["final_policy_loss"] == "nan"  # a blow-up has no final loss
+    k = int(summary["modify@server"]["diverged_at"])
+    assert f"| modify@server | 1 | 1/1 (at {k}) |" in (folder / "summary.md").read_text()
     assert "| sequential | 1 | 0/1 |" in (folder / "summary.md").read_text()
     assert "1/1 (at" in out  # the compare table printed by the CLI
-    meta = json.loads((folder / "modify-seed0" / "meta.json").read_text())
+    meta = json.loads((folder / "modify@server-seed0" / "meta.json").read_text())
     assert meta["status"] == "diverged" and meta["diverged_at"] == k
-    metrics = read_csv(folder / "modify-seed0" / "metrics.csv")
+    metrics = read_csv(folder / "modify@server-seed0" / "metrics.csv")
     assert list(metrics["iteration"]) == list(range(1, k + 1))
     assert first_diverged_row(metrics, 1e6) == k - 1
     before = train(with_overrides(tiny(**UNSTABLE), train={"iterations": k - 1}), "modify")
     assert before.status == "completed"
-    np.testing.assert_array_equal(np.load(folder / "modify-seed0" / "params.npy"), before.params)
-    evals = read_csv(folder / "modify-seed0" / "eval.csv")
+    np.testing.assert_array_equal(np.load(folder / "modify@server-seed0" / "params.npy"), before.params)
+    evals = read_csv(folder / "modify@server-seed0" / "eval.csv")
     assert evals["iteration"][-1] == k - 1 and evals["rms_lateral"][-1] == np.float32(before.evals[-1].summary.rms_lateral)
     # the figures mark it: an x at update k on the loss and gradient-error figures
     runs = plots.load_runs(folder)
-    (diverged,) = [r for r in runs if r.scheme == "modify"]
+    (diverged,) = [r for r in runs if r.scheme == "modify@server"]
     assert diverged.diverged and diverged.diverged_at == k and diverged.valid_rows == k - 1
     for figure in (plots.loss_vs_iteration(runs, smooth=1), plots.gradient_error_vs_iteration(runs, smooth=1)):
         marks = [line for line in figure.axes[0].get_lines() if line.get_marker() == "x"]

@@ -24,7 +24,7 @@ from asynccorr.config import ConfigError, ExperimentConfig, with_overrides
 from asynccorr.learner import Learner, Losses
 from asynccorr.runs import planned_runs
 from asynccorr.schemes import get_scheme, make_correction
-from asynccorr.server import init_server, make_message_update
+from asynccorr.server import Shipped, init_server, make_update
 
 # ----------------------------------------------------------------------------- shared memory
 
@@ -68,21 +68,40 @@ def test_a_reader_never_sees_a_half_written_parameter_vector():
 # ----------------------------------------------------------------------------- the server's side
 
 
-def test_server_applies_a_worker_corrected_direction_exactly_on_a_quadratic():
-    """G at theta_i plus the worker's gap product against the newest theta is the fresh gradient there."""
-    dim = 6
+def _quadratic(dim: int = 6):
     m = jax.random.normal(jax.random.PRNGKey(0), (dim, dim))
     a, b = m @ m.T / dim + jnp.eye(dim), jnp.arange(dim, dtype=jnp.float32)
-    learner = Learner(None, None, None, 3, 3, *[None] * 6,
-                      direction=lambda p, _: (a @ p - b, Losses(jnp.zeros(()), jnp.zeros(()))),
-                      direction_jvp=None, linearize=None, sampler_init=None, sample=None)
+
+    def direction(p, _):
+        return a @ p - b, Losses(jnp.zeros(()), jnp.zeros(()))
+
+    def direction_jvp(p, batch, t):
+        (f, loss), (jf, _) = jax.jvp(lambda q: direction(q, batch), (p,), (t,))
+        return f, jf, loss
+
+    learner = Learner(None, None, None, 3, 3, *[None] * 6, direction=direction, direction_jvp=direction_jvp,
+                      linearize=None, sampler_init=None, sample=None)
+    return learner, a, b
+
+
+@pytest.mark.parametrize("protocol", ["pull-first", "server"])
+def test_the_server_applies_a_real_workers_message_exactly_on_a_quadratic(protocol):
+    """pull-first: G at theta_i plus the worker's product against the theta_k it pulled; server: G
+    and theta_i shipped, the product evaluated at the server. Both are the fresh gradient there."""
+    learner, a, b = _quadratic()
     optimizer = make_optimizer(ExperimentConfig().optim.__class__(name="sgd", policy_lr=0.01, value_lr=0.01), 3, 3)
-    correction = make_correction("modify")
-    update = make_message_update(learner, optimizer, get_scheme("modify"), correction, True)
-    theta_i, theta_k = jnp.zeros(dim), jnp.ones(dim)
-    server = init_server(theta_k, optimizer, correction)
-    g, gap = a @ theta_i - b, a @ (theta_k - theta_i)  # what the worker ships when it pulled theta_k
-    new, metrics = update(server, g, gap, None, jnp.int32(3), Losses(jnp.zeros(()), jnp.zeros(())))
+    scheme = get_scheme(f"modify@{protocol}")
+    correction = make_correction(scheme.name)
+    update = make_update(learner, optimizer, scheme, correction, True)
+    theta_i, theta_k = np.zeros(6, np.float32), np.ones(6, np.float32)
+    server = init_server(jnp.asarray(theta_k), optimizer, correction)
+    g = np.asarray(a @ theta_i - b)
+    zero = Losses(np.float32(0), np.float32(0))
+    if protocol == "pull-first":  # what the worker ships when it pulled theta_k
+        msg = Shipped(g, np.asarray(a @ (theta_k - theta_i)), None, np.zeros(3, np.float32), zero)
+    else:
+        msg = Shipped(g, None, theta_i, np.zeros(3, np.float32), zero)
+    new, metrics = update(server, msg, jnp.int32(3))
     np.testing.assert_allclose(np.asarray((theta_k - new.params) / 0.01), np.asarray(a @ theta_k - b), rtol=1e-5)
     assert float(metrics.grad_error) < 1e-5 < float(metrics.stale_grad_error)
     assert float(metrics.correction_norm) > 0

@@ -11,6 +11,7 @@ from clitools import run_cli
 from matplotlib.collections import PolyCollection
 
 from asynccorr import plots
+from asynccorr.schemes import DISPLAY_ORDER
 from asynccorr.plots import (
     FIGURES,
     FORMATS,
@@ -162,10 +163,12 @@ def test_run_directory_names_are_read_back_as_written_and_nothing_else_is_a_run(
 
 
 def test_each_scheme_keeps_one_colour_whatever_else_is_in_the_folder():
-    alone = plots.scheme_colors(["modify"])
-    together = plots.scheme_colors(["sequential", "sync", "async", "modify", "modify-safe", "gap-aware"])
-    assert alone["modify"] == together["modify"]
+    alone = plots.scheme_colors(["modify@server"])
+    together = plots.scheme_colors(["sequential", "sync", "async", "modify@server", "modify-safe@server", "gap-aware"])
+    assert alone["modify@server"] == together["modify@server"]
     assert len(set(together.values())) == len(together)
+    every = plots.scheme_colors(list(DISPLAY_ORDER))
+    assert len(set(every.values())) == len(every)  # every registered scheme its own colour
 
 
 # ---------------------------------------------------------------------------------------------- content
@@ -210,10 +213,20 @@ def test_fresh_gradient_schemes_are_listed_as_zero_by_construction_not_drawn(exp
     assert "async" in drawn and not any(label.startswith(("sequential", "sync")) for label in drawn)
 
 
-def test_corrected_schemes_also_show_the_stale_gradients_error_dashed(experiment: Path):
+def test_corrected_schemes_also_show_the_stale_gradients_error_dotted(experiment: Path):
     fig = plots.gradient_error_vs_iteration(load_runs(experiment))
-    dashed = {line.get_label() for line in fig.axes[0].get_lines() if line.get_linestyle() == "--"}
-    assert dashed == {"modify: stale gradient before correction", "modify-safe: stale gradient before correction"}
+    dotted = {line.get_label() for line in fig.axes[0].get_lines() if line.get_linestyle() == ":"}
+    assert dotted == {"modify: stale gradient before correction", "modify-safe: stale gradient before correction"}
+
+
+def test_the_oracle_is_drawn_dashed_and_labelled_an_upper_bound(tmp_path: Path):
+    folder = tmp_path / "exp"
+    for scheme in ("async", "modify@server", "modify@oracle"):
+        make_run(folder, scheme, 0)
+    runs = load_runs(folder)
+    for fig in (plots.loss_vs_iteration(runs), plots.gradient_error_vs_iteration(runs)):
+        dashed = {line.get_label() for line in fig.axes[0].get_lines() if line.get_linestyle() == "--"}
+        assert dashed == {"modify@oracle (not realisable: an upper bound)"}, dashed
 
 
 def test_the_tracking_figure_draws_only_the_on_road_part_and_the_reference(tmp_path: Path):

@@ -78,6 +78,8 @@ class ServerRole:
         self.pending: list[UpdateMetrics] = []  # on the device until the next flush
         self.drops: list[int] = []  # dropped count when the update was applied
         self.round: dict[int, Message] = {}  # sync on real workers: this version's directions so far
+        self.phase_seconds: dict[str, list[float]] = {}  # real workers' measured phase times (sums, counts)
+        self.server_seconds: list[float] = [0.0, 0]  # the server's measured time per message (sum, count)
         self.received = 0  # worker messages received (gradient throughput)
         self.events: list[dict[str, Any]] = []
         self.t0: float | None = None
@@ -173,6 +175,7 @@ class ServerRole:
         if self.done:
             return False
         at = self.now() if at is None else at
+        self._record_phases(msg)
         if self.scheme.synchronous:
             if msg.version != self.version:
                 return False
@@ -191,6 +194,27 @@ class ServerRole:
         if flush:
             self.flush_if_due()
         return True
+
+    def _record_phases(self, msg: Message) -> None:
+        names = [p for p in self.scheme.phases if p != "pull"]
+        for name, seconds in zip(names, msg.phase_times):
+            acc = self.phase_seconds.setdefault(name, [0.0, 0])
+            acc[0] += seconds
+            acc[1] += 1
+
+    def record_server_time(self, seconds: float) -> None:
+        """A real backend's measured time for one message (receive, update, publish)."""
+        self.server_seconds[0] += seconds
+        self.server_seconds[1] += 1
+
+    def timing(self) -> dict[str, float] | None:
+        """Mean measured seconds per job phase and per server message (real backends), else None."""
+        if not self.phase_seconds and not self.server_seconds[1]:
+            return None
+        out = {name: total / count for name, (total, count) in self.phase_seconds.items() if count}
+        if self.server_seconds[1]:
+            out["server"] = self.server_seconds[0] / self.server_seconds[1]
+        return out
 
     def apply_round(self, msgs: list[Message], at: float, residual: int = 0) -> None:
         """One synchronous round: the N workers' messages, averaged. ``sim`` flushes after it."""
@@ -239,13 +263,14 @@ class ServerRole:
         ``status = "interrupted"`` with every update recorded so far."""
         events = tuple(self.events)
         if self.final is not None:
-            return self.final._replace(events=events)
+            return self.final._replace(events=events, timing=self.timing())
         self.evaluate_initial()
         n = min(len(self.rows), len(self.pending))
         extra = self._columns(self.rows[:n], jax.device_get(self.pending[:n])) if n or not self.metrics else None
         params = self.before[n] if n < len(self.before) else self.server.params
         dropped = self.drops[n - 1] if 0 < n <= len(self.drops) else self.dropped
-        return self.recorder.result(params, status, extra=extra, dropped=dropped, events=events)
+        return self.recorder.result(params, status, extra=extra, dropped=dropped, events=events)._replace(
+            timing=self.timing())
 
 
 # ----------------------------------------------------------------------------- messages as arrays

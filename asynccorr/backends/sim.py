@@ -10,7 +10,8 @@ Only the clock is simulated, and it times every phase:
   fused direction + product, linearise / apply, dense), each costing
   ``workers.direction_time`` x its ratio (``workers.*_cost_ratio``, measured by
   ``benchmarks/bench_phases.py``) x the worker's speed x the job's jitter and straggle
-  (``delays.DelayModel``, one draw per job). A mid-job pull (``schemes.PULL``) reads
+  (``delays.DelayModel``, one draw per job; ``workers.slowdown`` makes worker i's
+  phases f times slower, as on ``mp``). A mid-job pull (``schemes.PULL``) reads
   the parameters published *at that simulated moment*;
 * the server is a timed resource and a FIFO queue: each message costs it
   ``server_apply_cost_ratio`` and, per scheme, the server-side product (``server``
@@ -148,8 +149,11 @@ def setup(role: ServerRole) -> Sim:
     config = role.config
     delays = delay_model(config)
     ship_batch, ship_params = ships(role.scheme, True)
+    n = config.workers.count
+    slowdown = np.ones(n)
+    slowdown[:len(config.workers.slowdown)] = config.workers.slowdown  # worker i's phases are f x slower, as on mp
     return Sim(config, role.scheme, role.learner, worker_ops(role.learner), delays,
-               delays.worker_speeds(config.workers.count), costs(role.scheme, config), ship_batch, ship_params)
+               delays.worker_speeds(n) * slowdown, costs(role.scheme, config), ship_batch, ship_params)
 
 
 def _look_ahead_size(sim: Sim) -> int:

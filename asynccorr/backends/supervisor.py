@@ -235,9 +235,12 @@ class Supervisor:
 
     def _apply(self, msg: Message) -> bool:
         """The message to the server role; a new version is published. True when it changed."""
+        start = time.perf_counter()
         changed = self.role.receive(msg)
         if changed and not self.role.done:
             self.transport.publish(self.role.params, self.role.version)
+        if changed:
+            self.role.record_server_time(time.perf_counter() - start)
         return changed
 
     def _ready_workers(self) -> list[int]:

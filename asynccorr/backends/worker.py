@@ -44,6 +44,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from asynccorr.schemes import PULL
+
 # Per-process thread limits: N workers should use N cores, not N x all cores.
 WORKER_ENV = {
     "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
@@ -84,7 +86,7 @@ class Message(NamedTuple):
     batch: Any | None  # the batch (pytree) when the server needs it or measures the gradient error
     policy_loss: Any  # J at theta_i on the batch (nan for learner)
     value_loss: Any  # L_V at theta_i on the batch (nan for learner)
-    compute_time: float  # seconds of the job's phases, without the slowdown sleep
+    compute_time: float  # seconds of the job's phases, without the slowdown sleeps
     params: Any | None = None  # theta_i, when the server's rule needs it (Scheme.needs_worker_params)
     phase_times: tuple[float, ...] = ()  # seconds per non-pull phase, in Scheme.phases order
 
@@ -235,35 +237,40 @@ class WorkerCompute:
             while True:  # test hook: a hung worker
                 time.sleep(1.0)
         scheme, ops = self.scheme, self.ops
-        start = time.perf_counter()
+        phase_times: list[float] = []
+
+        def done(t0: float) -> float:
+            """End a phase begun at ``t0``: record it, sleep the slowdown (a slower machine's
+            every phase is slower, the pull's moment included), return the next phase's start."""
+            seconds = time.perf_counter() - t0
+            phase_times.append(seconds)
+            if self.spec.slowdown > 1:
+                time.sleep((self.spec.slowdown - 1.0) * seconds)
+            return time.perf_counter()
+
+        t = time.perf_counter()
         self.key, k_sample = jax.random.split(self.key)
         batch, self.sampler = ops.sample(k_sample, self.sampler, theta_i)
         jax.block_until_ready(batch)
-        marks = [start, time.perf_counter()]
+        t = done(t)
         pre = pre_pull(ops, scheme, theta_i, batch)
         if pre is not None:
             jax.block_until_ready(pre[0])
-            marks.append(time.perf_counter())
+            t = done(t)
         target, version_k = theta_i, version
-        if "pull" in scheme.phases:
+        if PULL in scheme.phases:
             theta_k, version_k = pull()
             pulled = time.perf_counter()
-            if scheme.protocol == "look-ahead":
-                target = aim(theta_k, version_k, pulled, self.last_pull, self.lead)
-            else:
-                target = theta_k
+            target = aim(theta_k, version_k, pulled, self.last_pull, self.lead) \
+                if scheme.protocol == "look-ahead" else theta_k
             self.last_pull = (theta_k, version_k, pulled)
         g, gap, losses = post_pull(ops, scheme, theta_i, batch, target, pre)
         g, gap = (None if x is None else np.asarray(x) for x in (g, gap))
-        end = time.perf_counter()
-        if len(scheme.phases) > 1 and scheme.phases[-1] != "sample":
-            marks.append(end)
-        if "pull" in scheme.phases:
-            self.lead = end - pulled
-        phase_times = tuple(b - a for a, b in zip(marks, marks[1:]))
-        compute = end - start
-        if self.spec.slowdown > 1:
-            time.sleep((self.spec.slowdown - 1.0) * compute)
+        if len(phase_times) < len([p for p in scheme.phases if p != PULL]):
+            t = done(t)
+        if PULL in scheme.phases:
+            self.lead = t - pulled
+        compute = sum(phase_times)
         nan = float("nan")
         return Message(self.spec.worker, version, version_k, g, gap,
                        jax.device_get(batch) if self.ship_batch else None,

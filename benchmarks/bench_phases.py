@@ -1,0 +1,123 @@
+"""The phase costs of ``sim``'s clock, measured with the worker and server roles' own code.
+
+On an experiment's learner (default: ``experiments/paper.toml``) this times, round-robin
+after a compiling warm-up, every phase a job or the server can run
+(``asynccorr.backends.worker`` / ``asynccorr.server``):
+
+* ``sample``         ``WorkerOps.sample``: a worker's batch from its exploratory rollouts;
+* ``direction``      ``WorkerOps.direction``: F(theta, batch);
+* ``direction_jvp``  the fused F + dF/dtheta . t pass (pull-first, look-ahead; the
+                     ``server`` protocol's product on the server);
+* ``linearise``      ``WorkerOps.linearise`` (``jax.linearize`` of the jitted field, as a
+                     ``deferred`` worker runs it), and ``apply``: one application of the map;
+* ``server_apply``   the server's rule and optimizer step for an ``async`` message without
+                     the gradient-error measurement (``make_update(..., measure=False)``).
+
+It prints each phase's best and median milliseconds and its ratio to ``direction``
+(medians: what a run sees), and the ``[workers]`` lines that set them as the cost
+model's config defaults (``direction_time``, ``sample_cost_ratio``, ``jvp_cost_ratio``,
+``linearise_cost_ratio``, ``apply_cost_ratio``, ``server_apply_cost_ratio``). Single
+threaded like a worker process (``worker.WORKER_ENV``), unless ``--threads all``.
+
+    python benchmarks/bench_phases.py [--config experiments/paper.toml] [--repeats 30] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default="experiments/paper.toml", help="experiment TOML whose learner is timed")
+    p.add_argument("--repeats", type=int, default=30, help="timed calls per phase")
+    p.add_argument("--threads", choices=("one", "all"), default="one",
+                   help="one XLA thread, as a worker process runs (default), or all cores")
+    p.add_argument("--json", metavar="PATH", help="also write the figures to this JSON file")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads == "one":
+        from asynccorr.backends.worker import worker_env
+
+        os.environ.update(worker_env({k: v for k, v in os.environ.items() if k == "XLA_FLAGS"}))
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from asynccorr.backends.worker import worker_ops
+    from asynccorr.build import build, run_keys, worker_stream
+    from asynccorr.config import load_config
+    from asynccorr.learner import Losses
+    from asynccorr.schemes import correction_for, get_scheme
+    from asynccorr.server import Shipped, init_server, make_update
+
+    config = load_config(args.config)
+    learner, optimizer = build(config)
+    ops = worker_ops(learner)
+    k_params, k_workers = run_keys(0)
+    key, k_sampler = worker_stream(k_workers, 0)
+    params = learner.init(k_params)
+    sampler = learner.sampler_init(k_sampler)
+    batch, _ = ops.sample(key, sampler, params)
+    tangent = 1e-3 * jax.random.normal(jax.random.PRNGKey(1), params.shape, params.dtype)
+    g, losses, product = ops.linearise(params, batch)
+    scheme = get_scheme("async")
+    correction = correction_for("async", config.schemes)
+    server = init_server(params, optimizer, correction)
+    update = make_update(learner, optimizer, scheme, correction, False)
+    shipped = Shipped(np.asarray(g), None, None, None, Losses(np.float32(0), np.float32(0)))
+
+    cases = {
+        "sample": lambda: ops.sample(key, sampler, params),
+        "direction": lambda: ops.direction(params, batch),
+        "direction_jvp": lambda: ops.direction_jvp(params, batch, tangent),
+        "linearise": lambda: ops.linearise(params, batch)[0],
+        "apply": lambda: product(tangent),
+        "server_apply": lambda: update(server, shipped, jnp.int32(3)),
+    }
+    for fn in cases.values():
+        jax.block_until_ready(fn())
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(args.repeats):
+        for name, fn in cases.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name].append(time.perf_counter() - t0)
+    rows = {name: {"best_ms": 1e3 * min(ts), "median_ms": 1e3 * statistics.median(ts)} for name, ts in times.items()}
+    base = rows["direction"]["median_ms"]
+    for row in rows.values():
+        row["ratio"] = row["median_ms"] / base
+
+    print(f"jax {jax.__version__}, {args.threads} thread(s); {args.config}: {learner.num_params} params, batch "
+          f"{config.learner.batch_size}, horizon {config.learner.horizon}; {args.repeats} repeats")
+    print(f"{'phase':<15} {'best ms':>9} {'median ms':>10} {'median x dir':>13}")
+    for name, row in rows.items():
+        print(f"{name:<15} {row['best_ms']:>9.2f} {row['median_ms']:>10.2f} {row['ratio']:>13.2f}")
+    defaults = {
+        "direction_time": round(base / 1e3, 4),
+        "sample_cost_ratio": round(rows["sample"]["ratio"], 2),
+        "jvp_cost_ratio": round(rows["direction_jvp"]["ratio"], 2),
+        "linearise_cost_ratio": round(rows["linearise"]["ratio"], 2),
+        "apply_cost_ratio": round(rows["apply"]["ratio"], 2),
+        "server_apply_cost_ratio": round(rows["server_apply"]["ratio"], 2),
+    }
+    print("as [workers] config (sim's cost model):")
+    for name, value in defaults.items():
+        print(f"  {name} = {value}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"config": args.config, "threads": args.threads, "phases": rows, "defaults": defaults}, f,
+                      indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
