@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-
 import math
 import sys
 from collections.abc import Sequence
@@ -69,7 +68,7 @@ def calibrated(config: ExperimentConfig, scheme: str, timing: dict[str, float], 
 def _summary(result: Any) -> dict[str, float]:
     m = result.metrics
     return {"staleness": float(np.mean(m["staleness"])), "residual": float(np.mean(m["residual_staleness"])),
-            "grad_error": float(np.nanmean(m["grad_error"])), "updates": int(len(m["iteration"]))}
+            "grad_error": float(np.nanmean(m["grad_error"])), "updates": len(m["iteration"])}
 
 
 def agreement(mp: float, sim: float) -> float:
@@ -117,10 +116,10 @@ def rankings(rows: list[dict[str, Any]]) -> dict[str, tuple[list[str], list[str]
 
 def table_markdown(rows: list[dict[str, Any]], iterations: int) -> str:
     lines = [f"# sim vs mp ({iterations} updates of the default experiment per run, seed 0)", "",
-             "Regenerate: `make sim-vs-mp` (python -m asynccorr.calibrate). sim is calibrated with each mp run's "
-             "measured phase times, server time per message and job-time jitter (asynccorr/calibrate.py). "
-             f"Target: staleness and residual staleness within {TOLERANCE:.0%} (relative to max(mp, 1)), the "
-             "protocols ranked the same by gradient error.", "",
+             ("Regenerate: `make sim-vs-mp` (python -m asynccorr.calibrate). sim is calibrated with each mp run's "
+              "measured phase times, server time per message and job-time jitter (asynccorr/calibrate.py). "
+              f"Target: staleness and residual staleness within {TOLERANCE:.0%} (relative to max(mp, 1)), the "
+              "protocols ranked the same by gradient error."), "",
              "| setting | scheme | staleness mp | sim | diff | residual mp | sim | diff | grad error mp | sim |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
@@ -128,9 +127,9 @@ def table_markdown(rows: list[dict[str, Any]], iterations: int) -> str:
                      f"{r['staleness_diff']:.0%} | {r['mp_residual']:.2f} | {r['sim_residual']:.2f} | "
                      f"{r['residual_diff']:.0%} | {r['mp_grad_error']:.4f} | {r['sim_grad_error']:.4f} |")
     within = sum(r["staleness_diff"] <= TOLERANCE and r["residual_diff"] <= TOLERANCE for r in rows)
-    lines += ["", f"Within {TOLERANCE:.0%} on both: {within} of {len(rows)} rows; worst staleness diff "
-              f"{max(r['staleness_diff'] for r in rows):.0%}, worst residual diff "
-              f"{max(r['residual_diff'] for r in rows):.0%}.", "", "Protocols by gradient error (best first):", ""]
+    lines += ["", (f"Within {TOLERANCE:.0%} on both: {within} of {len(rows)} rows; worst staleness diff "
+                   f"{max(r['staleness_diff'] for r in rows):.0%}, worst residual diff "
+                   f"{max(r['residual_diff'] for r in rows):.0%}."), "", "Protocols by gradient error (best first):", ""]
     for setting, (on_mp, on_sim) in rankings(rows).items():
         same = "same" if on_mp == on_sim else "DIFFERENT"
         lines.append(f"- {setting}: mp {', '.join(on_mp)}; sim {', '.join(on_sim)} ({same})")

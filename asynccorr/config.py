@@ -211,7 +211,7 @@ class WorkersConfig:
 class SchemesConfig:
     """Which schemes ``compare`` runs, on which seeds, and the schemes' own knobs."""
 
-    compare: tuple[str, ...] = ("sync", "async", "modify", "modify-safe")
+    compare: tuple[str, ...] = ("sync", "async", "modify", "modify-safe", "learner", "sync-pipelined", "modify@oracle")
     seeds: tuple[int, ...] = (0, 1, 2)
     protocol: str = DEFAULT_PROTOCOL  # how a bare modify / modify-safe gets its product (schemes.PROTOCOLS)
     # the correction knobs; their defaults are the correction factories' own (asynccorr.corrections)

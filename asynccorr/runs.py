@@ -448,6 +448,6 @@ def write_summary(folder: Path, rows: Sequence[dict[str, Any]], title: str) -> N
                      f"{pm(a, 'mean_staleness', '.2f')} | {pm(a, 'mean_residual_staleness', '.2f')} | "
                      f"{pm(a, 'sim_time', '.2f')} |")
     if any(not realisable(a["scheme"]) for a in aggregate(rows)):
-        lines += ["", "An oracle row is not a result of any realisable scheme: its product is evaluated against "
-                  "theta_k at the instant of application, for free (an upper bound)."]
+        lines += ["", ("An oracle row is not a result of any realisable scheme: its product is evaluated against "
+                       "theta_k at the instant of application, for free (an upper bound).")]
     atomic_write_text(folder / "summary.md", "\n".join(lines) + "\n")

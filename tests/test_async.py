@@ -99,7 +99,7 @@ def test_the_server_side_protocols_apply_exactly_the_fresh_gradient_on_a_quadrat
 
 @pytest.mark.parametrize("protocol", ["deferred", "pull-first", "look-ahead"])
 def test_a_worker_side_product_is_exact_when_it_aimed_at_theta_k_and_misses_by_what_it_could_not_see(protocol):
-    learner, a, b = quadratic_learner()
+    learner, _, _ = quadratic_learner()
     optimizer, scheme = _sgd(learner), get_scheme(f"modify@{protocol}")
     correction = make_correction(scheme.name)
     update = make_update(learner, optimizer, scheme, correction, True)

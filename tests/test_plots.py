@@ -11,7 +11,6 @@ from clitools import run_cli
 from matplotlib.collections import PolyCollection
 
 from asynccorr import plots
-from asynccorr.schemes import DISPLAY_ORDER
 from asynccorr.plots import (
     FIGURES,
     FORMATS,
@@ -22,6 +21,7 @@ from asynccorr.plots import (
     plot_path,
 )
 from asynccorr.results import parse_run_dir_name, read_csv, run_dir_name, write_csv, write_json
+from asynccorr.schemes import DISPLAY_ORDER
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -34,7 +34,7 @@ from asynccorr.build import build, run_keys
 from asynccorr.checkpoint import Checkpoint
 from asynccorr.config import ExperimentConfig
 from asynccorr.evaluation import EvalRecord
-from asynccorr.learner import Batch, Losses
+from asynccorr.learner import Losses
 from asynccorr.run_protocol import BASE_COLUMNS, Columns, Recorder, RunHooks, RunResult, is_eval_point
 from asynccorr.schemes import check_scheme_fits, correction_for, get_scheme, resolve
 from asynccorr.server import ServerState, Shipped, UpdateMetrics, init_server, make_round_update, make_update
