@@ -41,6 +41,7 @@ uninterrupted run would have. Same seed, same results, byte for byte.
 
 from __future__ import annotations
 
+import functools
 import heapq
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -161,13 +162,24 @@ def _look_ahead_size(sim: Sim) -> int:
 
 
 def _fresh_workers(sim: Sim) -> tuple[Worker, ...]:
+    """Every worker's key stream and sampler, set up in one batched call (not N builds)."""
     _, k_workers = run_keys(sim.config.train.seed)
+    n = sim.config.workers.count
+    keys, samplers = _batched_workers(sim.learner.sampler_init)(k_workers, jnp.arange(n))
     last = jnp.zeros((_look_ahead_size(sim),), jnp.float32)
-    workers = []
-    for i in range(sim.config.workers.count):
-        run_key, sampler_key = worker_stream(k_workers, i)
-        workers.append(Worker(run_key, sim.learner.sampler_init(sampler_key), last))
-    return tuple(workers)
+    rows = jax.tree.map(lambda x: list(x), (keys, samplers))
+    return tuple(Worker(rows[0][i], jax.tree.map(lambda leaf, i=i: leaf[i], rows[1],
+                                                  is_leaf=lambda x: isinstance(x, list)), last)
+                 for i in range(n))
+
+
+@functools.lru_cache(maxsize=8)
+def _batched_workers(sampler_init: Callable) -> Callable:
+    def setup_all(k_workers: Array, index: Array) -> tuple[Array, Any]:
+        run_keys_, sampler_keys = jax.vmap(lambda i: worker_stream(k_workers, i))(index)
+        return run_keys_, jax.vmap(sampler_init)(sampler_keys)
+
+    return jax.jit(setup_all)
 
 
 def init_state(sim: Sim, role: ServerRole) -> SimState:
@@ -297,8 +309,7 @@ class _Loop:
     def sample(self, i: int, theta: Array) -> Batch:
         """Worker i's next batch with ``theta`` (its key stream and sampler advance)."""
         worker = self.workers[i]
-        run_key, k_sample = jax.random.split(worker.key)
-        batch, sampler = self.sim.ops.sample(k_sample, worker.sampler, theta)
+        run_key, batch, sampler = self.sim.ops.next_batch(worker.key, worker.sampler, theta)
         self.workers[i] = Worker(run_key, sampler, worker.last_params)
         return batch
 

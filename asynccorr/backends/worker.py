@@ -117,6 +117,7 @@ class WorkerOps:
 
         self.learner = learner
         self.sample = jax.jit(learner.sample)
+        self.next_batch = jax.jit(_next_batch(learner.sample))
         self.direction = jax.jit(learner.direction)
         self.direction_jvp = jax.jit(learner.direction_jvp)
 
@@ -133,6 +134,18 @@ class WorkerOps:
         import jax
 
         return jax.jacfwd(lambda p: self.learner.direction(p, batch)[0])(theta)
+
+
+def _next_batch(sample: Callable) -> Callable:
+    def next_batch(key: Any, sampler: Any, theta: Any) -> tuple[Any, Any, Any]:
+        """``(key', batch, sampler')``: the worker's key stream advances, its next batch with theta."""
+        import jax
+
+        key, k_sample = jax.random.split(key)
+        batch, sampler = sample(k_sample, sampler, theta)
+        return key, batch, sampler
+
+    return next_batch
 
 
 def worker_ops(learner: Any) -> WorkerOps:
@@ -224,7 +237,7 @@ class WorkerCompute:
         """Compile every function the job uses (results discarded, state unchanged)."""
         import jax
 
-        batch, _ = self.ops.sample(self.key, self.sampler, self.init_params)
+        _, batch, _ = self.ops.next_batch(self.key, self.sampler, self.init_params)
         p = self.init_params
         jax.block_until_ready(post_pull(self.ops, self.scheme, p, batch, p, pre_pull(self.ops, self.scheme, p, batch)))
 
@@ -249,8 +262,7 @@ class WorkerCompute:
             return time.perf_counter()
 
         t = time.perf_counter()
-        self.key, k_sample = jax.random.split(self.key)
-        batch, self.sampler = ops.sample(k_sample, self.sampler, theta_i)
+        self.key, batch, self.sampler = ops.next_batch(self.key, self.sampler, theta_i)
         jax.block_until_ready(batch)
         t = done(t)
         pre = pre_pull(ops, scheme, theta_i, batch)
