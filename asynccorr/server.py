@@ -149,9 +149,11 @@ def make_round_update(
     their average *is* the fresh direction on the union of the batches: the gradient
     error is zero by construction (not re-measured, which would cost N more directions
     per update). ``sync-pipelined``: the directions are one round old (at theta_{r-1});
-    with ``measure`` the fresh average at ``theta_k`` on the same batches is evaluated
-    (N directions) for the gradient error. Its corrected variant adds the workers' mean
-    gap product (each worker's product against theta_k: residual 0).
+    with ``measure`` the gradient error is that of one worker's direction (worker 0's,
+    after its correction) against the fresh direction at ``theta_k`` on its batch: the
+    same per-message error as an asynchronous scheme's, at one direction per round
+    instead of N. Its corrected variant adds the workers' mean gap product (each
+    worker's product against theta_k: residual 0).
     """
 
     def update(server: ServerState, msgs: Shipped):
@@ -162,12 +164,19 @@ def make_round_update(
             extra["gap_product"] = msgs.gap_product.mean(axis=0)
         applied, correction_state = correction.update(stale, server.correction_state, server.params, **extra)
         if not scheme.pipelined:
-            fresh = applied
-        elif measure:
-            directions, losses = jax.vmap(learner.direction, in_axes=(None, 0))(server.params, msgs.batch)
-            fresh, losses = directions.mean(axis=0), jax.tree.map(lambda x: x.mean(axis=0), losses)
+            return _finish(learner, optimizer, server, applied, applied, applied, losses, correction_state)
+        # pipelined: the error of worker 0's direction (its own correction included) against the fresh
+        # direction at theta_k on its batch -- one direction per round instead of N; the workers are alike
+        own_stale = msgs.direction[0]
+        own, _ = correction.update(own_stale, server.correction_state, server.params,
+                                   **{k: v[0] for k, v in (("gap_product", msgs.gap_product),) if v is not None})
+        if measure:
+            fresh, losses = learner.direction(server.params, jax.tree.map(lambda x: x[0], msgs.batch))
         else:
             fresh = jnp.full_like(stale, jnp.nan)
-        return _finish(learner, optimizer, server, applied, stale, fresh, losses, correction_state)
+        new, metrics = _finish(learner, optimizer, server, applied, own_stale, fresh, losses, correction_state)
+        n = learner.num_policy
+        return new, metrics._replace(grad_error=_relative(own, fresh), policy_grad_error=_relative(own[:n], fresh[:n]),
+                                     correction_norm=jnp.linalg.norm(own - own_stale))
 
     return jax.jit(update)

@@ -171,8 +171,12 @@ def test_the_diverged_tail_of_a_finite_run_never_sets_the_axis(tmp_path: Path):
 # ----------------------------------------------------------------------------- checkpoints and resume
 
 
-@pytest.mark.parametrize("scheme", ["sync", "async", "sequential"])
+@pytest.mark.parametrize("scheme", ["sync", "async", "sequential", "modify@server", "modify@deferred",
+                                    "modify@look-ahead", "sync-pipelined-modify"])
 def test_checkpoints_do_not_change_results_and_a_resumed_run_equals_the_uninterrupted_one(tmp_path, scheme):
+    """Whatever a checkpoint catches in flight -- the server's queue and its busy update (server),
+    jobs past their mid-job pull (deferred), the workers' previous pulls (look-ahead), the rounds'
+    clock (pipelined) -- the resumed run is the uninterrupted one, file for file."""
     cfg = tiny()
     a, _, _ = train_run(cfg, scheme, tmp_path / "a")
     b, _, _ = train_run(with_overrides(cfg, train={"checkpoint_every": 0}), scheme, tmp_path / "b")

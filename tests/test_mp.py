@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import multiprocessing as mp
 
 import jax
@@ -25,6 +26,8 @@ from asynccorr.learner import Learner, Losses
 from asynccorr.runs import planned_runs
 from asynccorr.schemes import get_scheme, make_correction
 from asynccorr.server import Shipped, init_server, make_update
+
+REPO = Path(__file__).resolve().parents[1]
 
 # ----------------------------------------------------------------------------- shared memory
 
@@ -129,6 +132,30 @@ def test_the_real_backends_server_stops_at_the_first_diverging_update_and_flushe
     np.testing.assert_array_equal(result.params, params[3])  # after 3 updates, before the bad one
 
 
+@pytest.mark.parametrize("scheme", ["modify@oracle", "modify-safe@oracle", "sync-pipelined", "sync-pipelined-modify"])
+def test_the_oracle_and_the_pipelined_rounds_are_refused_on_real_workers(scheme):
+    with pytest.raises(ConfigError, match="runs on workers.backend = 'sim' only"):
+        planned_runs(tiny_config("mp"), [scheme], [0])
+
+
+@pytest.mark.slow
+def test_on_real_workers_the_server_protocol_removes_the_gradient_error_and_pull_first_sees_almost_nothing():
+    """Issue 12's acceptance, 300 updates of the default experiment on 2 mp workers (seed 0): the
+    server-side product has residual staleness 0 and at most 0.3x async's mean gradient error;
+    pull-first (the worker pulls before its fused pass) sees none of the staleness on most updates."""
+    from asynccorr.config import load_config
+
+    cfg = with_overrides(load_config(REPO / "experiments" / "paper.toml"),
+                         train={"iterations": 300, "eval_every": 300, "checkpoint_every": 0},
+                         workers={"backend": "mp", "count": 2, "timeout": 120.0})
+    naive, server, pull_first = (run_mp(cfg, s).metrics for s in ("async", "modify@server", "modify@pull-first"))
+    assert naive["staleness"].mean() > 0.5 and server["staleness"].mean() > 0.5
+    assert np.all(server["residual_staleness"] == 0)
+    assert server["grad_error"].mean() <= 0.3 * naive["grad_error"].mean()
+    stale = pull_first["staleness"] > 0
+    assert np.mean(pull_first["residual_staleness"][stale] == pull_first["staleness"][stale]) > 0.8
+
+
 def test_modify_dense_is_refused_on_real_workers():
     cfg = with_overrides(tiny_config("mp"), learner={"policy_hidden": (4,), "value_hidden": (4,)})
     with pytest.raises(ConfigError, match="modify-dense.*sim"):
@@ -149,7 +176,7 @@ def test_workers_config_fields_are_range_checked():
 
 @pytest.mark.slow
 def test_two_mp_workers_run_modify_with_measured_staleness_and_worker_corrected_directions():
-    result = run_mp(tiny_config("mp", workers={"slowdown": (1.0, 2.0)}), "modify")
+    result = run_mp(tiny_config("mp", workers={"slowdown": (1.0, 2.0)}), "modify@deferred")
     assert_worker_corrected_modify_run(result)
     assert np.all(np.isfinite(result.metrics["grad_error"]))
 

@@ -39,7 +39,7 @@ def test_the_local_ray_binds_and_advertises_loopback_only(local_ray):
 
 
 def test_two_ray_workers_run_modify_with_measured_staleness_and_worker_corrected_directions(local_ray):
-    result = run_ray(tiny_config("ray", workers={"slowdown": (1.0, 2.0)}), "modify")
+    result = run_ray(tiny_config("ray", workers={"slowdown": (1.0, 2.0)}), "modify@deferred")
     assert_worker_corrected_modify_run(result)
     assert ray.is_initialized()  # a Ray the caller started is left running
 
