@@ -144,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, default=300, help="server updates per run")
     p.add_argument("--out", default="results/sim-vs-mp", help="folder for table.md and table.csv")
     args = p.parse_args(argv)
+    from asynccorr.cli import compilation_cache
+
+    compilation_cache()  # the workers of 24 runs compile once
     base = load_config(args.config)
     rows = sim_vs_mp(base, args.iterations)
     out = Path(args.out)
