@@ -107,6 +107,10 @@ class RegimeConfig:
             _require(d in DELAY_KINDS, "regimes.delays", f"must hold names from {list(DELAY_KINDS)}", d)
         for s in self.schemes:
             _require(s in NAMES, "regimes.schemes", f"must hold scheme names ({names_help()})", s)
+        # a bare modify / modify-safe is the experiment's protocol: the study's names are the registered ones
+        resolved = tuple(resolve(s, self.experiment.schemes.protocol) for s in self.schemes)
+        _require(len(set(resolved)) == len(resolved), "regimes.schemes", "names a scheme twice", self.schemes)
+        object.__setattr__(self, "schemes", resolved)
         _require("sync" in self.schemes, "regimes.schemes", "must include sync (the baseline of reaches_sync)",
                  self.schemes)
         _require(all(s >= 0 for s in self.seeds), "regimes.seeds", "must be >= 0", self.seeds)
@@ -177,7 +181,7 @@ def plan(study: RegimeConfig) -> list[Task]:
     from asynccorr.schemes import check_scheme_fits, get_scheme
 
     learner, _ = build(study.experiment)
-    schemes = [resolve(s, study.experiment.schemes.protocol) for s in study.schemes]
+    schemes = study.schemes
     for scheme in schemes:
         check_scheme_fits(get_scheme(scheme), learner.num_params, study.experiment.schemes)
     tasks = [Task(c, s, seed, cell_config(study, c, seed)) for c in cells(study) for s in schemes
