@@ -311,9 +311,9 @@ def test_on_the_default_experiment_modify_has_a_smaller_gradient_error_than_asyn
     cfg = with_overrides(load_config(Path(__file__).resolve().parents[1] / "experiments" / "paper.toml"),
                          train={"iterations": 150, "eval_every": 150})
     naive = run_sim(cfg, "async").metrics
-    corrected = run_sim(cfg, "modify").metrics
-    np.testing.assert_array_equal(naive["staleness"], corrected["staleness"])  # same timing, same staleness
-    assert naive["staleness"].mean() > 6
+    corrected = run_sim(cfg, "modify").metrics  # the server protocol: the product at application
+    assert naive["staleness"].mean() > 6 and corrected["staleness"].mean() > 6
+    assert np.all(corrected["residual_staleness"] == 0)
     assert corrected["grad_error"].mean() < 0.5 * naive["grad_error"].mean()
 
 

@@ -281,7 +281,7 @@ def killable(checkpoint_every: int) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scheme", ["modify"])
+@pytest.mark.parametrize("scheme", ["modify@server"])
 def test_a_run_killed_with_sigkill_resumes_to_exactly_the_uninterrupted_result(capsys, tmp_path, scheme):
     """A real crash: the process is killed with SIGKILL mid-run (one more process start and
     compilation, so only for modify; the sequential trainer and sync resume in-process above)."""
