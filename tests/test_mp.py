@@ -162,6 +162,15 @@ def test_on_real_workers_the_server_protocol_removes_the_gradient_error_and_pull
     assert np.mean(pull_first["residual_staleness"][stale] == pull_first["staleness"][stale]) > 0.8
 
 
+@pytest.mark.slow
+def test_a_rule_that_reads_theta_i_runs_on_real_workers():
+    """dc-asgd's rule needs the worker's theta_i at the server (it used to be missing on mp):
+    the worker ships it, and the correction acts on the stale updates."""
+    m = run_mp(tiny_config("mp", train={"iterations": 12, "eval_every": 12}), "dc-asgd").metrics
+    assert len(m["iteration"]) == 12 and m["staleness"].max() > 0
+    assert np.all(m["correction_norm"][m["staleness"] == 0] == 0) and m["correction_norm"].max() > 0
+
+
 def test_modify_dense_is_refused_on_real_workers():
     cfg = with_overrides(tiny_config("mp"), learner={"policy_hidden": (4,), "value_hidden": (4,)})
     with pytest.raises(ConfigError, match="modify-dense.*sim"):
