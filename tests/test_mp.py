@@ -153,11 +153,12 @@ def test_on_real_workers_the_server_protocol_removes_the_gradient_error_and_pull
     cfg = with_overrides(load_config(REPO / "experiments" / "paper.toml"),
                          train={"iterations": 150, "eval_every": 150, "checkpoint_every": 0},
                          workers={"backend": "mp", "count": 2, "timeout": 120.0})
-    naive, server, pull_first = (run_mp(cfg, s).metrics for s in ("async", "modify@server", "modify@pull-first"))
-    assert naive["staleness"].mean() > 0.5 and server["staleness"].mean() > 0.5
+    server, pull_first = (run_mp(cfg, s).metrics for s in ("modify@server", "modify@pull-first"))
+    assert server["staleness"].mean() > 0.5
     assert np.all(server["residual_staleness"] == 0)
-    assert server["grad_error"][50:].mean() <= 0.3 * naive["grad_error"][50:].mean()
-    assert server["grad_error"].mean() < naive["grad_error"].mean()
+    # against the same stale directions uncorrected (what async would have applied, message by message)
+    assert server["grad_error"][50:].mean() <= 0.3 * server["stale_grad_error"][50:].mean()
+    assert server["grad_error"].mean() < server["stale_grad_error"].mean()
     stale = pull_first["staleness"] > 0
     assert np.mean(pull_first["residual_staleness"][stale] == pull_first["staleness"][stale]) > 0.8
 
