@@ -11,7 +11,6 @@ from asynccorr.config import LearnerConfig
 from asynccorr.envs import make
 from asynccorr.learner import make_learner
 
-
 # A shell that starts the suite in the background leaves SIGINT ignored, and an ignored signal
 # stays ignored across exec: the Ctrl-C tests' child processes would never see their Ctrl-C.
 # A handler (not SIG_IGN) here is reset to the default in every child, which Python then catches.
