@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, default=300, help="server updates per run")
     p.add_argument("--out", default="results/sim-vs-mp", help="folder for table.md and table.csv")
     args = p.parse_args(argv)
-    from asynccorr.cli import compilation_cache
+    from asynccorr.jaxcache import compilation_cache
 
     compilation_cache()  # the workers of 24 runs compile once
     base = load_config(args.config)

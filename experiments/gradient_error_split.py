@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--after", type=int, default=50, help="the rest starts after this update")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    from asynccorr.cli import compilation_cache
+    from asynccorr.jaxcache import compilation_cache
 
     compilation_cache()
     cfg = with_overrides(load_config(args.config),
