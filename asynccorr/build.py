@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -51,8 +52,17 @@ def build(config: ExperimentConfig) -> tuple[Learner, optax.GradientTransformati
 def _build(key: str) -> tuple[Learner, optax.GradientTransformation]:
     env_cfg, learner_cfg, optim_cfg = json.loads(key)
     env, env_params = make(env_cfg["name"], **env_cfg["params"])
-    learner = make_learner(env, env_params, from_dict(LearnerConfig, learner_cfg))
+    learner = make_any_learner(env, env_params, from_dict(LearnerConfig, learner_cfg))
     return learner, make_optimizer(from_dict(OptimConfig, optim_cfg), learner.num_policy, learner.num_value)
+
+
+def make_any_learner(env: Any, env_params: Any, config: LearnerConfig, dtype: Any = jnp.float32) -> Learner:
+    """The learner ``config.kind`` names: GPI through the model, or model-free A3C."""
+    if config.kind == "a3c":
+        from asynccorr.a3c import make_a3c_learner
+
+        return make_a3c_learner(env, env_params, config, dtype)
+    return make_learner(env, env_params, config, dtype)
 
 
 def run_keys(seed: int) -> tuple[Array, Array]:

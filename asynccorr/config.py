@@ -77,10 +77,49 @@ class EnvConfig:
             raise ConfigError(f"env.{exc}" if not str(exc).startswith("env") else str(exc)) from None
 
 
+LEARNER_KINDS = ("gpi", "a3c")
+
+
+@dataclass(frozen=True)
+class A3CConfig:
+    """The model-free learner (``learner.kind = "a3c"``): n-step actor-critic on sampled experience."""
+
+    envs: int = 32  # envs each worker rolls out in parallel (vmapped)
+    n_steps: int = 16  # rollout length per batch: a batch holds envs x n_steps transitions
+    gae_lambda: float = 0.95  # GAE lambda of the advantages; 1 = bootstrapped n-step returns
+    entropy_coef: float = 1e-3  # entropy bonus on the Gaussian policy
+    normalize_advantages: bool = True  # advantages standardised per batch
+    log_std_init: float = -0.5  # initial log-std of the Gaussian policy (normalised action units)
+    log_std_min: float = -4.0  # log-std kept in (min, max) by a sigmoid
+    log_std_max: float = 0.5
+    state_dependent_std: bool = False  # log-std from the policy network (else one learned vector)
+
+    def __post_init__(self) -> None:
+        _check_types(self, "learner.a3c.")
+        _require(self.envs >= 1, "learner.a3c.envs", "must be >= 1", self.envs)
+        _require(self.n_steps >= 1, "learner.a3c.n_steps", "must be >= 1 (the rollout length)", self.n_steps)
+        _require(0 <= self.gae_lambda <= 1, "learner.a3c.gae_lambda", "must be in [0, 1]", self.gae_lambda)
+        _nonnegative("learner.a3c.entropy_coef", self.entropy_coef)
+        for name in ("log_std_init", "log_std_min", "log_std_max"):
+            _require(math.isfinite(getattr(self, name)), f"learner.a3c.{name}", "must be finite", getattr(self, name))
+        _require(self.log_std_min < self.log_std_max, "learner.a3c.log_std_min",
+                 f"must be < learner.a3c.log_std_max = {self.log_std_max!r} (the bounds are inverted)",
+                 self.log_std_min)
+        _require(self.log_std_min < self.log_std_init < self.log_std_max, "learner.a3c.log_std_init",
+                 f"must lie strictly between log_std_min = {self.log_std_min!r} and log_std_max = "
+                 f"{self.log_std_max!r}", self.log_std_init)
+
+    @property
+    def batch_size(self) -> int:
+        return self.envs * self.n_steps
+
+
 @dataclass(frozen=True)
 class LearnerConfig:
-    """Generalized policy iteration through the differentiable model."""
+    """The learner: ``gpi`` (policy iteration through the differentiable model, the default) or
+    ``a3c`` (model-free advantage actor-critic, its knobs in ``[learner.a3c]``)."""
 
+    kind: str = "gpi"  # "gpi" or "a3c"
     policy_hidden: tuple[int, ...] = (64, 64)  # policy MLP widths
     value_hidden: tuple[int, ...] = (64, 64)  # value MLP widths
     activation: str = "tanh"
@@ -90,9 +129,11 @@ class LearnerConfig:
     reset_states: int = 128  # states per batch drawn fresh from the reset distribution
     sampler_steps: int = 2  # env steps the exploratory rollouts advance per batch
     exploration_noise: float = 0.1  # std of Gaussian noise on the normalised action
+    a3c: A3CConfig = field(default_factory=A3CConfig)  # kind = "a3c" only
 
     def __post_init__(self) -> None:
         _check_types(self, "learner.")
+        _require(self.kind in LEARNER_KINDS, "learner.kind", f"must be one of {list(LEARNER_KINDS)}", self.kind)
         try:
             check_hidden("learner.policy_hidden", self.policy_hidden)
             check_hidden("learner.value_hidden", self.value_hidden)
@@ -111,7 +152,8 @@ class LearnerConfig:
 
     @property
     def batch_size(self) -> int:
-        return self.rollout_states + self.reset_states
+        """States (gpi) or transitions (a3c) per batch."""
+        return self.a3c.batch_size if self.kind == "a3c" else self.rollout_states + self.reset_states
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Generalized policy iteration through the differentiable vehicle model.
+"""Generalized policy iteration through the differentiable vehicle model (the default learner).
 
 One flat float32 parameter vector ``params = [theta; phi]`` (policy then value)
 and one **update-direction field** ``F(params, batch) = [dJ/dtheta; dL_V/dphi]``:
@@ -44,7 +44,9 @@ class SamplerState(NamedTuple):
 
 
 class Learner(NamedTuple):
-    """Pure functions of the GPI learner for one env and one config (optax-style bundle)."""
+    """Pure functions of a learner for one env and one config (optax-style bundle): GPI
+    (``make_learner``, here) or A3C (``asynccorr.a3c.make_a3c_learner``). Every trainer,
+    backend and scheme sees only these."""
 
     env: Environment
     env_params: Any
@@ -62,6 +64,9 @@ class Learner(NamedTuple):
     linearize: Callable[[Array, Batch], tuple[Array, Callable[[Array], Array], Losses]]
     sampler_init: Callable[[Array], SamplerState]
     sample: Callable[[Array, SamplerState, Array], tuple[Batch, SamplerState]]
+    # (flat params theta_k, batch) -> mean pi_k(a|s) / pi_i(a|s) over the batch's actions: how
+    # off-policy a batch sampled at theta_i is at theta_k (nan: a deterministic policy, GPI)
+    on_policy_ratio: Callable[[Array, Batch], Array]
 
     @property
     def num_params(self) -> int:
@@ -222,4 +227,5 @@ def make_learner(env: Environment, env_params: Any, config: LearnerConfig, dtype
         linearize=linearize,
         sampler_init=sampler_init,
         sample=sample,
+        on_policy_ratio=lambda flat, batch: jnp.full((), jnp.nan, jnp.float32),
     )

@@ -19,6 +19,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu, "elu": nn.elu, "gelu": nn.gelu, "swish": nn.swish}
 
@@ -63,6 +64,38 @@ class Policy(nn.Module):
     @nn.compact
     def __call__(self, obs: jax.Array) -> jax.Array:
         return jnp.tanh(MLP(self.hidden, self.action_dim, self.activation, self.dtype)(obs))
+
+
+class GaussianPolicy(nn.Module):
+    """Stochastic policy: observation -> (mean in (-1, 1)^d, log-std in (lo, hi)^d).
+
+    The mean is tanh-squashed, so the deterministic policy (the mean) has the same form as
+    ``Policy``; an action is ``mean + std * noise``, clipped to the bounds by the env. The
+    log-std is one learned vector, or a second head of the network with
+    ``state_dependent_std``; either way a sigmoid keeps it inside ``(lo, hi)`` with a
+    gradient everywhere (a clip would cut it at the bounds)."""
+
+    hidden: tuple[int, ...]
+    action_dim: int
+    activation: str = "tanh"
+    log_std_init: float = -0.5
+    log_std_bounds: tuple[float, float] = (-4.0, 0.5)
+    state_dependent_std: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
+        lo, hi = self.log_std_bounds
+        raw0 = float(np.log((self.log_std_init - lo) / (hi - self.log_std_init)))  # sigmoid(raw0) = init
+        if self.state_dependent_std:
+            out = MLP(self.hidden, 2 * self.action_dim, self.activation, self.dtype)(obs)
+            mean, raw = out[..., :self.action_dim], out[..., self.action_dim:] + raw0
+        else:
+            mean = MLP(self.hidden, self.action_dim, self.activation, self.dtype)(obs)
+            raw = jnp.broadcast_to(
+                self.param("log_std", nn.initializers.constant(raw0, self.dtype), (self.action_dim,), self.dtype),
+                mean.shape)
+        return jnp.tanh(mean), lo + (hi - lo) * jax.nn.sigmoid(raw)
 
 
 class Value(nn.Module):

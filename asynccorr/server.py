@@ -54,14 +54,21 @@ class UpdateMetrics(NamedTuple):
     direction_norm: Array  # |applied|
     correction_norm: Array  # |applied - G|
     update_norm: Array  # |theta_{k+1} - theta_k|
+    importance_ratio: Array  # mean pi_k(a|s) / pi_i(a|s) of the batch's actions (a3c; nan for gpi or no batch)
 
 
 def _relative(a: Array, b: Array) -> Array:
     return jnp.linalg.norm(a - b) / jnp.maximum(jnp.linalg.norm(b), 1e-30)
 
 
+def _ratio(learner: Learner, theta_k: Array, batch: Batch | None) -> Array:
+    """The batch's on-policy mismatch at theta_k (nan without a batch)."""
+    return jnp.full((), jnp.nan, jnp.float32) if batch is None else learner.on_policy_ratio(theta_k, batch)
+
+
 def _finish(learner: Learner, optimizer: optax.GradientTransformation, server: ServerState, applied: Array,
-            stale: Array, fresh: Array, losses: Any, correction_state: Any) -> tuple[ServerState, UpdateMetrics]:
+            stale: Array, fresh: Array, losses: Any, correction_state: Any,
+            ratio: Array) -> tuple[ServerState, UpdateMetrics]:
     updates, opt_state = optimizer.update(applied, server.opt_state, server.params)
     params = optax.apply_updates(server.params, updates)
     n = learner.num_policy
@@ -74,6 +81,7 @@ def _finish(learner: Learner, optimizer: optax.GradientTransformation, server: S
         direction_norm=jnp.linalg.norm(applied),
         correction_norm=jnp.linalg.norm(applied - stale),
         update_norm=jnp.linalg.norm(updates),
+        importance_ratio=ratio,
     )
     return ServerState(params, opt_state, correction_state), metrics
 
@@ -132,7 +140,8 @@ def make_update(
                 fresh, losses = learner.direction(theta_k, batch)
             else:
                 fresh, losses = jnp.full_like(stale, jnp.nan), msg.losses
-        return _finish(learner, optimizer, server, applied, stale, fresh, losses, correction_state)
+        return _finish(learner, optimizer, server, applied, stale, fresh, losses, correction_state,
+                       _ratio(learner, theta_k, batch))
 
     return jax.jit(update)
 
@@ -163,18 +172,21 @@ def make_round_update(
         if msgs.gap_product is not None:
             extra["gap_product"] = msgs.gap_product.mean(axis=0)
         applied, correction_state = correction.update(stale, server.correction_state, server.params, **extra)
+        first = None if msgs.batch is None else jax.tree.map(lambda x: x[0], msgs.batch)
+        ratio = _ratio(learner, server.params, first)  # sync: 1 (every batch at theta_k); pipelined: worker 0's
         if not scheme.pipelined:
-            return _finish(learner, optimizer, server, applied, applied, applied, losses, correction_state)
+            return _finish(learner, optimizer, server, applied, applied, applied, losses, correction_state, ratio)
         # pipelined: the error of worker 0's direction (its own correction included) against the fresh
         # direction at theta_k on its batch -- one direction per round instead of N; the workers are alike
         own_stale = msgs.direction[0]
         own, _ = correction.update(own_stale, server.correction_state, server.params,
                                    **{k: v[0] for k, v in (("gap_product", msgs.gap_product),) if v is not None})
         if measure:
-            fresh, losses = learner.direction(server.params, jax.tree.map(lambda x: x[0], msgs.batch))
+            fresh, losses = learner.direction(server.params, first)
         else:
             fresh = jnp.full_like(stale, jnp.nan)
-        new, metrics = _finish(learner, optimizer, server, applied, own_stale, fresh, losses, correction_state)
+        new, metrics = _finish(learner, optimizer, server, applied, own_stale, fresh, losses, correction_state,
+                               ratio)
         n = learner.num_policy
         return new, metrics._replace(grad_error=_relative(own, fresh), policy_grad_error=_relative(own[:n], fresh[:n]),
                                      correction_norm=jnp.linalg.norm(own - own_stale))

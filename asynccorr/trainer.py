@@ -40,6 +40,7 @@ class StepMetrics(NamedTuple):
     value_loss: Array
     direction_norm: Array
     update_norm: Array
+    importance_ratio: Array  # 1 for a3c (every batch is fresh), nan for gpi
 
 
 @functools.lru_cache(maxsize=16)
@@ -66,7 +67,8 @@ def make_step(learner: Learner, optimizer: optax.GradientTransformation) -> Call
         updates, opt_state = optimizer.update(direction, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = StepMetrics(losses.policy_loss, losses.value_loss,
-                              jnp.linalg.norm(direction), jnp.linalg.norm(updates))
+                              jnp.linalg.norm(direction), jnp.linalg.norm(updates),
+                              learner.on_policy_ratio(state.params, batch))
         return TrainState(params, opt_state, sampler, key, state.iteration + 1), metrics
 
     return step
@@ -75,7 +77,7 @@ def make_step(learner: Learner, optimizer: optax.GradientTransformation) -> Call
 # ----------------------------------------------------------------------------- the sequential trainer
 
 SEQUENTIAL_COLUMNS = (*BASE_COLUMNS, "policy_loss", "value_loss", "grad_error", "policy_grad_error",
-                      "stale_grad_error", "direction_norm", "correction_norm", "update_norm")
+                      "stale_grad_error", "direction_norm", "correction_norm", "update_norm", "importance_ratio")
 
 
 def _sequential_columns(metrics: StepMetrics, first: int, config: ExperimentConfig) -> dict[str, np.ndarray]:

@@ -110,6 +110,15 @@ BAD_TOML = {
     "probability above 1": ("[workers]\nstraggler_prob = 1.5", "workers.straggler_prob"),
     "discount above 1": ("[learner]\ngamma = 1.5", "learner.gamma"),
     "bad experiment name": ("name = '../escape'", "name"),
+    "unknown learner kind": ("[learner]\nkind = 'ppo'", "learner.kind"),
+    "zero A3C rollout length": ("[learner.a3c]\nn_steps = 0", "learner.a3c.n_steps"),
+    "negative A3C rollout length": ("[learner.a3c]\nn_steps = -4", "learner.a3c.n_steps"),
+    "no A3C envs": ("[learner.a3c]\nenvs = 0", "learner.a3c.envs"),
+    "negative entropy coefficient": ("[learner.a3c]\nentropy_coef = -0.01", "learner.a3c.entropy_coef"),
+    "GAE lambda above 1": ("[learner.a3c]\ngae_lambda = 1.5", "learner.a3c.gae_lambda"),
+    "log-std bounds inverted": ("[learner.a3c]\nlog_std_min = 1.0\nlog_std_max = -1.0", "inverted"),
+    "log-std start outside its bounds": ("[learner.a3c]\nlog_std_init = 2.0", "learner.a3c.log_std_init"),
+    "unknown A3C key": ("[learner.a3c]\nclip_ratio = 0.2", "learner.a3c.clip_ratio"),
 }
 
 

@@ -47,8 +47,10 @@ def test_metrics_have_one_row_per_iteration_and_evaluations_at_the_interval():
     result = train_sequential(_config(7, 3))
     assert list(result.metrics["iteration"]) == list(range(1, 8))
     assert [e.iteration for e in result.evals] == [0, 3, 6, 7]
-    for values in result.metrics.values():
-        assert values.shape == (7,) and np.all(np.isfinite(values))
+    for name, values in result.metrics.items():
+        assert values.shape == (7,)
+        # the on-policy mismatch is the A3C learner's diagnostic: undefined for GPI's deterministic policy
+        assert np.all(np.isnan(values)) if name == "importance_ratio" else np.all(np.isfinite(values)), name
 
 
 def test_optimizer_applies_separate_actor_and_critic_learning_rates():

@@ -1,0 +1,244 @@
+"""Model-free advantage actor-critic (A3C, Mnih et al. 2016) on the same vehicles.
+
+The second learner family (``learner.kind = "a3c"``): nothing is differentiated through
+the vehicle model. A worker rolls its own ``envs`` environments forward ``n_steps`` with
+the stochastic Gaussian policy at ``theta_i`` (``sample``), and the batch carries what
+that rollout fixed: observations, the sampled actions and their behaviour log-probs, the
+GAE(lambda) advantages and lambda-returns computed with the worker's critic ``phi_i``.
+The direction field on that batch is the A3C loss gradient::
+
+    F(params, batch) = [ d/dtheta ( mean(log pi_theta(a|s) A) - c_H mean H(pi_theta(.|s)) );
+                         d/dphi   mean((V_phi(s) - R)^2) ]
+
+in cost units (the envs' stage cost ``l >= 0``; the policy minimises cost-to-go, so
+descending the surrogate makes high-advantage, i.e. costly, actions less likely). The
+rollout, actions, advantages and returns are data, so ``jax.jvp`` of ``F`` is the Hessian
+of this surrogate on the batch: every scheme and correction of the GPI learner works
+unchanged, and the gradient error means the same thing (the applied direction against
+``F(theta_k, batch)`` on the same batch).
+
+Leaving the road terminates an episode; with costs that end there, leaving would be the
+cheapest thing to do, so it is absorbing instead: the terminal value is the stage cost of
+the state where the vehicle left the road, paid for ever (``l / (1 - gamma)``). The time
+limit truncates: the return bootstraps from ``V`` of the last state.
+
+``Losses.policy_loss`` is the batch's mean lambda-return (the behaviour policy's
+estimated discounted cost-to-go from the batch's states: the sampled counterpart of GPI's
+``J``, a learning curve); ``value_loss`` is the critic's squared error at the given
+parameters. ``on_policy_ratio`` is the mean importance ratio ``pi_k(a|s) / pi_i(a|s)`` of
+the batch's actions at the server's parameters: 1 for a fresh batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from asynccorr.config import LearnerConfig
+from asynccorr.envs import Environment
+from asynccorr.learner import Learner, Losses, SamplerState
+from asynccorr.networks import GaussianPolicy, Value
+
+Array = jax.Array
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+class A3CBatch(NamedTuple):
+    """One worker's rollout, flattened over (step, env); everything here is held fixed."""
+
+    obs: Array  # (B, obs_dim) observation before each action
+    actions: Array  # (B, action_dim) the sampled actions, before the env clips them
+    behaviour_logp: Array  # (B,) log pi_i(a|s) at the worker's theta_i
+    advantages: Array  # (B,) GAE(lambda) in cost units (standardised per batch if configured)
+    returns: Array  # (B,) lambda-returns: the critic's regression targets
+
+
+class Transition(NamedTuple):
+    obs: Array
+    action: Array
+    logp: Array
+    cost: Array  # l(x_t, u_t)
+    next_obs: Array  # observation of the state after the step, before any reset
+    terminated: Array  # left the road
+    done: Array  # terminated or truncated: the next transition starts a fresh episode
+    terminal_value: Array  # l(x_{t+1}, 0) / (1 - gamma): the absorbing off-road cost-to-go
+
+
+def gaussian_log_prob(mean: Array, log_std: Array, action: Array) -> Array:
+    """log N(action; mean, exp(log_std)^2), summed over the action's dimensions."""
+    z = (action - mean) * jnp.exp(-log_std)
+    return jnp.sum(-0.5 * z * z - log_std - 0.5 * LOG_2PI, axis=-1)
+
+
+def gaussian_entropy(log_std: Array) -> Array:
+    return jnp.sum(log_std + 0.5 * (1.0 + LOG_2PI), axis=-1)
+
+
+def gae(costs: Array, values: Array, next_values: Array, done: Array, gamma: float, lam: float) -> Array:
+    """GAE(lambda) advantages of a ``(T, E)`` rollout in cost units; ``next_values`` already
+    holds the terminal value where an episode terminated; ``done`` cuts the trace."""
+    deltas = costs + gamma * next_values - values
+
+    def back(after: Array, x: tuple[Array, Array]) -> tuple[Array, Array]:
+        delta, cut = x
+        adv = delta + gamma * lam * jnp.where(cut, 0.0, after)
+        return adv, adv
+
+    _, adv = jax.lax.scan(back, jnp.zeros_like(values[0]), (deltas, done), reverse=True)
+    return adv
+
+
+def networks(env: Environment, config: LearnerConfig, dtype: Any) -> tuple[GaussianPolicy, Value]:
+    """The A3C learner's policy and value modules."""
+    a3c = config.a3c
+    return (GaussianPolicy(config.policy_hidden, env.action_dim, config.activation, a3c.log_std_init,
+                           (a3c.log_std_min, a3c.log_std_max), a3c.state_dependent_std, dtype),
+            Value(config.value_hidden, config.activation, dtype))
+
+
+def policy_surrogate(policy_net: GaussianPolicy, policy_tree: Any, batch: A3CBatch, entropy_coef: float) -> Array:
+    """``mean(log pi(a|s) A) - c_H mean H``: the actor's loss, advantages held fixed (cost units)."""
+    mean, log_std = policy_net.apply(policy_tree, batch.obs)
+    logp = gaussian_log_prob(mean, log_std, batch.actions)
+    return jnp.mean(logp * batch.advantages) - entropy_coef * jnp.mean(gaussian_entropy(log_std))
+
+
+def critic_loss(value_net: Value, value_tree: Any, batch: A3CBatch) -> Array:
+    """``mean((V(s) - R)^2)``, the returns held fixed."""
+    return jnp.mean((value_net.apply(value_tree, batch.obs) - batch.returns) ** 2)
+
+
+def objective(learner: Learner, flat: Array, batch: A3CBatch) -> Array:
+    """The scalar A3C loss whose gradient is the direction field (actor and critic nets are
+    separate, so ``F = grad`` of the sum)."""
+    policy_net, value_net = networks(learner.env, learner.config, flat.dtype)
+    policy_tree, value_tree = learner.unravel(flat)
+    return (policy_surrogate(policy_net, policy_tree, batch, learner.config.a3c.entropy_coef)
+            + critic_loss(value_net, value_tree, batch))
+
+
+def make_a3c_learner(env: Environment, env_params: Any, config: LearnerConfig, dtype: Any = jnp.float32) -> Learner:
+    """The A3C learner's pure functions for ``env`` (float64 ``dtype`` needs ``jax.enable_x64``)."""
+    a3c = config.a3c
+    obs_dim = env.obs_dim(env_params)
+    policy_net, value_net = networks(env, config, dtype)
+    dummy = jnp.zeros((obs_dim,), dtype)
+    theta0, unravel_policy = ravel_pytree(policy_net.init(jax.random.PRNGKey(0), dummy))
+    phi0, unravel_value = ravel_pytree(value_net.init(jax.random.PRNGKey(0), dummy))
+    num_policy, num_value = theta0.size, phi0.size
+    gamma, lam, envs, n_steps = config.gamma, a3c.gae_lambda, a3c.envs, a3c.n_steps
+    absorbing = float(env_params.max_steps) if gamma == 1.0 else 1.0 / (1.0 - gamma)
+
+    observe = jax.vmap(env.observation, in_axes=(0, None))
+    step_envs = jax.vmap(env.step, in_axes=(None, 0, 0, None))
+    utility = jax.vmap(env.utility, in_axes=(0, 0, None))
+    reset = jax.vmap(env.reset, in_axes=(0, None))
+
+    def init(key: Array) -> Array:
+        k_pi, k_v = jax.random.split(key)
+        theta, _ = ravel_pytree(policy_net.init(k_pi, dummy))
+        phi, _ = ravel_pytree(value_net.init(k_v, dummy))
+        return jnp.concatenate([theta, phi]).astype(dtype)
+
+    def split(flat: Array) -> tuple[Array, Array]:
+        return flat[:num_policy], flat[num_policy:]
+
+    def unravel(flat: Array) -> tuple[Any, Any]:
+        theta, phi = split(flat)
+        return unravel_policy(theta), unravel_value(phi)
+
+    def pi(theta: Array, obs: Array) -> tuple[Array, Array]:
+        return policy_net.apply(unravel_policy(theta), obs)
+
+    def v(phi: Array, obs: Array) -> Array:
+        return value_net.apply(unravel_value(phi), obs)
+
+    def surrogate(theta: Array, batch: A3CBatch) -> Array:
+        return policy_surrogate(policy_net, unravel_policy(theta), batch, a3c.entropy_coef)
+
+    def value_loss(phi: Array, batch: A3CBatch) -> Array:
+        return critic_loss(value_net, unravel_value(phi), batch)
+
+    def losses(flat: Array, batch: A3CBatch) -> Losses:
+        return Losses(policy_loss=jnp.mean(batch.returns), value_loss=value_loss(split(flat)[1], batch))
+
+    def direction(flat: Array, batch: A3CBatch) -> tuple[Array, Losses]:
+        theta, phi = split(flat)
+        g_theta = jax.grad(surrogate)(theta, batch)
+        v_loss, g_phi = jax.value_and_grad(value_loss)(phi, batch)
+        return jnp.concatenate([g_theta, g_phi]), Losses(policy_loss=jnp.mean(batch.returns), value_loss=v_loss)
+
+    def direction_jvp(flat: Array, batch: A3CBatch, tangent: Array) -> tuple[Array, Array, Losses]:
+        (f, loss), (jf, _) = jax.jvp(lambda p: direction(p, batch), (flat,), (tangent,))
+        return f, jf, loss
+
+    def linearize(flat: Array, batch: A3CBatch) -> tuple[Array, Callable[[Array], Array], Losses]:
+        (f, loss), f_jvp = jax.linearize(lambda p: direction(p, batch), flat)
+        return f, (lambda t: f_jvp(t)[0]), loss
+
+    def sampler_init(key: Array) -> SamplerState:
+        """``envs`` reset states with episode clocks staggered over [0, max_steps), so the
+        episodes do not all hit the time limit together (as the GPI sampler)."""
+        k_reset, k_clock = jax.random.split(key)
+        _, states = reset(jax.random.split(k_reset, envs), env_params)
+        clock = jax.random.randint(k_clock, (envs,), 0, env_params.max_steps)
+        return SamplerState(env_state=states.replace(step=clock.astype(states.step.dtype)))
+
+    def sample(key: Array, sampler: SamplerState, flat: Array) -> tuple[A3CBatch, SamplerState]:
+        """Roll the worker's envs ``n_steps`` with pi_theta, then fix advantages and returns with V_phi."""
+        theta, phi = split(flat)
+
+        def advance(states: Any, k: Array) -> tuple[Any, Transition]:
+            k_noise, k_reset = jax.random.split(k)
+            obs = observe(states, env_params)
+            mean, log_std = pi(theta, obs)
+            action = mean + jnp.exp(log_std) * jax.random.normal(k_noise, mean.shape, mean.dtype)
+            ts = step_envs(None, states, action, env_params)
+            done = jnp.logical_or(ts.terminated, ts.truncated)
+            _, fresh = reset(jax.random.split(k_reset, envs), env_params)
+            nxt = jax.tree.map(lambda f, s: jnp.where(done.reshape((-1,) + (1,) * (s.ndim - 1)), f, s),
+                               fresh, ts.state)
+            stuck = absorbing * utility(ts.state, jnp.zeros_like(action), env_params)
+            return nxt, Transition(obs, action, gaussian_log_prob(mean, log_std, action), -ts.reward, ts.obs,
+                                   ts.terminated, done, stuck)
+
+        states, tr = jax.lax.scan(advance, sampler.env_state, jax.random.split(key, n_steps))
+        values = v(phi, tr.obs)
+        next_values = jnp.where(tr.terminated, tr.terminal_value, v(phi, tr.next_obs))
+        adv = gae(tr.cost, values, next_values, tr.done, gamma, lam)
+        returns = adv + values
+        if a3c.normalize_advantages:
+            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        flat_rows = lambda x: x.reshape((n_steps * envs,) + x.shape[2:])  # noqa: E731
+        batch = A3CBatch(flat_rows(tr.obs), flat_rows(tr.action), flat_rows(tr.logp), flat_rows(adv),
+                         flat_rows(returns))
+        return batch, SamplerState(env_state=states)
+
+    def on_policy_ratio(flat: Array, batch: A3CBatch) -> Array:
+        mean, log_std = pi(split(flat)[0], batch.obs)
+        return jnp.mean(jnp.exp(gaussian_log_prob(mean, log_std, batch.actions) - batch.behaviour_logp))
+
+    return Learner(
+        env=env,
+        env_params=env_params,
+        config=config,
+        num_policy=num_policy,
+        num_value=num_value,
+        init=init,
+        unravel=unravel,
+        act=lambda flat, obs: pi(split(flat)[0], obs)[0],
+        value=lambda flat, obs: v(split(flat)[1], obs),
+        returns=lambda flat, batch: batch.returns,
+        losses=losses,
+        direction=direction,
+        direction_jvp=direction_jvp,
+        linearize=linearize,
+        sampler_init=sampler_init,
+        sample=sample,
+        on_policy_ratio=on_policy_ratio,
+    )
