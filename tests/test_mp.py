@@ -21,7 +21,7 @@ from realworkers import (  # noqa: F401
 
 from asynccorr.backends.mp import SharedBlock, run_mp
 from asynccorr.build import make_optimizer
-from asynccorr.config import ConfigError, ExperimentConfig, with_overrides
+from asynccorr.config import A3CConfig, ConfigError, ExperimentConfig, with_overrides
 from asynccorr.learner import Learner, Losses
 from asynccorr.runs import planned_runs
 from asynccorr.schemes import get_scheme, make_correction
@@ -170,6 +170,19 @@ def test_a_rule_that_reads_theta_i_runs_on_real_workers():
     m = run_mp(tiny_config("mp", train={"iterations": 12, "eval_every": 12}), "dc-asgd").metrics
     assert len(m["iteration"]) == 12 and m["staleness"].max() > 0
     assert np.all(m["correction_norm"][m["staleness"] == 0] == 0) and m["correction_norm"].max() > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme", ["modify@server", "modify@deferred"])
+def test_the_a3c_learner_runs_on_real_workers_with_its_corrections(scheme):
+    """The model-free learner on mp, unchanged: its rollouts are the workers' own, the server
+    (or the worker) corrects, and every update logs how off-policy its batch was at theta_k."""
+    cfg = tiny_config("mp", learner={"kind": "a3c", "a3c": A3CConfig(envs=4, n_steps=6)},
+                      train={"iterations": 20, "eval_every": 20})
+    m = run_mp(cfg, scheme).metrics
+    assert len(m["iteration"]) == 20 and m["staleness"].max() > 0
+    assert np.all(np.isfinite(m["importance_ratio"])) and np.any(m["importance_ratio"] != 1.0)
+    assert np.all(np.isfinite(m["grad_error"])) and m["correction_norm"].max() > 0
 
 
 def test_modify_dense_is_refused_on_real_workers():

@@ -44,6 +44,16 @@ def test_two_ray_workers_run_modify_with_measured_staleness_and_worker_corrected
     assert ray.is_initialized()  # a Ray the caller started is left running
 
 
+def test_the_a3c_learner_runs_on_ray_workers_with_the_server_side_correction(local_ray):
+    from asynccorr.config import A3CConfig
+
+    cfg = tiny_config("ray", learner={"kind": "a3c", "a3c": A3CConfig(envs=4, n_steps=6)},
+                      train={"iterations": 20, "eval_every": 20})
+    m = run_ray(cfg, "modify@server").metrics
+    assert len(m["iteration"]) == 20 and m["staleness"].max() > 0 and np.all(m["residual_staleness"] == 0)
+    assert np.all(np.isfinite(m["importance_ratio"])) and np.all(np.isfinite(m["grad_error"]))
+
+
 def test_a_killed_ray_worker_and_a_hung_one_are_replaced_and_the_run_completes(local_ray):
     run_with_a_killed_and_a_hung_worker(run_ray, "ray")
 
