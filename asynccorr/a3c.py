@@ -214,9 +214,8 @@ def make_a3c_learner(env: Environment, env_params: Any, config: LearnerConfig, d
         returns = adv + values
         if a3c.normalize_advantages:
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-        flat_rows = lambda x: x.reshape((n_steps * envs,) + x.shape[2:])  # noqa: E731
-        batch = A3CBatch(flat_rows(tr.obs), flat_rows(tr.action), flat_rows(tr.logp), flat_rows(adv),
-                         flat_rows(returns))
+        batch = A3CBatch(*(x.reshape((n_steps * envs,) + x.shape[2:])
+                           for x in (tr.obs, tr.action, tr.logp, adv, returns)))
         return batch, SamplerState(env_state=states)
 
     def on_policy_ratio(flat: Array, batch: A3CBatch) -> Array:

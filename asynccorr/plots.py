@@ -468,7 +468,9 @@ def _loss_figure(runs: Sequence[Run], smooth: int | None, x_column: str) -> Figu
     for point, color in points:
         _mark_divergence(ax, point, color, limits)
     ax.set_xlabel("server update (iteration)" if x_column == "iteration" else "simulated time [s]")
-    ax.set_ylabel("policy loss" + _window_note(window))
+    model_free = any(r.config.get("learner", {}).get("kind") == "a3c" for r in runs)
+    ax.set_ylabel(("policy loss (λ-return)" if model_free else "policy loss")
+                  + _window_note(window))
     ax.set_title("line: mean over seeds; band: min to max over seeds" + ("; x: run diverged" if points else "")
                  + (f"; axis cut to [{limits[0]:.3g}, {limits[1]:.3g}]" if limits is not None else ""),
                  fontsize=9, color="0.3")

@@ -54,7 +54,7 @@ class UpdateMetrics(NamedTuple):
     direction_norm: Array  # |applied|
     correction_norm: Array  # |applied - G|
     update_norm: Array  # |theta_{k+1} - theta_k|
-    importance_ratio: Array  # mean pi_k(a|s) / pi_i(a|s) of the batch's actions (a3c; nan for gpi or no batch)
+    importance_ratio: Array  # mean pi_k(a|s) / pi_i(a|s) of the batch's actions (a3c, with measure; else nan)
 
 
 def _relative(a: Array, b: Array) -> Array:
@@ -141,7 +141,7 @@ def make_update(
             else:
                 fresh, losses = jnp.full_like(stale, jnp.nan), msg.losses
         return _finish(learner, optimizer, server, applied, stale, fresh, losses, correction_state,
-                       _ratio(learner, theta_k, batch))
+                       _ratio(learner, theta_k, batch if measure else None))
 
     return jax.jit(update)
 
@@ -173,7 +173,7 @@ def make_round_update(
             extra["gap_product"] = msgs.gap_product.mean(axis=0)
         applied, correction_state = correction.update(stale, server.correction_state, server.params, **extra)
         first = None if msgs.batch is None else jax.tree.map(lambda x: x[0], msgs.batch)
-        ratio = _ratio(learner, server.params, first)  # sync: 1 (every batch at theta_k); pipelined: worker 0's
+        ratio = _ratio(learner, server.params, first if measure else None)  # sync: 1; pipelined: worker 0's
         if not scheme.pipelined:
             return _finish(learner, optimizer, server, applied, applied, applied, losses, correction_state, ratio)
         # pipelined: the error of worker 0's direction (its own correction included) against the fresh

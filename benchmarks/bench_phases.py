@@ -96,8 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows.values():
         row["ratio"] = row["median_ms"] / base
 
-    print(f"jax {jax.__version__}, {args.threads} thread(s); {args.config}: {learner.num_params} params, batch "
-          f"{config.learner.batch_size}, horizon {config.learner.horizon}; {args.repeats} repeats")
+    print(f"jax {jax.__version__}, {args.threads} thread(s); {args.config}: {config.learner.kind}, "
+          f"{learner.num_params} params, batch {config.learner.batch_size}"
+          + ("" if config.learner.kind == "a3c" else f", horizon {config.learner.horizon}")
+          + f"; {args.repeats} repeats; load average {os.getloadavg()[0]:.1f}")
     print(f"{'phase':<15} {'best ms':>9} {'median ms':>10} {'median x dir':>13}")
     for name, row in rows.items():
         print(f"{name:<15} {row['best_ms']:>9.2f} {row['median_ms']:>10.2f} {row['ratio']:>13.2f}")
@@ -109,12 +111,25 @@ def main(argv: list[str] | None = None) -> int:
         "apply_cost_ratio": round(rows["apply"]["ratio"], 2),
         "server_apply_cost_ratio": round(rows["server_apply"]["ratio"], 2),
     }
+    # one worker's throughput (one thread, medians): real env steps it samples, directions it computes
+    lc = config.learner
+    steps = lc.a3c.envs * lc.a3c.n_steps if lc.kind == "a3c" else lc.rollout_states * lc.sampler_steps
+    throughput = {
+        "env_steps_per_s": steps / (rows["sample"]["median_ms"] / 1e3),
+        "directions_per_s": 1e3 / base,
+        "jvps_per_s": 1e3 / rows["direction_jvp"]["median_ms"],
+        "jobs_per_s": 1e3 / (rows["sample"]["median_ms"] + base),  # an async job: sample + direction
+    }
+    print(f"one worker ({lc.kind}, one thread): {throughput['env_steps_per_s']:,.0f} env steps/s while sampling "
+          f"({steps} real env steps per batch), {throughput['directions_per_s']:,.0f} directions/s, "
+          f"{throughput['jvps_per_s']:,.0f} direction + JVP/s, {throughput['jobs_per_s']:,.0f} async jobs/s")
     print("as [workers] config (sim's cost model):")
     for name, value in defaults.items():
         print(f"  {name} = {value}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"config": args.config, "threads": args.threads, "phases": rows, "defaults": defaults}, f,
+            json.dump({"config": args.config, "threads": args.threads, "phases": rows, "defaults": defaults,
+                       "throughput": throughput}, f,
                       indent=2)
     return 0
 

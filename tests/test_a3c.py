@@ -13,7 +13,14 @@ import pytest
 from asynccorr import a3c
 from asynccorr.backends.sim import run_sim
 from asynccorr.build import build, make_any_learner
-from asynccorr.config import A3CConfig, ConfigError, ExperimentConfig, LearnerConfig, load_config, with_overrides
+from asynccorr.config import (
+    A3CConfig,
+    ConfigError,
+    ExperimentConfig,
+    LearnerConfig,
+    load_config,
+    with_overrides,
+)
 from asynccorr.envs import make
 from asynccorr.runs import train_run
 from asynccorr.schemes import SCHEMES
@@ -101,7 +108,7 @@ def test_gae_with_lambda_one_is_the_bootstrapped_return_and_an_episode_end_cuts_
 
 def test_a_batch_is_the_workers_envs_rolled_n_steps_with_the_advantages_standardised():
     learner = small_a3c(envs=4, n_steps=6)
-    params, batch, sampler = sample(learner)
+    _, batch, sampler = sample(learner)
     assert batch.obs.shape == (24, learner.env.obs_dim(learner.env_params))
     assert batch.actions.shape == (24, 2) and batch.returns.shape == (24,)
     assert abs(float(batch.advantages.mean())) < 1e-5 and abs(float(batch.advantages.std()) - 1) < 1e-3
@@ -116,7 +123,7 @@ def test_leaving_the_road_is_absorbing_so_it_never_looks_cheap():
     """An episode that ends off the road bootstraps from the off-road state's cost paid for ever:
     with the untrained policy (which leaves the road) the returns exceed any on-road cost-to-go."""
     learner = small_a3c(envs=16, n_steps=64)
-    params, batch, _ = sample(learner, seed=3)
+    _, batch, _ = sample(learner, seed=3)
     gamma = learner.config.gamma
     off_road = 9.0 / (1 - gamma)  # lateral error beyond the 3 m half-width, for ever
     assert float(batch.returns.max()) > off_road
