@@ -25,8 +25,10 @@ limit truncates: the return bootstraps from ``V`` of the last state.
 ``Losses.policy_loss`` is the batch's mean lambda-return (the behaviour policy's
 estimated discounted cost-to-go from the batch's states: the sampled counterpart of GPI's
 ``J``, a learning curve); ``value_loss`` is the critic's squared error at the given
-parameters. ``on_policy_ratio`` is the mean importance ratio ``pi_k(a|s) / pi_i(a|s)`` of
-the batch's actions at the server's parameters: 1 for a fresh batch.
+parameters. ``off_policy`` measures how off-policy a batch sampled at ``theta_i`` is at the
+server's ``theta_k``: the mean importance ratio ``pi_k(a|s) / pi_i(a|s)`` of its actions (1 in
+expectation whatever the staleness, so its spread is what moves) and the exact mean
+``KL(pi_i(.|s) || pi_k(.|s))`` over its states (0 for a fresh batch, growing with staleness).
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ class A3CBatch(NamedTuple):
     obs: Array  # (B, obs_dim) observation before each action
     actions: Array  # (B, action_dim) the sampled actions, before the env clips them
     behaviour_logp: Array  # (B,) log pi_i(a|s) at the worker's theta_i
+    behaviour_mean: Array  # (B, action_dim) pi_i's mean and log-std at s: the exact KL to pi_k
+    behaviour_log_std: Array
     advantages: Array  # (B,) GAE(lambda) in cost units (standardised per batch if configured)
     returns: Array  # (B,) lambda-returns: the critic's regression targets
 
@@ -62,6 +66,8 @@ class Transition(NamedTuple):
     obs: Array
     action: Array
     logp: Array
+    mean: Array
+    log_std: Array
     cost: Array  # l(x_t, u_t)
     next_obs: Array  # observation of the state after the step, before any reset
     terminated: Array  # left the road
@@ -73,6 +79,13 @@ def gaussian_log_prob(mean: Array, log_std: Array, action: Array) -> Array:
     """log N(action; mean, exp(log_std)^2), summed over the action's dimensions."""
     z = (action - mean) * jnp.exp(-log_std)
     return jnp.sum(-0.5 * z * z - log_std - 0.5 * LOG_2PI, axis=-1)
+
+
+def gaussian_kl(mean_p: Array, log_std_p: Array, mean_q: Array, log_std_q: Array) -> Array:
+    """KL(N(mean_p, std_p^2) || N(mean_q, std_q^2)), diagonal, summed over the action's dimensions."""
+    var_ratio = jnp.exp(2.0 * (log_std_p - log_std_q))
+    z = (mean_p - mean_q) * jnp.exp(-log_std_q)
+    return jnp.sum(0.5 * (var_ratio + z * z - 1.0) - (log_std_p - log_std_q), axis=-1)
 
 
 def gaussian_entropy(log_std: Array) -> Array:
@@ -204,8 +217,8 @@ def make_a3c_learner(env: Environment, env_params: Any, config: LearnerConfig, d
             nxt = jax.tree.map(lambda f, s: jnp.where(done.reshape((-1,) + (1,) * (s.ndim - 1)), f, s),
                                fresh, ts.state)
             stuck = absorbing * utility(ts.state, jnp.zeros_like(action), env_params)
-            return nxt, Transition(obs, action, gaussian_log_prob(mean, log_std, action), -ts.reward, ts.obs,
-                                   ts.terminated, done, stuck)
+            return nxt, Transition(obs, action, gaussian_log_prob(mean, log_std, action), mean, log_std,
+                                   -ts.reward, ts.obs, ts.terminated, done, stuck)
 
         states, tr = jax.lax.scan(advance, sampler.env_state, jax.random.split(key, n_steps))
         values = v(phi, tr.obs)
@@ -215,12 +228,14 @@ def make_a3c_learner(env: Environment, env_params: Any, config: LearnerConfig, d
         if a3c.normalize_advantages:
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
         batch = A3CBatch(*(x.reshape((n_steps * envs,) + x.shape[2:])
-                           for x in (tr.obs, tr.action, tr.logp, adv, returns)))
+                           for x in (tr.obs, tr.action, tr.logp, tr.mean, tr.log_std, adv, returns)))
         return batch, SamplerState(env_state=states)
 
-    def on_policy_ratio(flat: Array, batch: A3CBatch) -> Array:
+    def off_policy(flat: Array, batch: A3CBatch) -> tuple[Array, Array]:
         mean, log_std = pi(split(flat)[0], batch.obs)
-        return jnp.mean(jnp.exp(gaussian_log_prob(mean, log_std, batch.actions) - batch.behaviour_logp))
+        ratio = jnp.exp(gaussian_log_prob(mean, log_std, batch.actions) - batch.behaviour_logp)
+        kl = gaussian_kl(batch.behaviour_mean, batch.behaviour_log_std, mean, log_std)
+        return jnp.mean(ratio), jnp.mean(kl)
 
     return Learner(
         env=env,
@@ -239,5 +254,5 @@ def make_a3c_learner(env: Environment, env_params: Any, config: LearnerConfig, d
         linearize=linearize,
         sampler_init=sampler_init,
         sample=sample,
-        on_policy_ratio=on_policy_ratio,
+        off_policy=off_policy,
     )

@@ -64,9 +64,10 @@ class Learner(NamedTuple):
     linearize: Callable[[Array, Batch], tuple[Array, Callable[[Array], Array], Losses]]
     sampler_init: Callable[[Array], SamplerState]
     sample: Callable[[Array, SamplerState, Array], tuple[Batch, SamplerState]]
-    # (flat params theta_k, batch) -> mean pi_k(a|s) / pi_i(a|s) over the batch's actions: how
-    # off-policy a batch sampled at theta_i is at theta_k (nan: a deterministic policy, GPI)
-    on_policy_ratio: Callable[[Array, Batch], Array]
+    # (flat params theta_k, batch) -> (mean pi_k(a|s) / pi_i(a|s) over the batch's actions, mean
+    # KL(pi_i || pi_k) over its states): how off-policy a batch sampled at theta_i is at theta_k
+    # (nan, nan: GPI's deterministic policy has no likelihood)
+    off_policy: Callable[[Array, Batch], tuple[Array, Array]]
 
     @property
     def num_params(self) -> int:
@@ -227,5 +228,5 @@ def make_learner(env: Environment, env_params: Any, config: LearnerConfig, dtype
         linearize=linearize,
         sampler_init=sampler_init,
         sample=sample,
-        on_policy_ratio=lambda flat, batch: jnp.full((), jnp.nan, jnp.float32),
+        off_policy=lambda flat, batch: (jnp.full((), jnp.nan, jnp.float32),) * 2,
     )

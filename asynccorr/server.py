@@ -55,20 +55,21 @@ class UpdateMetrics(NamedTuple):
     correction_norm: Array  # |applied - G|
     update_norm: Array  # |theta_{k+1} - theta_k|
     importance_ratio: Array  # mean pi_k(a|s) / pi_i(a|s) of the batch's actions (a3c, with measure; else nan)
+    policy_kl: Array  # mean KL(pi_i(.|s) || pi_k(.|s)) over the batch's states (likewise)
 
 
 def _relative(a: Array, b: Array) -> Array:
     return jnp.linalg.norm(a - b) / jnp.maximum(jnp.linalg.norm(b), 1e-30)
 
 
-def _ratio(learner: Learner, theta_k: Array, batch: Batch | None) -> Array:
-    """The batch's on-policy mismatch at theta_k (nan without a batch)."""
-    return jnp.full((), jnp.nan, jnp.float32) if batch is None else learner.on_policy_ratio(theta_k, batch)
+def _ratio(learner: Learner, theta_k: Array, batch: Batch | None) -> tuple[Array, Array]:
+    """The batch's on-policy mismatch at theta_k: (mean importance ratio, mean KL); nan without a batch."""
+    return (jnp.full((), jnp.nan, jnp.float32),) * 2 if batch is None else learner.off_policy(theta_k, batch)
 
 
 def _finish(learner: Learner, optimizer: optax.GradientTransformation, server: ServerState, applied: Array,
             stale: Array, fresh: Array, losses: Any, correction_state: Any,
-            ratio: Array) -> tuple[ServerState, UpdateMetrics]:
+            mismatch: tuple[Array, Array]) -> tuple[ServerState, UpdateMetrics]:
     updates, opt_state = optimizer.update(applied, server.opt_state, server.params)
     params = optax.apply_updates(server.params, updates)
     n = learner.num_policy
@@ -81,7 +82,8 @@ def _finish(learner: Learner, optimizer: optax.GradientTransformation, server: S
         direction_norm=jnp.linalg.norm(applied),
         correction_norm=jnp.linalg.norm(applied - stale),
         update_norm=jnp.linalg.norm(updates),
-        importance_ratio=ratio,
+        importance_ratio=mismatch[0],
+        policy_kl=mismatch[1],
     )
     return ServerState(params, opt_state, correction_state), metrics
 

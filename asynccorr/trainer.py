@@ -40,7 +40,8 @@ class StepMetrics(NamedTuple):
     value_loss: Array
     direction_norm: Array
     update_norm: Array
-    importance_ratio: Array  # 1 for a3c (every batch is fresh), nan for gpi
+    importance_ratio: Array  # a3c: 1 and 0 (every batch is fresh); gpi: nan
+    policy_kl: Array
 
 
 @functools.lru_cache(maxsize=16)
@@ -68,7 +69,7 @@ def make_step(learner: Learner, optimizer: optax.GradientTransformation) -> Call
         params = optax.apply_updates(state.params, updates)
         metrics = StepMetrics(losses.policy_loss, losses.value_loss,
                               jnp.linalg.norm(direction), jnp.linalg.norm(updates),
-                              learner.on_policy_ratio(state.params, batch))
+                              *learner.off_policy(state.params, batch))
         return TrainState(params, opt_state, sampler, key, state.iteration + 1), metrics
 
     return step
@@ -77,7 +78,7 @@ def make_step(learner: Learner, optimizer: optax.GradientTransformation) -> Call
 # ----------------------------------------------------------------------------- the sequential trainer
 
 SEQUENTIAL_COLUMNS = (*BASE_COLUMNS, "policy_loss", "value_loss", "grad_error", "policy_grad_error",
-                      "stale_grad_error", "direction_norm", "correction_norm", "update_norm", "importance_ratio")
+                      "stale_grad_error", "direction_norm", "correction_norm", "update_norm", "importance_ratio", "policy_kl")
 
 
 def _sequential_columns(metrics: StepMetrics, first: int, config: ExperimentConfig) -> dict[str, np.ndarray]:

@@ -40,7 +40,7 @@ CONFIGS = {"a3c": REPO / "experiments" / "a3c.toml", "gpi": REPO / "experiments"
 SCHEMES = ("async", "modify", "modify-safe")
 TARGET_M = 0.10  # README "Tracking threshold"
 FIELDS = ("learner", "workers", "scheme", "seed", "status", "updates", "mean_staleness", "grad_error",
-          "stale_grad_error", "importance_ratio", "final_rms", "updates_to_target", "env_steps_to_target",
+          "stale_grad_error", "policy_kl", "final_rms", "updates_to_target", "env_steps_to_target",
           "model_steps_to_target", "directions_to_target", "products_to_target", "time_to_target")
 
 
@@ -68,7 +68,7 @@ def run_row(run: Any) -> dict[str, Any]:
     reached = [int(k) for k in evals["iteration"][ok] if k <= valid]
     k = reached[0] if reached else None
     env, model, directions, products = per_update(config, run.scheme)
-    ratio = m.get("importance_ratio", np.full(run.rows, np.nan))[:valid]
+    kl = m.get("policy_kl", np.full(run.rows, np.nan))[:valid]
     time_at = float(m["time"][np.flatnonzero(m["iteration"] == k)[0]]) if k else math.nan
     return {
         "learner": kind, "workers": int(config["workers"]["count"]), "scheme": label(run.scheme),
@@ -76,7 +76,7 @@ def run_row(run: Any) -> dict[str, Any]:
         "mean_staleness": float(np.mean(m["staleness"][:valid])) if valid else math.nan,
         "grad_error": float(np.mean(m["grad_error"][:valid])) if valid else math.nan,
         "stale_grad_error": float(np.mean(m["stale_grad_error"][:valid])) if valid else math.nan,
-        "importance_ratio": float(np.mean(ratio)) if valid and np.isfinite(ratio).any() else math.nan,
+        "policy_kl": float(np.mean(kl)) if valid and np.isfinite(kl).any() else math.nan,
         "final_rms": float(evals["rms_lateral"][-1]) if not run.diverged else math.nan,
         "updates_to_target": k if k else math.nan,
         "env_steps_to_target": k * env if k else math.nan,
@@ -101,7 +101,7 @@ def _fmt(values: list[float], fmt: str) -> str:
 def table(rows: list[dict[str, Any]]) -> str:
     """Markdown, one line per (learner, N, scheme), per-seed values."""
     head = ("| learner | N | scheme | mean staleness | gradient error (mean) | uncorrected error | "
-            "pi_k/pi_i (mean) | updates to target | env steps to target | directions + products to target "
+            "KL(pi_i, pi_k) (mean) | updates to target | env steps to target | directions + products to target "
             "| sim time to target [s] | final RMS [m] |")
     lines = [head, "|" + " --- |" * (head.count("|") - 1)]
     keys = sorted({(r["learner"], r["workers"], r["scheme"]) for r in rows},
@@ -119,8 +119,8 @@ def table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {learner} | {n} | {name} | {np.nanmean(col('mean_staleness')):.2f} | "
             f"{np.nanmean(col('grad_error')):.3g} | {np.nanmean(col('stale_grad_error')):.3g} | "
-            f"{'–' if np.all(np.isnan(col('importance_ratio'))) else format(np.nanmean(col('importance_ratio')), '.4f')} | "
-            f"{_fmt(col('updates_to_target'), '.0f')} | {_fmt([v / 1e3 for v in col('env_steps_to_target')], '.0f')}k | "
+            f"{'–' if np.all(np.isnan(col('policy_kl'))) else format(np.nanmean(col('policy_kl')), '.2g')} | "
+            f"{_fmt(col('updates_to_target'), '.0f')} | {_fmt([v / 1e3 for v in col('env_steps_to_target')], '.0f')} | "
             f"{' / '.join(compute)} | {_fmt(col('time_to_target'), '.2f')} | {_fmt(col('final_rms'), '.3f')} |")
     return "\n".join(lines) + "\n"
 

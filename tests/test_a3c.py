@@ -129,12 +129,29 @@ def test_leaving_the_road_is_absorbing_so_it_never_looks_cheap():
     assert float(batch.returns.max()) > off_road
 
 
-def test_the_importance_ratio_is_one_at_the_behaviour_parameters_and_moves_with_theta():
-    learner = small_a3c()
+def test_a_fresh_batch_is_on_policy_and_a_stale_one_is_not():
+    """The mismatch at theta_k of a batch sampled at theta_i: importance ratio 1 and KL 0 when
+    theta_k = theta_i; a positive KL that grows with the distance otherwise (the exact Gaussian KL,
+    checked against its Monte Carlo estimate on the batch's own actions)."""
+    learner = small_a3c(envs=64, n_steps=8)
     params, batch, _ = sample(learner)
-    assert float(learner.on_policy_ratio(params, batch)) == pytest.approx(1.0, abs=1e-6)
-    moved = params + 0.05 * jax.random.normal(jax.random.PRNGKey(9), params.shape)
-    assert abs(float(learner.on_policy_ratio(moved, batch)) - 1.0) > 1e-3
+    ratio, kl = learner.off_policy(params, batch)
+    assert float(ratio) == pytest.approx(1.0, abs=1e-6) and float(kl) == pytest.approx(0.0, abs=1e-7)
+    step = jax.random.normal(jax.random.PRNGKey(9), params.shape)
+    kls = [float(learner.off_policy(params + s * step, batch)[1]) for s in (0.01, 0.03)]
+    assert 0 < kls[0] < kls[1]
+    ratio_near, _ = learner.off_policy(params + 0.01 * step, batch)
+    assert abs(float(ratio_near) - 1) < 0.1  # 1 in expectation: the ratio's mean barely moves
+
+
+def test_the_gaussian_kl_is_the_integral_of_p_log_p_over_q():
+    x = np.linspace(-12.0, 12.0, 200_001)
+    p = np.exp(-0.5 * ((x - 0.3) / 0.7) ** 2) / (0.7 * np.sqrt(2 * np.pi))
+    q = np.exp(-0.5 * ((x + 0.5) / 1.6) ** 2) / (1.6 * np.sqrt(2 * np.pi))
+    numeric = np.sum(p * np.log(p / q)) * (x[1] - x[0])
+    exact = float(a3c.gaussian_kl(jnp.array([0.3]), jnp.log(jnp.array([0.7])), jnp.array([-0.5]),
+                                  jnp.log(jnp.array([1.6]))))
+    assert exact == pytest.approx(numeric, rel=1e-5)
 
 
 def test_the_a3c_learner_runs_on_the_dynamic_env():
@@ -180,6 +197,8 @@ def test_with_one_worker_every_scheme_equals_the_sequential_a3c_learner(scheme):
     np.testing.assert_allclose(result.params, reference.params, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(result.metrics["value_loss"], reference.metrics["value_loss"], rtol=1e-4)
     np.testing.assert_allclose(reference.metrics["importance_ratio"], 1.0, atol=1e-6)
+    np.testing.assert_allclose(reference.metrics["policy_kl"], 0.0, atol=1e-7)
+    np.testing.assert_allclose(result.metrics["policy_kl"], 0.0, atol=1e-7)
 
 
 def test_a_seeded_a3c_run_is_byte_identical_on_sim_and_logs_the_on_policy_mismatch(tmp_path):
@@ -190,8 +209,10 @@ def test_a_seeded_a3c_run_is_byte_identical_on_sim_and_logs_the_on_policy_mismat
         assert (dirs[0] / name).read_bytes() == (dirs[1] / name).read_bytes(), name
     assert (dirs[0] / "metrics.csv").read_bytes() != (dirs[2] / "metrics.csv").read_bytes()
     header, *rows = (dirs[0] / "metrics.csv").read_text().splitlines()
-    ratio = np.array([float(r.split(",")[header.split(",").index("importance_ratio")]) for r in rows])
-    assert np.all(np.isfinite(ratio)) and np.any(np.abs(ratio - 1) > 1e-6)  # stale batches are off-policy
+    column = lambda name: np.array([float(r.split(",")[header.split(",").index(name)]) for r in rows])  # noqa: E731
+    staleness, kl = column("staleness"), column("policy_kl")
+    assert np.all(np.isfinite(column("importance_ratio")))
+    assert np.all(kl[staleness == 0] < 1e-7) and np.all(kl[staleness > 0] > 0)  # stale batches are off-policy
 
 
 def test_the_correction_removes_most_of_the_a3c_gradient_error_at_the_default_staleness():
