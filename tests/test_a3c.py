@@ -209,7 +209,7 @@ def test_a_seeded_a3c_run_is_byte_identical_on_sim_and_logs_the_on_policy_mismat
         assert (dirs[0] / name).read_bytes() == (dirs[1] / name).read_bytes(), name
     assert (dirs[0] / "metrics.csv").read_bytes() != (dirs[2] / "metrics.csv").read_bytes()
     header, *rows = (dirs[0] / "metrics.csv").read_text().splitlines()
-    column = lambda name: np.array([float(r.split(",")[header.split(",").index(name)]) for r in rows])  # noqa: E731
+    column = lambda name: np.array([float(r.split(",")[header.split(",").index(name)]) for r in rows])
     staleness, kl = column("staleness"), column("policy_kl")
     assert np.all(np.isfinite(column("importance_ratio")))
     assert np.all(kl[staleness == 0] < 1e-7) and np.all(kl[staleness > 0] > 0)  # stale batches are off-policy
