@@ -1,0 +1,182 @@
+"""Specification of studies on a Ray cluster (``--cluster``): every run of ``compare`` and of
+``regimes`` is a one-CPU Ray task on a running cluster, its files written where the driver runs,
+byte for byte what the same study writes locally (``meta.json`` records where and when).
+
+The cluster is real: a head and a second node started with ``ray start`` on this machine, one
+CPU each, on 127.0.0.1 only (the suite runs in a loopback-only network namespace,
+``tests/loopback.sh``), with token authentication (a fresh token in the environment of the nodes
+and of the driver, never in ``~/.ray``). Every process it starts carries a tag in its environment
+and is ended by that tag afterwards: not with ``ray stop``, which stops every Ray on the machine.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+from clitools import run_cli, tiny_toml
+from realworkers import tagged_processes
+
+pytest.importorskip("ray")
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+RAY = Path(sys.executable).with_name("ray")
+
+# what a run's meta.json records of the machine and the moment (and, on a cluster, of the node);
+# its summary's wall_time_s too
+META_DIFFERS = {"host", "platform", "created", "git_commit", "wall_time_s", "cluster"}
+
+STUDY = """
+name = "onnodes"
+workers = [2]
+learning_rates = [[3e-4, 1e-3]]
+delays = ["homogeneous"]
+schemes = ["sync", "async"]
+seeds = [0]
+target_loss = 20.0
+smooth = 3
+[experiment.learner]
+policy_hidden = [8]
+value_hidden = [8]
+rollout_states = 8
+reset_states = 8
+horizon = 5
+[experiment.train]
+iterations = 8
+eval_every = 8
+"""
+
+
+class Cluster(NamedTuple):
+    address: str  # the head's host:port
+    env: dict[str, str]  # what a driver needs to join it (the token) and to be ended with it (the tag)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _end(tag: str) -> None:
+    """SIGTERM every process tagged ``tag``, then SIGKILL what is left after a second."""
+    for sig, grace in ((signal.SIGTERM, 1.0), (signal.SIGKILL, 2.0)):
+        for pid in tagged_processes(tag):
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        deadline = time.monotonic() + grace
+        while tagged_processes(tag) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def two_nodes() -> Iterator[Cluster]:
+    """A head and a second node (``ray start``, one CPU each, 127.0.0.1, token authentication)."""
+    tag = uuid.uuid4().hex
+    temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's socket paths live under it
+    env = {**os.environ, "ASYNCCORR_TEST_TAG": tag, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex,
+           "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO)}
+    address = f"127.0.0.1:{_free_port()}"
+    common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--temp-dir", str(temp), "--disable-usage-stats"]
+    try:
+        for args in (["--head", "--port", address.split(":")[1], "--include-dashboard", "false"],
+                     ["--address", address]):
+            subprocess.run([str(RAY), "start", *args, *common], env=env, check=True, timeout=120,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        yield Cluster(address, env)
+    finally:
+        _end(tag)
+        shutil.rmtree(temp, ignore_errors=True)
+        assert tagged_processes(tag) == []
+
+
+def on_cluster(cluster: Cluster, *args: str) -> subprocess.CompletedProcess:
+    """``asynccorr *args --cluster <head>`` as its own process (the driver), joined with the token."""
+    return subprocess.run([sys.executable, "-m", "asynccorr", *args, "--cluster", cluster.address, "--quiet"],
+                          check=False, cwd=REPO, env=cluster.env, capture_output=True, text=True, timeout=300)
+
+
+def csv_without(path: Path, column: str) -> list[dict[str, str]]:
+    rows = list(csv.DictReader(io.StringIO(path.read_text())))
+    assert rows and column in rows[0]
+    return [{k: v for k, v in r.items() if k != column} for r in rows]
+
+
+def deterministic(meta: dict) -> dict:
+    """A run's meta.json without what records the machine and the moment."""
+    kept = {k: v for k, v in meta.items() if k not in META_DIFFERS}
+    return {**kept, "summary": {k: v for k, v in meta["summary"].items() if k != "wall_time_s"}}
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_comparison_on_two_nodes_writes_here_what_the_local_one_writes_byte_for_byte(capsys, tmp_path,
+                                                                                        two_nodes):
+    config = tmp_path / "tiny.toml"
+    config.write_text(tiny_toml("tiny", iterations=20, eval_every=10))
+    study = ["compare", "--config", str(config), "--schemes", "async,modify", "--seeds", "0"]
+    done = on_cluster(two_nodes, *study, "--results", str(tmp_path / "cluster"))
+    assert done.returncode == 0, done.stderr
+    code, _, err = run_cli(capsys, *study, "--results", str(tmp_path / "local"), "--quiet")
+    assert code == 0, err
+
+    cluster, local = tmp_path / "cluster" / "tiny", tmp_path / "local" / "tiny"
+    runs = sorted(p.name for p in local.iterdir() if p.is_dir())
+    assert runs == ["async-seed0", "modify@server-seed0"]
+    assert sorted(p.name for p in cluster.iterdir() if p.is_dir()) == runs
+    nodes = set()
+    for run in runs:
+        here, there = files(local / run), files(cluster / run)
+        assert set(here) == set(there) >= {"config.json", "metrics.csv", "eval.csv", "trajectory.csv",
+                                           "params.npy", "meta.json"}
+        for name in here.keys() - {"meta.json"}:  # metrics, evaluations, trajectory, parameters, checkpoints
+            assert here[name] == there[name], (run, name)
+        meta_here, meta_there = json.loads(here["meta.json"]), json.loads(there["meta.json"])
+        assert deterministic(meta_here) == deterministic(meta_there)
+        assert meta_there["cluster"]["address"] == two_nodes.address and "cluster" not in meta_here
+        assert meta_there["status"] == "completed"
+        nodes.add(meta_there["cluster"]["node"])
+    assert len(nodes) == 2  # both nodes trained a run (one CPU each, the two runs at once)
+    assert (cluster / "summary.md").read_bytes() == (local / "summary.md").read_bytes()
+    assert csv_without(cluster / "summary.csv", "wall_time_s") == csv_without(local / "summary.csv", "wall_time_s")
+    assert not list(cluster.glob(".*.lock"))  # every run's lock released
+
+    # the cluster never replaces a result without --overwrite: one line, status 2, nothing touched
+    before = files(cluster)
+    code, _, err = run_cli(capsys, *study, "--results", str(tmp_path / "cluster"), "--cluster", two_nodes.address)
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "--overwrite" in err
+    assert files(cluster) == before
+
+
+def test_a_regime_study_on_two_nodes_gives_the_local_table(capsys, tmp_path, two_nodes):
+    config = tmp_path / "study.toml"
+    config.write_text(STUDY)
+    done = on_cluster(two_nodes, "regimes", "--config", str(config), "--results", str(tmp_path / "cluster"))
+    assert done.returncode == 0, done.stderr
+    assert "2 runs" in done.stdout and "on the Ray cluster" in done.stdout
+    code, _, err = run_cli(capsys, "regimes", "--config", str(config), "--results", str(tmp_path / "local"),
+                           "--quiet")
+    assert code == 0, err
+    cluster, local = tmp_path / "cluster" / "onnodes", tmp_path / "local" / "onnodes"
+    assert csv_without(cluster / "regimes.csv", "wall_time_s") == csv_without(local / "regimes.csv", "wall_time_s")
+    assert (cluster / "regimes.md").read_bytes() == (local / "regimes.md").read_bytes()
