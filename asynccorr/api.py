@@ -131,8 +131,8 @@ def plan_compare(config: ExperimentConfig, schemes: Sequence[str] | None = None,
     if cluster is not None:
         from asynccorr import cluster as on_cluster
 
-        on_cluster.check_address(cluster)
         on_cluster.check_runs(plan)
+        on_cluster.check_reachable(cluster)
     _check_writable(results, plan, overwrite, resume)
     planned = (runs.resume_plan(results, plan, on_skip=on_warning) if resume
                else [runs.PlannedRun(scheme, cfg, "train") for scheme, cfg in plan])

@@ -317,6 +317,10 @@ def regimes(
     if cluster is not None and jobs > 1:
         raise CliError("--jobs and --cluster exclude each other (on a cluster every run is a Ray task)")
     study = load_regimes(config)
+    if cluster is not None and not redraw:
+        from asynccorr.cluster import check_reachable
+
+        check_reachable(cluster)
     if redraw:
         rows = render(study, study_dir(results, study))
         Console().print(f"{len(rows)} runs redrawn: {study_dir(results, study) / 'regimes.md'}")

@@ -80,7 +80,9 @@ def check_runs(configs: Sequence[tuple[str, ExperimentConfig]]) -> None:
                                f"workers.backend = {backend!r} cannot be (use --address for a ray-backend run)")
 
 
-def _check_reachable(address: str) -> None:
+def check_reachable(address: str) -> None:
+    """``check_address``, and something answers there (a refused or timed-out connection is a
+    ``ClusterError`` at once, where Ray would retry for a long while)."""
     hostport = check_address(address)
     if hostport is None:
         return
@@ -107,6 +109,7 @@ def task_env(address: str) -> dict[str, Any]:
 def connected(address: str) -> Iterator[None]:
     """This process joined to the Ray cluster at ``address`` (and left again afterwards); a Ray
     already initialised in this process is used as it is and left running."""
+    check_reachable(address)
     try:
         import ray
     except ImportError:
@@ -114,7 +117,6 @@ def connected(address: str) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    _check_reachable(address)
     try:
         ray.init(address=address, runtime_env=task_env(address), logging_level=logging.WARNING,
                  log_to_driver=False, configure_logging=True)

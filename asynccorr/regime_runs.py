@@ -89,7 +89,6 @@ def run_study(study: RegimeConfig, results_root: Path, jobs: int = 1, overwrite:
         return _run_tasks(study, folder, tasks, jobs, on_run, None)
     from asynccorr import cluster as on_cluster
 
-    on_cluster.check_address(cluster)
     on_cluster.check_runs([(t.scheme, t.config) for t in tasks])
     with on_cluster.connected(cluster):  # before anything of an earlier study is removed
         return _run_tasks(study, folder, tasks, jobs, on_run, cluster)

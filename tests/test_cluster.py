@@ -1,6 +1,7 @@
-"""Specification of studies on a Ray cluster (``--cluster``): every run of ``compare`` and of
-``regimes`` is a one-CPU Ray task on a running cluster, its files written where the driver runs,
-byte for byte what the same study writes locally (``meta.json`` records where and when).
+"""Specification of studies on a Ray cluster (``--cluster``): every run of ``compare`` (and of
+``regimes``: ``test_regimes.py``) is a one-CPU Ray task on a running cluster, its files written
+where the driver runs, byte for byte what the same study writes locally (``meta.json`` records
+where and when).
 
 The cluster is real: a head and a second node started with ``ray start`` on this machine, one
 CPU each, on 127.0.0.1 only (the suite runs in a loopback-only network namespace,
@@ -41,27 +42,6 @@ RAY = Path(sys.executable).with_name("ray")
 # what a run's meta.json records of the machine and the moment (and, on a cluster, of the node);
 # its summary's wall_time_s too
 META_DIFFERS = {"host", "platform", "created", "git_commit", "wall_time_s", "cluster"}
-
-STUDY = """
-name = "onnodes"
-workers = [2]
-learning_rates = [[3e-4, 1e-3]]
-delays = ["homogeneous"]
-schemes = ["sync", "async"]
-seeds = [0]
-target_loss = 20.0
-smooth = 3
-[experiment.learner]
-policy_hidden = [8]
-value_hidden = [8]
-rollout_states = 8
-reset_states = 8
-horizon = 5
-[experiment.train]
-iterations = 8
-eval_every = 8
-"""
-
 
 class Cluster(NamedTuple):
     address: str  # the head's host:port
@@ -134,7 +114,7 @@ def test_a_comparison_on_two_nodes_writes_here_what_the_local_one_writes_byte_fo
                                                                                         two_nodes):
     config = tmp_path / "tiny.toml"
     config.write_text(tiny_toml("tiny", iterations=20, eval_every=10))
-    study = ["compare", "--config", str(config), "--schemes", "async,modify", "--seeds", "0"]
+    study = ["compare", "--config", str(config), "--schemes", "sync,async", "--seeds", "0"]
     done = on_cluster(two_nodes, *study, "--results", str(tmp_path / "cluster"))
     assert done.returncode == 0, done.stderr
     code, _, err = run_cli(capsys, *study, "--results", str(tmp_path / "local"), "--quiet")
@@ -142,7 +122,7 @@ def test_a_comparison_on_two_nodes_writes_here_what_the_local_one_writes_byte_fo
 
     cluster, local = tmp_path / "cluster" / "tiny", tmp_path / "local" / "tiny"
     runs = sorted(p.name for p in local.iterdir() if p.is_dir())
-    assert runs == ["async-seed0", "modify@server-seed0"]
+    assert runs == ["async-seed0", "sync-seed0"]
     assert sorted(p.name for p in cluster.iterdir() if p.is_dir()) == runs
     nodes = set()
     for run in runs:
@@ -166,17 +146,3 @@ def test_a_comparison_on_two_nodes_writes_here_what_the_local_one_writes_byte_fo
     code, _, err = run_cli(capsys, *study, "--results", str(tmp_path / "cluster"), "--cluster", two_nodes.address)
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "--overwrite" in err
     assert files(cluster) == before
-
-
-def test_a_regime_study_on_two_nodes_gives_the_local_table(capsys, tmp_path, two_nodes):
-    config = tmp_path / "study.toml"
-    config.write_text(STUDY)
-    done = on_cluster(two_nodes, "regimes", "--config", str(config), "--results", str(tmp_path / "cluster"))
-    assert done.returncode == 0, done.stderr
-    assert "2 runs" in done.stdout and "on the Ray cluster" in done.stdout
-    code, _, err = run_cli(capsys, "regimes", "--config", str(config), "--results", str(tmp_path / "local"),
-                           "--quiet")
-    assert code == 0, err
-    cluster, local = tmp_path / "cluster" / "onnodes", tmp_path / "local" / "onnodes"
-    assert csv_without(cluster / "regimes.csv", "wall_time_s") == csv_without(local / "regimes.csv", "wall_time_s")
-    assert (cluster / "regimes.md").read_bytes() == (local / "regimes.md").read_bytes()
