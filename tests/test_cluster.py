@@ -6,8 +6,10 @@ where and when).
 The cluster is real: a head and a second node started with ``ray start`` on this machine, one
 CPU each, on 127.0.0.1 only (the suite runs in a loopback-only network namespace,
 ``tests/loopback.sh``), with token authentication (a fresh token in the environment of the nodes
-and of the driver, never in ``~/.ray``). Every process it starts carries a tag in its environment
-and is ended by that tag afterwards: not with ``ray stop``, which stops every Ray on the machine.
+and of the driver, never in ``~/.ray``). Each node's ``ray start`` runs in a session of its own,
+which every process of that node inherits; at the end every process of those sessions is ended
+(not with ``ray stop``, which stops every Ray on the machine; not by an environment tag, which
+Ray's agents overwrite with their process titles).
 """
 
 from __future__ import annotations
@@ -54,38 +56,55 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _end(tag: str) -> None:
-    """SIGTERM every process tagged ``tag``, then SIGKILL what is left after a second."""
+def in_sessions(sessions: set[int]) -> list[int]:
+    """Pids of the processes whose session id (``/proc/<pid>/stat`` field 6) is one of ``sessions``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[3]) in sessions:
+                    pids.append(int(proc.name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return pids
+
+
+def _end(sessions: set[int]) -> None:
+    """SIGTERM every process of ``sessions``, then SIGKILL what is left after a second."""
     for sig, grace in ((signal.SIGTERM, 1.0), (signal.SIGKILL, 2.0)):
-        for pid in tagged_processes(tag):
+        for pid in in_sessions(sessions):
             try:
                 os.kill(pid, sig)
             except OSError:
                 pass
         deadline = time.monotonic() + grace
-        while tagged_processes(tag) and time.monotonic() < deadline:
+        while in_sessions(sessions) and time.monotonic() < deadline:
             time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
 def two_nodes() -> Iterator[Cluster]:
     """A head and a second node (``ray start``, one CPU each, 127.0.0.1, token authentication)."""
-    tag = uuid.uuid4().hex
+    tag = uuid.uuid4().hex  # the drivers' processes carry it (they end by themselves)
     temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's socket paths live under it
     env = {**os.environ, "ASYNCCORR_TEST_TAG": tag, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex,
            "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO)}
     address = f"127.0.0.1:{_free_port()}"
     common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--temp-dir", str(temp), "--disable-usage-stats"]
+    sessions: set[int] = set()
     try:
         for args in (["--head", "--port", address.split(":")[1], "--include-dashboard", "false"],
                      ["--address", address]):
-            subprocess.run([str(RAY), "start", *args, *common], env=env, check=True, timeout=120,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            start = subprocess.Popen([str(RAY), "start", *args, *common], env=env, start_new_session=True,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            sessions.add(start.pid)  # a new session's id is its leader's pid
+            _, err = start.communicate(timeout=120)
+            assert start.returncode == 0, err
         yield Cluster(address, env)
     finally:
-        _end(tag)
+        _end(sessions)
         shutil.rmtree(temp, ignore_errors=True)
-        assert tagged_processes(tag) == []
+        assert in_sessions(sessions) == [] and tagged_processes(tag) == []
 
 
 def on_cluster(cluster: Cluster, *args: str) -> subprocess.CompletedProcess:
