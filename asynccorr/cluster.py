@@ -114,14 +114,18 @@ def connected(address: str) -> Iterator[None]:
         import ray
     except ImportError:
         raise ClusterError("--cluster needs Ray: pip install 'asynccorr[ray]'") from None
+    from ray.exceptions import RayError
+
     if ray.is_initialized():
         yield
         return
     try:
         ray.init(address=address, runtime_env=task_env(address), logging_level=logging.WARNING,
                  log_to_driver=False, configure_logging=True)
-    except (ConnectionError, RuntimeError, ValueError) as exc:  # no cluster there; authentication
-        raise ClusterError(f"--cluster: cannot join the Ray cluster at {address!r}: {exc}") from None
+    except (ConnectionError, RuntimeError, ValueError, RayError) as exc:  # no Ray there; its token
+        raise ClusterError(f"--cluster: cannot join the Ray cluster at {address!r}: {exc} (a cluster with token "
+                           "authentication needs its token here too: RAY_AUTH_MODE=token and RAY_AUTH_TOKEN, "
+                           "or ~/.ray/auth_token)") from None
     try:
         yield
     finally:

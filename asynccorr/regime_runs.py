@@ -81,6 +81,8 @@ def run_study(study: RegimeConfig, results_root: Path, jobs: int = 1, overwrite:
     ``regimes.csv``, ``regimes.md`` and the heat maps."""
     if jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs!r}")
+    if cluster is not None and jobs > 1:
+        raise ConfigError("jobs and cluster exclude each other (on a cluster every run is a Ray task)")
     folder = study_dir(results_root, study)
     if not overwrite:
         check_no_existing_study(folder)
