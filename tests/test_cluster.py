@@ -14,6 +14,7 @@ Ray's agents overwrite with their process titles).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -33,10 +34,6 @@ from typing import NamedTuple
 import pytest
 from clitools import run_cli, tiny_toml
 from realworkers import tagged_processes
-
-pytest.importorskip("ray")
-
-pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 RAY = Path(sys.executable).with_name("ray")
@@ -85,6 +82,7 @@ def _end(sessions: set[int]) -> None:
 @pytest.fixture(scope="module")
 def two_nodes() -> Iterator[Cluster]:
     """A head and a second node (``ray start``, one CPU each, 127.0.0.1, token authentication)."""
+    pytest.importorskip("ray")
     tag = uuid.uuid4().hex  # the drivers' processes carry it (they end by themselves)
     temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's socket paths live under it
     env = {**os.environ, "ASYNCCORR_TEST_TAG": tag, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex,
@@ -129,6 +127,7 @@ def files(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_a_comparison_on_two_nodes_writes_here_what_the_local_one_writes_byte_for_byte(capsys, tmp_path,
                                                                                         two_nodes):
     config = tmp_path / "tiny.toml"
@@ -165,3 +164,48 @@ def test_a_comparison_on_two_nodes_writes_here_what_the_local_one_writes_byte_fo
     code, _, err = run_cli(capsys, *study, "--results", str(tmp_path / "cluster"), "--cluster", two_nodes.address)
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "--overwrite" in err
     assert files(cluster) == before
+
+
+def tasks_in_this_process(monkeypatch) -> None:
+    """The cluster's transport replaced by this process: every task runs here, at once, in order."""
+    from asynccorr import cluster
+
+    def run_tasks(address, fn, calls, on_result):
+        for i, args in enumerate(calls):
+            on_result(i, fn(*args), "here")
+
+    monkeypatch.setattr(cluster, "check_reachable", lambda address: None)
+    monkeypatch.setattr(cluster, "connected", lambda address: contextlib.nullcontext())
+    monkeypatch.setattr(cluster, "run_tasks", run_tasks)
+
+
+def test_resume_on_a_cluster_reuses_finished_runs_continues_killed_ones_and_trains_missing_ones(
+        capsys, tmp_path, monkeypatch):
+    """``compare --resume --cluster``: as locally, decided here; a killed run's checkpoint goes to its task."""
+    tasks_in_this_process(monkeypatch)
+    config = tmp_path / "tiny.toml"
+    config.write_text(tiny_toml("tiny", iterations=4, eval_every=2, checkpoint_every=2))
+    study = ["compare", "--config", str(config), "--schemes", "sync,async,learner", "--seeds", "0", "--quiet"]
+    on_cluster = [*study, "--results", str(tmp_path / "cluster"), "--cluster", "head:6379"]
+    assert run_cli(capsys, *study, "--results", str(tmp_path / "local"))[0] == 0
+    assert run_cli(capsys, *on_cluster)[0] == 0
+    cluster, local = tmp_path / "cluster" / "tiny", tmp_path / "local" / "tiny"
+    sync = files(cluster / "sync-seed0")
+    killed = cluster / "async-seed0"  # as if killed after its checkpoint at update 2 (its only one)
+    assert [p.name for p in (killed / "checkpoint").iterdir()] == ["ckpt-000000002.npz"]
+    meta = json.loads((killed / "meta.json").read_text())
+    (killed / "meta.json").write_text(json.dumps({**meta, "status": "running"}))
+    shutil.rmtree(cluster / "learner-seed0")  # never started
+
+    code, _, err = run_cli(capsys, *on_cluster, "--resume")
+    assert code == 0, err
+    assert "1 finished runs reused, 1 continued from a checkpoint, 0 restarted, 1 to train" in " ".join(err.split())
+    assert files(cluster / "sync-seed0") == sync  # reused as it was
+    for run in ("async-seed0", "learner-seed0"):
+        here, there = files(local / run), files(cluster / run)
+        assert {k: v for k, v in here.items() if k != "meta.json"} == \
+               {k: v for k, v in there.items() if k != "meta.json"}, run
+        assert json.loads(there["meta.json"])["cluster"] == {"address": "head:6379", "node": "here"}
+    assert json.loads((killed / "meta.json").read_text())["resumed_from"] == 2
+    assert (cluster / "summary.md").read_bytes() == (local / "summary.md").read_bytes()
+    assert not list(cluster.glob(".*.lock"))
