@@ -54,15 +54,17 @@ def _free_port() -> int:
 
 
 def in_sessions(sessions: set[int]) -> list[int]:
-    """Pids of the processes whose session id (``/proc/<pid>/stat`` field 6) is one of ``sessions``."""
+    """Pids of the live processes (not zombies) whose session id (``/proc/<pid>/stat`` field 6) is one of
+    ``sessions``."""
     pids = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
-                if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[3]) in sessions:
-                    pids.append(int(proc.name))
-            except (OSError, ValueError, IndexError):
+                state, _, _, session = (proc / "stat").read_text().rsplit(")", 1)[1].split()[:4]
+            except (OSError, ValueError):
                 continue
+            if state != "Z" and int(session) in sessions:
+                pids.append(int(proc.name))
     return pids
 
 
@@ -86,16 +88,21 @@ def two_nodes() -> Iterator[Cluster]:
     tag = uuid.uuid4().hex  # the drivers' processes carry it (they end by themselves)
     temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's socket paths live under it
     env = {**os.environ, "ASYNCCORR_TEST_TAG": tag, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex,
-           "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO)}
+           "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO),
+           # no idle Python workers started ahead: the tasks' runtime environment needs workers of its own
+           "RAY_enable_worker_prestart": "0", "RAY_prestart_worker_first_driver": "0"}
     address = f"127.0.0.1:{_free_port()}"
-    common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--temp-dir", str(temp), "--disable-usage-stats"]
+    common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--temp-dir", str(temp), "--disable-usage-stats",
+              "--include-log-monitor", "false"]
     sessions: set[int] = set()
     try:
+        starts = []
         for args in (["--head", "--port", address.split(":")[1], "--include-dashboard", "false"],
-                     ["--address", address]):
-            start = subprocess.Popen([str(RAY), "start", *args, *common], env=env, start_new_session=True,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            sessions.add(start.pid)  # a new session's id is its leader's pid
+                     ["--address", address]):  # the second node waits for the head by itself
+            starts.append(subprocess.Popen([str(RAY), "start", *args, *common], env=env, start_new_session=True,
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+            sessions.add(starts[-1].pid)  # a new session's id is its leader's pid
+        for start in starts:
             _, err = start.communicate(timeout=120)
             assert start.returncode == 0, err
         yield Cluster(address, env)
@@ -105,10 +112,10 @@ def two_nodes() -> Iterator[Cluster]:
         assert in_sessions(sessions) == [] and tagged_processes(tag) == []
 
 
-def on_cluster(cluster: Cluster, *args: str) -> subprocess.CompletedProcess:
-    """``asynccorr *args --cluster <head>`` as its own process (the driver), joined with the token."""
-    return subprocess.run([sys.executable, "-m", "asynccorr", *args, "--cluster", cluster.address, "--quiet"],
-                          check=False, cwd=REPO, env=cluster.env, capture_output=True, text=True, timeout=300)
+def on_cluster(cluster: Cluster, *args: str) -> subprocess.Popen:
+    """``asynccorr *args --cluster <head>`` started as its own process (the driver), joined with the token."""
+    return subprocess.Popen([sys.executable, "-m", "asynccorr", *args, "--cluster", cluster.address, "--quiet"],
+                            cwd=REPO, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def csv_without(path: Path, column: str) -> list[dict[str, str]]:
@@ -131,12 +138,13 @@ def files(folder: Path) -> dict[str, bytes]:
 def test_a_comparison_on_two_nodes_writes_here_what_the_local_one_writes_byte_for_byte(capsys, tmp_path,
                                                                                         two_nodes):
     config = tmp_path / "tiny.toml"
-    config.write_text(tiny_toml("tiny", iterations=20, eval_every=10))
+    config.write_text(tiny_toml("tiny", iterations=6, eval_every=3))
     study = ["compare", "--config", str(config), "--schemes", "sync,async", "--seeds", "0"]
-    done = on_cluster(two_nodes, *study, "--results", str(tmp_path / "cluster"))
-    assert done.returncode == 0, done.stderr
-    code, _, err = run_cli(capsys, *study, "--results", str(tmp_path / "local"), "--quiet")
-    assert code == 0, err
+    with on_cluster(two_nodes, *study, "--results", str(tmp_path / "cluster")) as driver:
+        code, _, err = run_cli(capsys, *study, "--results", str(tmp_path / "local"), "--quiet")  # meanwhile
+        assert code == 0, err
+        _, driver_err = driver.communicate(timeout=300)
+    assert driver.returncode == 0, driver_err
 
     cluster, local = tmp_path / "cluster" / "tiny", tmp_path / "local" / "tiny"
     runs = sorted(p.name for p in local.iterdir() if p.is_dir())
