@@ -7,6 +7,7 @@ which is a thin layer over it.
     run = api.train(cfg, "modify", results="results")        # one run: its directory, result, summary row
     comp = api.compare(cfg, schemes=["async", "modify"], seeds=[0, 1])
     comp.table                                               # per scheme: mean ± std over seeds
+    api.compare(cfg, cluster="head:6379")                    # each run a Ray task on a cluster
     res = api.load("results/paper")                          # a results folder read back
     res.runs[0].metrics["grad_error"], res.summary
 
@@ -110,30 +111,45 @@ class ComparisonPlan(NamedTuple):
     results: Path
     overwrite: bool
     runs: list[Any]  # ``runs.PlannedRun``: train, reuse, resume or restart
+    cluster: str | None = None  # Ray cluster address: each run a Ray task there (``asynccorr.cluster``)
 
 
 def plan_compare(config: ExperimentConfig, schemes: Sequence[str] | None = None,
                  seeds: Sequence[int] | None = None, results: str | Path = "results", overwrite: bool = False,
-                 resume: bool = False, on_warning: Callable[[str], None] | None = None) -> ComparisonPlan:
+                 resume: bool = False, on_warning: Callable[[str], None] | None = None,
+                 cluster: str | None = None) -> ComparisonPlan:
     """Every scheme on every seed (default: the config's ``[schemes]``), checked before anything
     trains; ``resume`` decides how each run of an interrupted comparison is completed
-    (``runs.resume_plan``)."""
+    (``runs.resume_plan``). With ``cluster`` (a Ray address) the runs are to be Ray tasks there,
+    so each must train on ``sim`` (or be the sequential reference)."""
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other (overwrite starts every run afresh)")
     results = Path(results)
     config = with_overrides(config, schemes={k: tuple(v) for k, v in (("compare", schemes), ("seeds", seeds))
                                              if v is not None})
     plan = runs.planned_runs(config, config.schemes.compare, config.schemes.seeds)
+    if cluster is not None:
+        from asynccorr import cluster as on_cluster
+
+        on_cluster.check_runs(plan)
+        on_cluster.check_reachable(cluster)
     _check_writable(results, plan, overwrite, resume)
     planned = (runs.resume_plan(results, plan, on_skip=on_warning) if resume
                else [runs.PlannedRun(scheme, cfg, "train") for scheme, cfg in plan])
-    return ComparisonPlan(config, results, overwrite, planned)
+    return ComparisonPlan(config, results, overwrite, planned, cluster)
 
 
 def run_compare(plan: ComparisonPlan, on_run: Callable[[Any], OnChunk | None] | None = None,
                 on_done: Callable[[Any], None] | None = None) -> Comparison:
     """Train (or reuse) every planned run, then write summary.csv and summary.md. ``on_run(run)`` is
-    called as each run starts and may return its progress callback, ``on_done(run)`` as it ends."""
+    called as each run starts and may return its progress callback, ``on_done(run)`` as it ends.
+    On a cluster (``plan.cluster``) the runs train there at once and ``on_run`` is not called (a
+    task reports no progress); the summary is the same."""
+    if plan.cluster is not None:
+        from asynccorr.cluster import train_planned
+
+        rows = train_planned(plan.cluster, plan.results, plan.runs, plan.overwrite, on_done)
+        return _summarize(plan, rows)
     rows = []
     for run in plan.runs:
         on_chunk = on_run(run) if on_run is not None else None
@@ -145,6 +161,11 @@ def run_compare(plan: ComparisonPlan, on_run: Callable[[Any], OnChunk | None] | 
                                        resume=run.checkpoint if run.action == "resume" else False)[2])
         if on_done is not None:
             on_done(run)
+    return _summarize(plan, rows)
+
+
+def _summarize(plan: ComparisonPlan, rows: list[dict[str, Any]]) -> Comparison:
+    """summary.csv and summary.md of the comparison's rows (in plan order)."""
     cfg = plan.config
     folder = plan.results / cfg.name
     runs.write_summary(folder, rows, f"{cfg.name}: {cfg.workers.count} workers ({cfg.workers.delay}), "
@@ -154,9 +175,10 @@ def run_compare(plan: ComparisonPlan, on_run: Callable[[Any], OnChunk | None] | 
 
 def compare(config: ExperimentConfig, schemes: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
             results: str | Path = "results", overwrite: bool = False, resume: bool = False,
-            on_warning: Callable[[str], None] | None = None) -> Comparison:
-    """``plan_compare`` then ``run_compare``: every scheme on every seed, and the summary files."""
-    return run_compare(plan_compare(config, schemes, seeds, results, overwrite, resume, on_warning))
+            on_warning: Callable[[str], None] | None = None, cluster: str | None = None) -> Comparison:
+    """``plan_compare`` then ``run_compare``: every scheme on every seed (on a Ray ``cluster`` if given),
+    and the summary files."""
+    return run_compare(plan_compare(config, schemes, seeds, results, overwrite, resume, on_warning, cluster))
 
 
 class Results(NamedTuple):

@@ -39,6 +39,9 @@ console = Console(stderr=True)
 BACKEND_HELP = backend_help()
 SCHEME_HELP = names_help() + "."
 ADDRESS_HELP = "Ray cluster address (overrides workers.address); default: start a local Ray."
+CLUSTER_HELP = ("Run each run of the study as a one-CPU Ray task on the running Ray cluster at this address "
+                "(host:port of its head, or auto); results are written here. Not --address, which is where "
+                "one ray-backend run's workers go.")
 
 
 def print_table(out: Console, title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
@@ -212,6 +215,7 @@ def compare(
     overwrite: Annotated[bool, typer.Option(help="Replace existing run directories.")] = False,
     resume: Annotated[bool, typer.Option(help="Complete an interrupted comparison: reuse finished runs, continue "
                                               "unfinished ones from their checkpoints, train the missing ones.")] = False,
+    cluster: Annotated[str | None, typer.Option(help=CLUSTER_HELP)] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
     verbose: Annotated[bool, typer.Option(help="Log worker events (mp, ray: started, ready, replaced).")] = False,
 ) -> None:
@@ -229,7 +233,8 @@ def compare(
                          workers={"count": workers, "backend": backend, "address": address},
                          schemes={"compare": scheme_list, "seeds": seed_list})
 
-    plan = api.plan_compare(cfg, results=results, overwrite=overwrite, resume=resume, on_warning=_warn)
+    plan = api.plan_compare(cfg, results=results, overwrite=overwrite, resume=resume, on_warning=_warn,
+                            cluster=cluster)
     if resume:
         counts = {a: sum(p.action == a for p in plan.runs) for a in ("reuse", "resume", "restart", "train")}
         dead = sum(p.status == "dead" for p in plan.runs)
@@ -295,6 +300,7 @@ def regimes(
     results: Annotated[Path, typer.Option(help="Root folder; the study goes to <results>/<name>/.")]
     = Path("results"),
     overwrite: Annotated[bool, typer.Option(help="Replace an existing study of the same name.")] = False,
+    cluster: Annotated[str | None, typer.Option(help=CLUSTER_HELP)] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
     redraw: Annotated[bool, typer.Option(help="Only redraw regimes.md and the figures from regimes.csv.")]
     = False,
@@ -308,7 +314,13 @@ def regimes(
 
     if jobs < 1:
         raise CliError(f"--jobs must be >= 1, got {jobs}")
+    if cluster is not None and jobs > 1:
+        raise CliError("--jobs and --cluster exclude each other (on a cluster every run is a Ray task)")
     study = load_regimes(config)
+    if cluster is not None and not redraw:
+        from asynccorr.cluster import check_reachable
+
+        check_reachable(cluster)
     if redraw:
         rows = render(study, study_dir(results, study))
         Console().print(f"{len(rows)} runs redrawn: {study_dir(results, study) / 'regimes.md'}")
@@ -321,10 +333,11 @@ def regimes(
             progress.update(task, completed=done, total=total,
                             rms=f"{row['rms_lateral']:.3f} m ({row['scheme']}, N={row['workers']})")
 
-        folder, rows = run_study(study, results, jobs=jobs, overwrite=overwrite, on_run=on_run)
+        folder, rows = run_study(study, results, jobs=jobs, overwrite=overwrite, on_run=on_run, cluster=cluster)
     wall = time.perf_counter() - start
     out = Console()
-    out.print(f"{len(rows)} runs in {wall / 60:.1f} min wall ({jobs} job{'s' if jobs > 1 else ''})")
+    where = f"on the Ray cluster at {cluster}" if cluster is not None else f"{jobs} job{'s' if jobs > 1 else ''}"
+    out.print(f"{len(rows)} runs in {wall / 60:.1f} min wall ({where})")
     out.print(f"table: {folder / 'regimes.md'}")
     out.print(f"figures: {folder / 'figures'}")
 

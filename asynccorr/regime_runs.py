@@ -5,7 +5,9 @@ XLA) in bundles that share compiled code, longest first; the simulation is
 deterministic, so the numbers do not depend on ``jobs`` (up to XLA's threading).
 After every run ``regimes.csv`` is rewritten, so an interrupted study keeps what it
 did; at the end ``render`` writes ``regimes.md`` (``asynccorr.regimes``) and the heat
-maps (``asynccorr.regime_plots``).
+maps (``asynccorr.regime_plots``). With ``cluster`` (a Ray address) every run is one
+Ray task there instead (``asynccorr.cluster``), submitted in the same bundle order so
+that a node's worker process tends to reuse what it compiled; the rows come back here.
 """
 
 from __future__ import annotations
@@ -73,14 +75,31 @@ def check_no_existing_study(folder: Path) -> None:
 
 
 def run_study(study: RegimeConfig, results_root: Path, jobs: int = 1, overwrite: bool = False,
-              on_run: Callable[[int, int, dict[str, Any]], None] | None = None) -> tuple[Path, list[dict[str, Any]]]:
-    """Run every cell x scheme x seed, write ``regimes.csv``, ``regimes.md`` and the heat maps."""
+              on_run: Callable[[int, int, dict[str, Any]], None] | None = None,
+              cluster: str | None = None) -> tuple[Path, list[dict[str, Any]]]:
+    """Run every cell x scheme x seed (in ``jobs`` processes, or as Ray tasks on ``cluster``), write
+    ``regimes.csv``, ``regimes.md`` and the heat maps."""
     if jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs!r}")
+    if cluster is not None and jobs > 1:
+        raise ConfigError("jobs and cluster exclude each other (on a cluster every run is a Ray task)")
     folder = study_dir(results_root, study)
     if not overwrite:
         check_no_existing_study(folder)
     tasks = plan(study)
+    if cluster is None:
+        return _run_tasks(study, folder, tasks, jobs, on_run, None)
+    from asynccorr import cluster as on_cluster
+
+    on_cluster.check_runs([(t.scheme, t.config) for t in tasks])
+    with on_cluster.connected(cluster):  # before anything of an earlier study is removed
+        return _run_tasks(study, folder, tasks, jobs, on_run, cluster)
+
+
+def _run_tasks(study: RegimeConfig, folder: Path, tasks: Sequence[Task], jobs: int,
+               on_run: Callable[[int, int, dict[str, Any]], None] | None,
+               cluster: str | None) -> tuple[Path, list[dict[str, Any]]]:
+    """``run_study`` once checked: the runs here, in a process pool or on the cluster, then the outputs."""
     folder.mkdir(parents=True, exist_ok=True)
     for stale in ("regimes.csv", "regimes.md"):
         (folder / stale).unlink(missing_ok=True)
@@ -92,7 +111,12 @@ def run_study(study: RegimeConfig, results_root: Path, jobs: int = 1, overwrite:
         if on_run is not None:
             on_run(len(rows), len(tasks), row)
 
-    if jobs == 1:
+    if cluster is not None:
+        from asynccorr.cluster import run_tasks
+
+        ordered = [t for b in bundles(tasks) for t in b]
+        run_tasks(cluster, _run_task, [(study, t) for t in ordered], lambda i, row, node: done(row))
+    elif jobs == 1:
         for task in tasks:
             done(_run_task(study, task))
     else:

@@ -173,6 +173,13 @@ def cli_cases(earlier: Earlier) -> dict[str, tuple[list[str], str]]:
         "train into an existing run": ([*train, "--scheme", "async"], "--overwrite"),
         "compare where one of the runs exists": ([*compare, "--schemes", "sync,async", "--seeds", "0"],
                                                  "--overwrite"),
+        "a cluster address that is not host:port": ([*compare, "--seeds", "5", "--cluster", "head"],
+                                                    "--cluster must be host:port"),
+        "a cluster nobody runs": ([*compare, "--seeds", "5", "--cluster", "127.0.0.1:1"], "cannot reach"),
+        "a cluster run on real workers": ([*compare, "--schemes", "async", "--seeds", "5", "--backend", "mp",
+                                           "--cluster", "127.0.0.1:1"], "sim backend"),
+        "a study on a cluster in parallel jobs": (["regimes", "--jobs", "2", "--cluster", "127.0.0.1:1"],
+                                                  "--jobs and --cluster"),
     }
 
 

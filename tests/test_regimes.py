@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 from pathlib import Path
@@ -239,6 +240,36 @@ def test_a_reduced_grid_runs_end_to_end_and_its_numbers_follow_the_definitions(c
     (folder / "regimes.md").unlink()
     code, _, _ = run_cli(capsys, "regimes", "--config", str(config), "--results", str(tmp_path / "r"), "--redraw")
     assert code == 0 and (folder / "regimes.md").read_text() == table
+
+
+@pytest.mark.slow  # cheap after the end-to-end test above, whose compiled code it reuses
+def test_on_a_cluster_every_run_is_one_task_and_the_study_is_written_here(capsys, tmp_path, monkeypatch):
+    """``regimes --cluster``: every run goes through ``cluster.run_tasks`` (a one-CPU Ray task each) and
+    its row comes back to this process, which writes the study. Here the tasks run in this process;
+    a real two-node cluster is in test_cluster.py."""
+    from asynccorr import cluster
+
+    submitted = []
+
+    def in_this_process(address, fn, calls, on_result):
+        submitted.append((address, [task.scheme for _, task in calls]))
+        for i, args in enumerate(calls):
+            on_result(i, fn(*args), "node")
+
+    monkeypatch.setattr(cluster, "check_reachable", lambda address: None)
+    monkeypatch.setattr(cluster, "connected", lambda address: contextlib.nullcontext())
+    monkeypatch.setattr(cluster, "run_tasks", in_this_process)
+    # the reduced grid's runs with 2 workers, one seed (what the end-to-end test compiled is reused)
+    study = REDUCED.replace("workers = [1, 2]", "workers = [2]").replace(', "modify-safe"]', "]")
+    study = study.replace("seeds = [0, 1]", "seeds = [0]")
+    code, out, err = run_cli(capsys, "regimes", "--config", str(write(tmp_path, study)), "--results",
+                             str(tmp_path / "r"), "--cluster", "127.0.0.1:6379", "--quiet")
+    assert code == 0, err
+    assert "2 runs" in out and "on the Ray cluster at 127.0.0.1:6379" in out
+    assert [(a, sorted(s)) for a, s in submitted] == [("127.0.0.1:6379", ["async", "sync"])]
+    rows = read_rows(tmp_path / "r" / "reduced" / "regimes.csv")
+    assert sorted(r["scheme"] for r in rows) == ["async", "sync"] and all(r["iterations"] == 8 for r in rows)
+    assert (tmp_path / "r" / "reduced" / "regimes.md").is_file()
 
 
 def test_study_names_are_checked_like_experiment_names():

@@ -89,8 +89,10 @@ class ParameterStore:
         return self.params, self.version
 
 
-def _runtime_env(address: str) -> dict[str, Any]:
-    """Thread limits for every Ray worker process, and this copy of ``asynccorr`` importable there."""
+def runtime_env(address: str) -> dict[str, Any]:
+    """Thread limits for every Ray worker process (one CPU each), and this copy of ``asynccorr``
+    importable there: shipped with ``py_modules`` to a cluster, on ``PYTHONPATH`` for a local Ray.
+    The study runner on a cluster (``asynccorr.cluster``) uses the same."""
     package = Path(__file__).resolve().parents[1]
     env = worker_env({k: v for k, v in os.environ.items() if k == "XLA_FLAGS"})
     if address:
@@ -107,7 +109,7 @@ def start_ray(address: str, num_cpus: int) -> bool:
         raise ConfigError("workers.backend = 'ray' needs Ray: pip install 'asynccorr[ray]'") from None
     if ray.is_initialized():
         return False
-    common = {"runtime_env": _runtime_env(address), "logging_level": logging.WARNING, "log_to_driver": True,
+    common = {"runtime_env": runtime_env(address), "logging_level": logging.WARNING, "log_to_driver": True,
               "configure_logging": True}
     if address:
         try:
