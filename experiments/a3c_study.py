@@ -146,8 +146,9 @@ def figures(folder: Path, rows: list[dict[str, Any]]) -> list[Path]:
     out = folder / "figures"
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for metric, ylabel, name in (("grad_error", "mean gradient error", "sweep_gradient_error"),
-                                 ("time_to_target", "simulated time to the tracking target [s]",
+    for metric, ylabel, name in (("grad_error", "mean gradient error (updates before any divergence)",
+                                  "sweep_gradient_error"),
+                                 ("time_to_target", "sim. time to the tracking target [s]\n(mean over the seeds that reach it)",
                                   "sweep_time_to_target")):
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=False)
         for ax, learner in zip(axes, ("a3c", "gpi")):
@@ -157,7 +158,17 @@ def figures(folder: Path, rows: list[dict[str, Any]]) -> list[Path]:
                 ys = [np.nanmean([float(r[metric]) for r in mine
                                   if r["workers"] == n and (r["scheme"] == scheme or n == 1)] or [np.nan])
                       for n in ns]
-                ax.plot(ns, ys, marker="o", label=scheme)
+                if metric == "grad_error":  # 0 at N = 1 (fresh): off a log axis
+                    ns, ys = zip(*[(n, y) for n, y in zip(ns, ys) if y > 0]) if any(y > 0 for y in ys) else ((), ())
+                line, = ax.plot(ns, ys, marker="o", label=scheme)
+                if metric == "time_to_target":  # a mean over the seeds that reached it: say how many did
+                    for n, y in zip(ns, ys):
+                        group = [r for r in mine if r["workers"] == n and (r["scheme"] == scheme or n == 1)]
+                        hit = sum(np.isfinite(float(r[metric])) for r in group)
+                        if hit < len(group):
+                            ax.annotate(f"{hit}/{len(group)} reach it", (n, y) if np.isfinite(y) else (n, 0),
+                                        textcoords="offset points", xytext=(4, 4), fontsize=7,
+                                        color=line.get_color())
             ax.set_xscale("log", base=2)
             if metric == "grad_error":
                 ax.set_yscale("log")
