@@ -25,6 +25,7 @@ process computes every worker's direction and the server's fresh one.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -60,7 +61,7 @@ def chunk_rates(base: ExperimentConfig, scheme: str, workers: int, chunk: int, r
     stamps: list[float] = []
     hooks = RunHooks(on_chunk=lambda done, record: stamps.append(time.perf_counter()))
     train(config_for(base, workers, chunk * (repeats + 1), chunk), scheme, hooks=hooks)
-    return [chunk / (b - a) for a, b in zip(stamps, stamps[1:])]
+    return [chunk / (b - a) for a, b in itertools.pairwise(stamps)]
 
 
 def peak_rss_mb() -> float:
