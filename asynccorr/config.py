@@ -156,9 +156,9 @@ class TrainConfig:
 
 
 # The most workers a run may have, on every backend. ``sim`` holds every worker's sampler state and
-# job (batch, parameters) and starts each one's first job before the first update: ~1-2 ms and
+# job (batch, parameters) and starts each one's first job before the first update: ~1 ms and
 # ~0.1 MB per worker on the 2-core reference machine (benchmarks/bench_workers.py), so 16,384
-# workers take ~30 s and ~2 GB to start, while a mean staleness in the thousands already means
+# workers take ~20 s and ~2 GB to start, while a mean staleness in the thousands already means
 # that every direction of a short run was computed at the initial parameters. ``mp`` starts one
 # process per worker (hundreds of MB each) and ``ray`` one actor: far fewer fit one machine.
 MAX_WORKERS = 16_384
