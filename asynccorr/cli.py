@@ -79,8 +79,17 @@ def _warn(message: str) -> None:
 
 
 @app.callback()
-def _root() -> None:
+def _root(
+    jax_cache: Annotated[bool, typer.Option(
+        "--jax-cache/--no-jax-cache",
+        help="Persistent JAX compilation cache: repeated runs start fast. Folder: $ASYNCCORR_JAX_CACHE, else "
+             "$XDG_CACHE_HOME/asynccorr/jax (~/.cache/asynccorr/jax); ASYNCCORR_JAX_CACHE=off turns it off too.",
+    )] = True,
+) -> None:
     """asynccorr: train, compare and plot asynchronous-SGD schemes on vehicle path tracking."""
+    from asynccorr.jaxcache import compilation_cache
+
+    compilation_cache(enabled=jax_cache)
 
 
 class CliError(Exception):
@@ -344,10 +353,7 @@ def regimes(
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, mapping user errors to one line and exit status 2, Ctrl-C to 130."""
-    from asynccorr.jaxcache import compilation_cache
     from asynccorr.runs import ResumeError
-
-    compilation_cache()
 
     try:
         code = app(args=argv, standalone_mode=False)

@@ -197,6 +197,15 @@ class TrainConfig:
                  self.divergence_loss)
 
 
+# The most workers a run may have, on every backend. ``sim`` holds every worker's sampler state and
+# job (batch, parameters) and starts each one's first job before the first update: ~1 ms and
+# ~0.1 MB per worker on the 2-core reference machine (benchmarks/bench_workers.py), so 16,384
+# workers take ~20 s and ~2 GB to start, while a mean staleness in the thousands already means
+# that every direction of a short run was computed at the initial parameters. ``mp`` starts one
+# process per worker (hundreds of MB each) and ``ray`` one actor: far fewer fit one machine.
+MAX_WORKERS = 16_384
+
+
 @dataclass(frozen=True)
 class WorkersConfig:
     """The asynchronous workers and, on the ``sim`` backend, their simulated timing."""
@@ -226,7 +235,8 @@ class WorkersConfig:
         from asynccorr.delays import DELAY_KINDS
 
         _check_types(self, "workers.")
-        _require(self.count >= 1, "workers.count", "must be >= 1", self.count)
+        _require(1 <= self.count <= MAX_WORKERS, "workers.count", f"must be in [1, {MAX_WORKERS:,}] (MAX_WORKERS: "
+                 "each simulated worker holds a sampler and a job, each real one a process)", self.count)
         _require(self.backend in BACKENDS, "workers.backend", f"must be one of {list(BACKENDS)}", self.backend)
         _require(self.delay in DELAY_KINDS, "workers.delay", f"must be one of {list(DELAY_KINDS)}", self.delay)
         _nonnegative("workers.jitter", self.jitter)

@@ -1,13 +1,15 @@
-"""Closed-loop tracking evaluation on the env's fixed scenario.
+"""Closed-loop tracking evaluation on the env's fixed scenario, and over random starts.
 
 The deterministic policy drives the vehicle from ``env.scenario(params)`` for
 one episode (``max_steps``); errors are counted only while the vehicle is on
-the road, and leaving it is reported, not hidden.
+the road, and leaving it is reported, not hidden. ``evaluate_random_starts`` does
+the same from many ``env.reset`` states at once (random reference phase and
+offsets): the policy's tracking over the start distribution, not one scenario.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -50,6 +52,12 @@ class EvalRecord(NamedTuple):
 
 def rollout_scenario(learner: Learner, params: Array) -> Trajectory:
     """Run the deterministic policy from the fixed scenario (pure, jit-able)."""
+    return rollout_from(learner, params, learner.env.scenario(learner.env_params))
+
+
+def rollout_from(learner: Learner, params: Array, start: Any) -> Trajectory:
+    """Run the deterministic policy for one episode (``max_steps``) from the env state ``start``
+    (pure, jit-able; vmap it over a batch of starts)."""
     env, env_params = learner.env, learner.env_params
 
     def body(carry: tuple[object, Array], _: None) -> tuple[tuple[object, Array], Trajectory]:
@@ -65,7 +73,6 @@ def rollout_scenario(learner: Learner, params: Array) -> Trajectory:
         )
         return (ts.state, jnp.logical_and(alive, jnp.logical_not(ts.terminated))), record
 
-    start = env.scenario(env_params)
     _, traj = jax.lax.scan(body, (start, jnp.ones((), bool)), None, length=int(env_params.max_steps))
     return traj
 
@@ -89,3 +96,45 @@ def summarize(traj: Trajectory) -> TrackingSummary:
 def evaluate(learner: Learner, params: Array) -> tuple[TrackingSummary, Trajectory]:
     traj = jax.jit(rollout_scenario, static_argnums=0)(learner, params)
     return summarize(traj), jax.device_get(traj)
+
+
+# ----------------------------------------------------------------------------- random starts
+
+
+class RandomStartSummary(NamedTuple):
+    """Tracking of the deterministic policy over ``episodes`` random-start episodes."""
+
+    rms_lateral: float  # [m], over every on-road step of every episode
+    rms_lateral_settled: float  # [m], over the on-road steps at episode time >= settle_s
+    episodes: int
+    left_road: int  # episodes that left the road
+
+
+def rollout_random_starts(learner: Learner, params: Array, key: Array, episodes: int) -> Trajectory:
+    """One episode from each of ``episodes`` ``env.reset`` states (pure, jit-able with ``episodes`` static):
+    every field gets a leading episode axis."""
+    env, env_params = learner.env, learner.env_params
+    _, starts = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(key, episodes), env_params)
+    return jax.vmap(rollout_from, in_axes=(None, None, 0))(learner, params, starts)
+
+
+def summarize_random_starts(traj: Trajectory, settle_s: float) -> RandomStartSummary:
+    """RMS lateral error over all on-road steps, and over those ``settle_s`` or more into their episode
+    (once the policy has pulled the vehicle in from its random start); host-side."""
+    on = np.asarray(traj.on_road)
+    lat = np.asarray(traj.lateral_error)
+    settled = on & (np.asarray(traj.time) >= settle_s - 1e-6)
+
+    def rms(mask: np.ndarray) -> float:
+        return float(np.sqrt(np.mean(lat[mask] ** 2))) if mask.any() else float("nan")
+
+    return RandomStartSummary(rms(on), rms(settled), int(on.shape[0]), int((~on.all(axis=1)).sum()))
+
+
+_random_starts = jax.jit(rollout_random_starts, static_argnums=(0, 3))
+
+
+def evaluate_random_starts(learner: Learner, params: Array, key: Array, episodes: int = 50,
+                           settle_s: float = 5.0) -> RandomStartSummary:
+    """``summarize_random_starts`` of ``rollout_random_starts`` (one jitted call)."""
+    return summarize_random_starts(jax.device_get(_random_starts(learner, params, key, episodes)), settle_s)

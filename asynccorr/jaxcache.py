@@ -2,30 +2,45 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
+OFF = "off"  # ASYNCCORR_JAX_CACHE=off (or ``asynccorr --no-jax-cache``): no persistent cache
 
-def compilation_cache() -> Path | None:
-    """Use a persistent JAX compilation cache, so that a command does not compile again what an
-    earlier one compiled (start-up of a short run is mostly compilation). The folder is
-    ``$ASYNCCORR_JAX_CACHE``, else ``$JAX_COMPILATION_CACHE_DIR``, else
-    ``$XDG_CACHE_HOME/asynccorr/jax`` (``~/.cache/asynccorr/jax``); ``ASYNCCORR_JAX_CACHE=off``
-    turns it off. Set in the environment too, so that worker processes share it."""
-    import os
 
-    chosen = os.environ.get("ASYNCCORR_JAX_CACHE") or os.environ.get("JAX_COMPILATION_CACHE_DIR")
-    if chosen == "off":
+def cache_folder(environ: Mapping[str, str], home: Path) -> Path | None:
+    """Where the cache lives, or None when it is turned off: ``$ASYNCCORR_JAX_CACHE``, else
+    ``$JAX_COMPILATION_CACHE_DIR``, else ``$XDG_CACHE_HOME/asynccorr/jax`` (``~/.cache/asynccorr/jax``)."""
+    chosen = environ.get("ASYNCCORR_JAX_CACHE") or environ.get("JAX_COMPILATION_CACHE_DIR")
+    if chosen == OFF:
         return None
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    folder = Path(chosen) if chosen else base / "asynccorr" / "jax"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return None  # a read-only home: compile as before
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(folder)
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    if chosen:
+        return Path(chosen)
+    return Path(environ.get("XDG_CACHE_HOME") or home / ".cache") / "asynccorr" / "jax"
+
+
+def compilation_cache(enabled: bool = True) -> Path | None:
+    """Use a persistent JAX compilation cache, so that a command does not compile again what an
+    earlier one compiled (start-up of a short run is mostly compilation); the folder is
+    ``cache_folder``'s. ``enabled=False`` turns it off as ``ASYNCCORR_JAX_CACHE=off`` does. Set in
+    the environment too, so that worker processes follow."""
     import jax
 
+    if not enabled:
+        os.environ["ASYNCCORR_JAX_CACHE"] = OFF
+    folder = cache_folder(os.environ, Path.home())
+    if folder is not None:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            folder = None  # a read-only home: compile as before
+    if folder is None:
+        jax.config.update("jax_enable_compilation_cache", False)
+        return None
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(folder)
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    jax.config.update("jax_enable_compilation_cache", True)
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs",
                       float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))

@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from asynccorr.config import LearnerConfig
@@ -74,6 +75,13 @@ class Learner(NamedTuple):
         return self.num_policy + self.num_value
 
 
+def _ravel_shapes(net: Any, dummy: Array) -> tuple[Array, Callable[[Array], Any]]:
+    """``ravel_pytree`` of a net's parameter tree, zero-filled: the flat layout and its inverse from the
+    shapes alone (``jax.eval_shape``), without running the initialisers op by op (start-up time)."""
+    shapes = jax.eval_shape(net.init, jax.random.PRNGKey(0), dummy)
+    return ravel_pytree(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes))
+
+
 def make_learner(env: Environment, env_params: Any, config: LearnerConfig, dtype: Any = jnp.float32) -> Learner:
     """Build the learner's pure functions for ``env`` with ``env_params``.
 
@@ -84,8 +92,8 @@ def make_learner(env: Environment, env_params: Any, config: LearnerConfig, dtype
     policy_net = Policy(config.policy_hidden, env.action_dim, config.activation, dtype)
     value_net = Value(config.value_hidden, config.activation, dtype)
     dummy = jnp.zeros((obs_dim,), dtype)
-    theta0, unravel_policy = ravel_pytree(policy_net.init(jax.random.PRNGKey(0), dummy))
-    phi0, unravel_value = ravel_pytree(value_net.init(jax.random.PRNGKey(0), dummy))
+    theta0, unravel_policy = _ravel_shapes(policy_net, dummy)
+    phi0, unravel_value = _ravel_shapes(value_net, dummy)
     num_policy, num_value = theta0.size, phi0.size
     gamma, horizon = config.gamma, config.horizon
 

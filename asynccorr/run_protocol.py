@@ -13,11 +13,14 @@ One home for the concepts every way of training shares (the sequential trainer,
 * ``Recorder``: the evaluation-point cycle. Metrics stay on the device between
   evaluation points; at each one the trainer hands the recorder the new rows,
   which it checks for divergence, evaluates the policy, reports progress, takes a
-  checkpoint when due and flushes every row and evaluation so far.
+  checkpoint when due and flushes every row and evaluation so far. It also stamps the
+  wall-clock moment the first rows reached it (``RunResult.first_flush``), the honest
+  "first update" signal of start-up benchmarks: a jitted chunk has no per-update clock.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -34,6 +37,15 @@ Columns = dict[str, np.ndarray]
 BASE_COLUMNS = ("iteration", "time", "worker", "staleness")  # every run's first metric columns, in this order
 
 
+class FirstFlush(NamedTuple):
+    """The first evaluation point of a run (of this process, on resume): its wall-clock time
+    (``time.time()``, comparable with a parent process's clock) and the server updates done by then
+    (``min(eval_every, iterations)`` for a fresh run), their metrics already on the host."""
+
+    unix_time: float
+    updates: int
+
+
 class RunResult(NamedTuple):
     params: np.ndarray
     metrics: Columns  # per iteration
@@ -44,6 +56,7 @@ class RunResult(NamedTuple):
     dropped: int = 0  # messages a drop-stale scheme discarded (not counted as iterations)
     events: tuple = ()  # real backends: worker events (dicts: started, ready, died, hung, replaced)
     timing: dict | None = None  # real backends: mean seconds per job phase and per server update (as measured)
+    first_flush: FirstFlush | None = None  # when the first evaluation point's rows reached the recorder
 
 
 class TrainingInterrupted(Exception):
@@ -152,6 +165,7 @@ class Recorder:
         self.metrics: Columns = dict(metrics or {})
         self.evals: list[EvalRecord] = list(evals or [])
         self.last_checkpoint = done
+        self.first_flush: FirstFlush | None = None
 
     def evaluate_initial(self, params: jax.Array) -> None:
         """The evaluation before the first update (a resumed run has it already)."""
@@ -168,11 +182,13 @@ class Recorder:
         to and including the first bad one, the parameters ``before(row)`` that update and
         ``dropped(row)`` the messages dropped by then.
         """
+        if self.first_flush is None:
+            self.first_flush = FirstFlush(time.time(), int(new["iteration"][-1]))
         bad = first_diverged_row(new, self.config.train.divergence_loss)
         if bad is not None:
             return diverged_result(self.learner, np.asarray(before(bad)),
                                    concat_columns(self.metrics, head_columns(new, bad + 1)), self.evals,
-                                   int(new["iteration"][bad]), dropped(bad))
+                                   int(new["iteration"][bad]), dropped(bad))._replace(first_flush=self.first_flush)
         self.metrics = concat_columns(self.metrics, new)
         done = int(new["iteration"][-1])
         record = EvalRecord(done, evaluate(self.learner, params)[0])
@@ -195,4 +211,4 @@ class Recorder:
         metrics = concat_columns(self.metrics, extra) if extra else self.metrics
         _, trajectory = evaluate(self.learner, params)
         return RunResult(np.asarray(params), metrics, self.evals, trajectory, status=status, dropped=dropped,
-                         events=events)
+                         events=events, first_flush=self.first_flush)

@@ -4,7 +4,8 @@ The glue between the trainers (pure computation) and the results layout::
 
     results/<experiment>/<scheme>-seed<k>/
         config.json     resolved experiment config (with the scheme and seed of this run)
-        meta.json       versions, commit, host, backend, wall time, summary; "status":
+        meta.json       versions, commit, host, backend, wall time (and "first_flush": the
+                        wall-clock time of the first evaluation point), summary; "status":
                         "running" while training, then "completed", "diverged" (with
                         "diverged_at") or "interrupted"
         metrics.csv     one row per server update (new rows appended at every evaluation point)
@@ -311,6 +312,7 @@ def _finish(run_dir: Path, config: ExperimentConfig, scheme: str, backend: str, 
         **({"workers_replaced": sum(e["kind"] in ("died", "hung") for e in result.events),
             "worker_events": list(result.events)} if result.events else {}),
         **({"resumed_from": checkpoint.iteration} if checkpoint else {}),
+        **({"first_flush": result.first_flush._asdict()} if result.first_flush else {}),
     })
     write_run(run_dir, config, scheme, result, meta)
     return summary

@@ -45,7 +45,9 @@ class StepMetrics(NamedTuple):
 
 
 @functools.lru_cache(maxsize=16)
-def _chunk_runner(learner: Learner, optimizer: optax.GradientTransformation) -> Callable[[TrainState, int], tuple[TrainState, StepMetrics]]:
+def chunk_runner(learner: Learner, optimizer: optax.GradientTransformation) -> Callable[[TrainState, int], tuple[TrainState, StepMetrics]]:
+    """The jitted ``(state, n) -> (state after n steps, their metrics)`` the trainer runs between
+    evaluation points (one ``lax.scan``; ``n`` static)."""
     step = make_step(learner, optimizer)
     return jax.jit(lambda s, n: jax.lax.scan(lambda c, _: step(c), s, None, length=n), static_argnums=1)
 
@@ -124,7 +126,7 @@ def train_sequential(
     hooks = hooks or RunHooks(on_chunk=on_chunk)
     learner, optimizer = build(config)
     seed = config.train.seed
-    run = _chunk_runner(learner, optimizer)
+    run = chunk_runner(learner, optimizer)
     total, every = config.train.iterations, config.train.eval_every
 
     if hooks.resume is not None:

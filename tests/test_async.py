@@ -209,6 +209,26 @@ def test_with_one_worker_every_scheme_equals_the_sequential_trainer(scheme):
     np.testing.assert_allclose(result.metrics["policy_loss"], reference.metrics["policy_loss"], rtol=1e-5)
 
 
+def test_the_workers_are_set_up_in_blocks_exactly_as_one_batched_call_would_set_them_up():
+    """Worker i's key stream and sampler are ``worker_stream(k_workers, i)`` and ``sampler_init`` of its
+    sampler key, vmapped; set up in blocks of ``SETUP_BLOCK`` (one compiled shape for any N), bit for bit."""
+    from asynccorr.backends import sim
+    from asynccorr.backends.serving import ServerRole
+    from asynccorr.build import run_keys
+
+    n = sim.SETUP_BLOCK + 3  # two blocks, the second padded
+    cfg = small_config(workers={"count": n})
+    setup = sim.setup(ServerRole(cfg, "async", measure=True))
+    workers = sim._fresh_workers(setup)
+    keys, samplers = jax.device_get(sim._batched_workers(setup.learner.sampler_init)(
+        run_keys(cfg.train.seed)[1], jnp.arange(n)))
+    assert len(workers) == n
+    for i, worker in enumerate(workers):
+        np.testing.assert_array_equal(worker.key, keys[i])
+        for got, want in zip(jax.tree.leaves(worker.sampler), jax.tree.leaves(samplers), strict=True):
+            np.testing.assert_array_equal(got, want[i])
+
+
 @pytest.mark.parametrize("workers", [4, 16])
 def test_with_n_homogeneous_workers_the_mean_staleness_is_about_n_minus_1(workers):
     cfg = small_config(workers={"count": workers}, train={"iterations": 20 * workers, "eval_every": 20 * workers})

@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,7 @@ BAD_TOML = {
     "table for a list": ("[schemes]\nseeds = { a = 1 }", "schemes.seeds"),
     "malformed TOML": ("[train\niterations = 3", "malformed TOML"),
     "zero workers": ("[workers]\ncount = 0", "workers.count"),
+    "more workers than the limit": ("[workers]\ncount = 16385", "16,384"),
     "negative learning rate": ("[optim]\npolicy_lr = -0.1", "optim.policy_lr"),
     "zero learning rate": ("[optim]\nvalue_lr = 0.0", "optim.value_lr"),
     "NaN learning rate": ("[optim]\npolicy_lr = nan", "optim.policy_lr"),
@@ -149,6 +151,7 @@ def cli_cases(earlier: Earlier) -> dict[str, tuple[list[str], str]]:
                                 "not found"),
         "config path is a directory": (["train", "--config", str(earlier.root), "--results", res], "directory"),
         "negative workers": ([*train, "--workers", "-1"], "workers.count"),
+        "an absurd worker count": ([*train, "--workers", "100000"], "workers.count must be in [1, 16,384]"),
         "zero iterations": ([*train, "--iterations", "0"], "train.iterations"),
         "negative seed": ([*train, "--seed", "-1"], "train.seed"),
         "seed that is not a number": ([*train, "--seed", "abc"], "--seed"),
@@ -190,6 +193,19 @@ CLI_CASES = sorted(cli_cases(Earlier(Path("."))))
 def test_bad_arguments_are_rejected_with_one_line_naming_the_argument(capsys, earlier, case):
     args, needle = cli_cases(earlier)[case]
     assert_rejected(capsys, earlier, args, needle)
+
+
+def test_an_absurd_worker_count_is_refused_at_once_by_the_command_line(tmp_path):
+    """``asynccorr train --workers 100000``: status 2, one line naming the limit, before any set-up (the
+    process's time is its imports)."""
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "asynccorr", "--no-jax-cache", "train", "--workers", "100000",
+                           "--results", str(tmp_path)], capture_output=True, text=True, timeout=120, check=False,
+                          cwd=REPO)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: workers.count must be in [1, 16,384]")
+    assert time.perf_counter() - started < 60  # imports only: ~3 s idle, never a set-up of 100,000 workers
+    assert not any(tmp_path.iterdir())
 
 
 def test_resuming_a_run_that_crashed_before_its_first_checkpoint_is_rejected(capsys, tmp_path, earlier):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -76,12 +78,33 @@ def test_an_existing_run_is_never_overwritten_without_the_flag(capsys, tmp_path,
 # Bad input (config files, arguments, plot folders, resume): tests/test_bad_input.py
 
 
-def test_console_script_runs_as_a_module(tmp_path, tiny_config):
-    proc = subprocess.run([sys.executable, "-m", "asynccorr", "train", "--scheme", "async", "--config",
+@pytest.mark.parametrize("flag", [[], ["--no-jax-cache"]], ids=["cache", "no-cache"])
+def test_console_script_runs_as_a_module_with_or_without_the_compilation_cache(tmp_path, tiny_config, flag):
+    """The persistent cache goes to $ASYNCCORR_JAX_CACHE; ``--no-jax-cache`` writes nothing there. The run
+    records when its first evaluation point was reached (the start-up benchmark's signal)."""
+    cache = tmp_path / "cache"
+    env = {**os.environ, "ASYNCCORR_JAX_CACHE": str(cache)}
+    started = time.time()
+    proc = subprocess.run([sys.executable, "-m", "asynccorr", *flag, "train", "--scheme", "async", "--config",
                            str(tiny_config), "--results", str(tmp_path), "--quiet", "--iterations", "1"],
-                          capture_output=True, text=True, timeout=300, check=False)
+                          capture_output=True, text=True, timeout=300, check=False, env=env)
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "tiny" / "async-seed0" / "meta.json").is_file()
+    meta = json.loads((tmp_path / "tiny" / "async-seed0" / "meta.json").read_text())
+    assert meta["first_flush"]["updates"] == 1
+    assert started < meta["first_flush"]["unix_time"] < time.time()
+    cached = list(cache.iterdir()) if cache.is_dir() else []
+    assert bool(cached) == (not flag)
+
+
+def test_the_cache_folder_is_the_env_override_else_the_user_cache_folder_and_off_turns_it_off(tmp_path):
+    from asynccorr.jaxcache import cache_folder
+
+    home = tmp_path / "home"
+    assert cache_folder({}, home) == home / ".cache" / "asynccorr" / "jax"
+    assert cache_folder({"XDG_CACHE_HOME": "/xdg"}, home) == Path("/xdg/asynccorr/jax")
+    assert cache_folder({"JAX_COMPILATION_CACHE_DIR": "/j", "XDG_CACHE_HOME": "/xdg"}, home) == Path("/j")
+    assert cache_folder({"ASYNCCORR_JAX_CACHE": "/a", "JAX_COMPILATION_CACHE_DIR": "/j"}, home) == Path("/a")
+    assert cache_folder({"ASYNCCORR_JAX_CACHE": "off", "JAX_COMPILATION_CACHE_DIR": "/j"}, home) is None
 
 
 def test_train_help_lists_every_registered_scheme_and_protocol(capsys):

@@ -9,7 +9,13 @@ import pytest
 
 from asynccorr.build import build, make_optimizer
 from asynccorr.config import ExperimentConfig, OptimConfig, TrainConfig, with_overrides
-from asynccorr.evaluation import evaluate, summarize
+from asynccorr.evaluation import (
+    evaluate,
+    evaluate_random_starts,
+    rollout_random_starts,
+    summarize,
+    summarize_random_starts,
+)
 from asynccorr.trainer import train_sequential
 
 # README "Tracking threshold": 0.10 m RMS lateral error on the fixed scenario.
@@ -87,6 +93,25 @@ def test_evaluation_starts_from_the_fixed_scenario():
     p = learner.env_params
     assert float(traj.x[0]) == 0.0
     assert float(traj.y[0]) == pytest.approx(p.scenario_lateral)
+
+
+def test_random_start_evaluation_runs_one_episode_per_reset_state_and_counts_on_road_steps_only():
+    learner, _ = build(with_overrides(ExperimentConfig(), env={"name": "dynamic", "params": {}}))
+    params, key = learner.init(jax.random.PRNGKey(0)), jax.random.PRNGKey(3)
+    traj = jax.device_get(rollout_random_starts(learner, params, key, 6))
+    assert np.asarray(traj.lateral_error).shape == (6, learner.env_params.max_steps)
+    assert len(set(np.asarray(traj.y)[:, 0].tolist())) == 6  # six different starts ...
+    assert (np.asarray(traj.time)[:, 0] == 0).all()  # ... each at the beginning of its episode
+    on, lat, t = np.asarray(traj.on_road), np.asarray(traj.lateral_error), np.asarray(traj.time)
+    summary = summarize_random_starts(traj, settle_s=5.0)
+    assert summary.rms_lateral == pytest.approx(float(np.sqrt(np.mean(lat[on] ** 2))))
+    assert summary.rms_lateral_settled == pytest.approx(float(np.sqrt(np.mean(lat[on & (t >= 5.0 - 1e-6)] ** 2))))
+    assert summary.episodes == 6 and summary.left_road == int((~on.all(axis=1)).sum())
+    jitted = evaluate_random_starts(learner, params, key, episodes=6, settle_s=5.0)  # one jitted call: fused,
+    assert jitted._replace(rms_lateral=0.0, rms_lateral_settled=0.0) == summary._replace(  # so equal to rounding
+        rms_lateral=0.0, rms_lateral_settled=0.0)
+    assert jitted.rms_lateral == pytest.approx(summary.rms_lateral, rel=1e-4)
+    assert jitted.rms_lateral_settled == pytest.approx(summary.rms_lateral_settled, rel=1e-4)
 
 
 def test_train_config_rejects_impossible_values():

@@ -161,16 +161,21 @@ def _look_ahead_size(sim: Sim) -> int:
     return sim.learner.num_params if sim.scheme.protocol == "look-ahead" else 0
 
 
+SETUP_BLOCK = 64  # workers per batched set-up call: one compiled shape for every N
+
+
 def _fresh_workers(sim: Sim) -> tuple[Worker, ...]:
-    """Every worker's key stream and sampler, set up in one batched call (not N builds)."""
+    """Every worker's key stream and sampler, set up in batched calls of ``SETUP_BLOCK`` workers (not
+    N builds; one compile whatever N), then split into the N workers' rows on the host: numpy views,
+    where splitting the device arrays would compile an N-output program per leaf (~20 s at N = 1,024)."""
     _, k_workers = run_keys(sim.config.train.seed)
     n = sim.config.workers.count
-    keys, samplers = _batched_workers(sim.learner.sampler_init)(k_workers, jnp.arange(n))
+    setup_block = _batched_workers(sim.learner.sampler_init)
+    blocks = [jax.device_get(setup_block(k_workers, jnp.arange(start, start + SETUP_BLOCK)))
+              for start in range(0, n, SETUP_BLOCK)]
+    keys, samplers = jax.tree.map(lambda *parts: np.concatenate(parts)[:n], *blocks)
     last = jnp.zeros((_look_ahead_size(sim),), jnp.float32)
-    rows = jax.tree.map(lambda x: list(x), (keys, samplers))
-    return tuple(Worker(rows[0][i], jax.tree.map(lambda leaf, i=i: leaf[i], rows[1],
-                                                  is_leaf=lambda x: isinstance(x, list)), last)
-                 for i in range(n))
+    return tuple(Worker(keys[i], jax.tree.map(lambda leaf, i=i: leaf[i], samplers), last) for i in range(n))
 
 
 @functools.lru_cache(maxsize=8)
