@@ -198,7 +198,9 @@ def test_with_one_worker_every_scheme_equals_the_sequential_a3c_learner(scheme):
     np.testing.assert_allclose(result.metrics["value_loss"], reference.metrics["value_loss"], rtol=1e-4)
     np.testing.assert_allclose(reference.metrics["importance_ratio"], 1.0, atol=1e-6)
     np.testing.assert_allclose(reference.metrics["policy_kl"], 0.0, atol=1e-7)
-    np.testing.assert_allclose(result.metrics["policy_kl"], 0.0, atol=1e-7)
+    kl = result.metrics["policy_kl"]
+    unmeasured = SCHEMES[scheme].synchronous  # sync's batches stay with its workers: nothing to measure
+    assert np.all(np.isnan(kl)) if unmeasured else np.all(np.abs(kl) < 1e-7)
 
 
 def test_a_seeded_a3c_run_is_byte_identical_on_sim_and_logs_the_on_policy_mismatch(tmp_path):
