@@ -34,16 +34,14 @@ expectation whatever the staleness, so its spread is what moves) and the exact m
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
 
 from asynccorr.config import LearnerConfig
 from asynccorr.envs import Environment
-from asynccorr.learner import Learner, Losses, SamplerState
+from asynccorr.learner import Learner, Losses, SamplerState, flat_params, jvp_forms
 from asynccorr.networks import GaussianPolicy, Value
 
 Array = jax.Array
@@ -141,9 +139,8 @@ def make_a3c_learner(env: Environment, env_params: Any, config: LearnerConfig, d
     obs_dim = env.obs_dim(env_params)
     policy_net, value_net = networks(env, config, dtype)
     dummy = jnp.zeros((obs_dim,), dtype)
-    theta0, unravel_policy = ravel_pytree(policy_net.init(jax.random.PRNGKey(0), dummy))
-    phi0, unravel_value = ravel_pytree(value_net.init(jax.random.PRNGKey(0), dummy))
-    num_policy, num_value = theta0.size, phi0.size
+    layout = flat_params(policy_net, value_net, dummy, dtype)
+    split, unravel_policy, unravel_value = layout.split, layout.unravel_policy, layout.unravel_value
     gamma, lam, envs, n_steps = config.gamma, a3c.gae_lambda, a3c.envs, a3c.n_steps
     absorbing = float(env_params.max_steps) if gamma == 1.0 else 1.0 / (1.0 - gamma)
 
@@ -151,19 +148,6 @@ def make_a3c_learner(env: Environment, env_params: Any, config: LearnerConfig, d
     step_envs = jax.vmap(env.step, in_axes=(None, 0, 0, None))
     utility = jax.vmap(env.utility, in_axes=(0, 0, None))
     reset = jax.vmap(env.reset, in_axes=(0, None))
-
-    def init(key: Array) -> Array:
-        k_pi, k_v = jax.random.split(key)
-        theta, _ = ravel_pytree(policy_net.init(k_pi, dummy))
-        phi, _ = ravel_pytree(value_net.init(k_v, dummy))
-        return jnp.concatenate([theta, phi]).astype(dtype)
-
-    def split(flat: Array) -> tuple[Array, Array]:
-        return flat[:num_policy], flat[num_policy:]
-
-    def unravel(flat: Array) -> tuple[Any, Any]:
-        theta, phi = split(flat)
-        return unravel_policy(theta), unravel_value(phi)
 
     def pi(theta: Array, obs: Array) -> tuple[Array, Array]:
         return policy_net.apply(unravel_policy(theta), obs)
@@ -186,13 +170,7 @@ def make_a3c_learner(env: Environment, env_params: Any, config: LearnerConfig, d
         v_loss, g_phi = jax.value_and_grad(value_loss)(phi, batch)
         return jnp.concatenate([g_theta, g_phi]), Losses(policy_loss=jnp.mean(batch.returns), value_loss=v_loss)
 
-    def direction_jvp(flat: Array, batch: A3CBatch, tangent: Array) -> tuple[Array, Array, Losses]:
-        (f, loss), (jf, _) = jax.jvp(lambda p: direction(p, batch), (flat,), (tangent,))
-        return f, jf, loss
-
-    def linearize(flat: Array, batch: A3CBatch) -> tuple[Array, Callable[[Array], Array], Losses]:
-        (f, loss), f_jvp = jax.linearize(lambda p: direction(p, batch), flat)
-        return f, (lambda t: f_jvp(t)[0]), loss
+    direction_jvp, linearize = jvp_forms(direction)
 
     def sampler_init(key: Array) -> SamplerState:
         """``envs`` reset states with episode clocks staggered over [0, max_steps), so the
@@ -241,10 +219,10 @@ def make_a3c_learner(env: Environment, env_params: Any, config: LearnerConfig, d
         env=env,
         env_params=env_params,
         config=config,
-        num_policy=num_policy,
-        num_value=num_value,
-        init=init,
-        unravel=unravel,
+        num_policy=layout.num_policy,
+        num_value=layout.num_value,
+        init=layout.init,
+        unravel=layout.unravel,
         act=lambda flat, obs: pi(split(flat)[0], obs)[0],
         value=lambda flat, obs: v(split(flat)[1], obs),
         returns=lambda flat, batch: batch.returns,

@@ -82,27 +82,26 @@ def _ravel_shapes(net: Any, dummy: Array) -> tuple[Array, Callable[[Array], Any]
     return ravel_pytree(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes))
 
 
-def make_learner(env: Environment, env_params: Any, config: LearnerConfig, dtype: Any = jnp.float32) -> Learner:
-    """Build the learner's pure functions for ``env`` with ``env_params``.
+class FlatParams(NamedTuple):
+    """One flat ``[theta; phi]`` vector for a policy and a value net: layout, init and inverse."""
 
-    ``dtype`` is the parameter dtype (float64 needs ``jax.enable_x64``; tests use
-    it for finite differences). Parameters travel as one flat vector of it.
-    """
-    obs_dim = env.obs_dim(env_params)
-    policy_net = Policy(config.policy_hidden, env.action_dim, config.activation, dtype)
-    value_net = Value(config.value_hidden, config.activation, dtype)
-    dummy = jnp.zeros((obs_dim,), dtype)
+    num_policy: int
+    num_value: int
+    init: Callable[[Array], Array]  # key -> flat params (both nets' own initialisers)
+    split: Callable[[Array], tuple[Array, Array]]  # flat -> (theta, phi)
+    unravel_policy: Callable[[Array], Any]  # theta -> policy tree
+    unravel_value: Callable[[Array], Any]  # phi -> value tree
+
+    def unravel(self, flat: Array) -> tuple[Any, Any]:
+        theta, phi = self.split(flat)
+        return self.unravel_policy(theta), self.unravel_value(phi)
+
+
+def flat_params(policy_net: Any, value_net: Any, dummy: Array, dtype: Any) -> FlatParams:
+    """The flat layout of ``[theta; phi]`` (every learner family shares it)."""
     theta0, unravel_policy = _ravel_shapes(policy_net, dummy)
     phi0, unravel_value = _ravel_shapes(value_net, dummy)
     num_policy, num_value = theta0.size, phi0.size
-    gamma, horizon = config.gamma, config.horizon
-
-    observe = jax.vmap(env.observation, in_axes=(0, None))
-    # Inside the model rollout observations and actions are feature-major,
-    # (features, batch): see ``networks.mlp_apply_feature_major`` for why.
-    observe_fm = jax.vmap(env.observation, in_axes=(0, None), out_axes=1)
-    utility = jax.vmap(env.utility, in_axes=(0, 1, None))
-    transition = jax.vmap(env.transition, in_axes=(0, 1, None))
 
     def init(key: Array) -> Array:
         k_pi, k_v = jax.random.split(key)
@@ -113,9 +112,46 @@ def make_learner(env: Environment, env_params: Any, config: LearnerConfig, dtype
     def split(flat: Array) -> tuple[Array, Array]:
         return flat[:num_policy], flat[num_policy:]
 
-    def unravel(flat: Array) -> tuple[Any, Any]:
-        theta, phi = split(flat)
-        return unravel_policy(theta), unravel_value(phi)
+    return FlatParams(num_policy, num_value, init, split, unravel_policy, unravel_value)
+
+
+def jvp_forms(direction: Callable[[Array, Batch], tuple[Array, Losses]]) -> tuple[Callable, Callable]:
+    """``(direction_jvp, linearize)`` of a direction field: the product fused with ``F`` in one
+    forward-over-reverse pass, and ``jax.linearize`` (linearise now, apply the map later)."""
+
+    def direction_jvp(flat: Array, batch: Batch, tangent: Array) -> tuple[Array, Array, Losses]:
+        """``(F(p), dF/dp . tangent, losses)`` in one forward-over-reverse pass."""
+        (f, loss), (jf, _) = jax.jvp(lambda p: direction(p, batch), (flat,), (tangent,))
+        return f, jf, loss
+
+    def linearize(flat: Array, batch: Batch) -> tuple[Array, Callable[[Array], Array], Losses]:
+        """``(F(p), t -> dF/dp . t, losses)``: linearise now, apply the product later."""
+        (f, loss), f_jvp = jax.linearize(lambda p: direction(p, batch), flat)
+        return f, (lambda t: f_jvp(t)[0]), loss
+
+    return direction_jvp, linearize
+
+
+def make_learner(env: Environment, env_params: Any, config: LearnerConfig, dtype: Any = jnp.float32) -> Learner:
+    """Build the learner's pure functions for ``env`` with ``env_params``.
+
+    ``dtype`` is the parameter dtype (float64 needs ``jax.enable_x64``; tests use
+    it for finite differences). Parameters travel as one flat vector of it.
+    """
+    obs_dim = env.obs_dim(env_params)
+    policy_net = Policy(config.policy_hidden, env.action_dim, config.activation, dtype)
+    value_net = Value(config.value_hidden, config.activation, dtype)
+    dummy = jnp.zeros((obs_dim,), dtype)
+    layout = flat_params(policy_net, value_net, dummy, dtype)
+    split, unravel_policy, unravel_value = layout.split, layout.unravel_policy, layout.unravel_value
+    gamma, horizon = config.gamma, config.horizon
+
+    observe = jax.vmap(env.observation, in_axes=(0, None))
+    # Inside the model rollout observations and actions are feature-major,
+    # (features, batch): see ``networks.mlp_apply_feature_major`` for why.
+    observe_fm = jax.vmap(env.observation, in_axes=(0, None), out_axes=1)
+    utility = jax.vmap(env.utility, in_axes=(0, 1, None))
+    transition = jax.vmap(env.transition, in_axes=(0, 1, None))
 
     def pi(theta: Array, obs: Array) -> Array:
         return policy_net.apply(unravel_policy(theta), obs)
@@ -164,15 +200,7 @@ def make_learner(env: Environment, env_params: Any, config: LearnerConfig, dtype
         v0 = v_fm(phi, observe_fm(batch, env_params))
         return Losses(policy_loss=ret.mean(), value_loss=jnp.mean((v0 - ret) ** 2))
 
-    def direction_jvp(flat: Array, batch: Batch, tangent: Array) -> tuple[Array, Array, Losses]:
-        """``(F(p), dF/dp . tangent, losses)`` in one forward-over-reverse pass."""
-        (f, loss), (jf, _) = jax.jvp(lambda p: direction(p, batch), (flat,), (tangent,))
-        return f, jf, loss
-
-    def linearize(flat: Array, batch: Batch) -> tuple[Array, Callable[[Array], Array], Losses]:
-        """``(F(p), t -> dF/dp . t, losses)``: linearise now, apply the product later."""
-        (f, loss), f_jvp = jax.linearize(lambda p: direction(p, batch), flat)
-        return f, (lambda t: f_jvp(t)[0]), loss
+    direction_jvp, linearize = jvp_forms(direction)
 
     def sampler_init(key: Array) -> SamplerState:
         """Reset states whose episode clocks are staggered over [0, max_steps).
@@ -223,10 +251,10 @@ def make_learner(env: Environment, env_params: Any, config: LearnerConfig, dtype
         env=env,
         env_params=env_params,
         config=config,
-        num_policy=num_policy,
-        num_value=num_value,
-        init=init,
-        unravel=unravel,
+        num_policy=layout.num_policy,
+        num_value=layout.num_value,
+        init=layout.init,
+        unravel=layout.unravel,
         act=lambda flat, obs: pi(split(flat)[0], obs),
         value=lambda flat, obs: v(split(flat)[1], obs),
         returns=lambda flat, batch: model_return(*split(flat), batch),
