@@ -44,6 +44,11 @@ class SamplerState(NamedTuple):
     env_state: Any  # batched env state, leading axis = rollout_states
 
 
+def no_likelihood(flat: Array, batch: Batch) -> tuple[Array, Array]:
+    """``off_policy`` of a learner whose policy has no likelihood (GPI's deterministic one): nan, nan."""
+    return (jnp.full((), jnp.nan, jnp.float32),) * 2
+
+
 class Learner(NamedTuple):
     """Pure functions of a learner for one env and one config (optax-style bundle): GPI
     (``make_learner``, here) or A3C (``asynccorr.a3c.make_a3c_learner``). Every trainer,
@@ -68,7 +73,7 @@ class Learner(NamedTuple):
     # (flat params theta_k, batch) -> (mean pi_k(a|s) / pi_i(a|s) over the batch's actions, mean
     # KL(pi_i || pi_k) over its states): how off-policy a batch sampled at theta_i is at theta_k
     # (nan, nan: GPI's deterministic policy has no likelihood)
-    off_policy: Callable[[Array, Batch], tuple[Array, Array]]
+    off_policy: Callable[[Array, Batch], tuple[Array, Array]] = no_likelihood
 
     @property
     def num_params(self) -> int:
@@ -264,5 +269,4 @@ def make_learner(env: Environment, env_params: Any, config: LearnerConfig, dtype
         linearize=linearize,
         sampler_init=sampler_init,
         sample=sample,
-        off_policy=lambda flat, batch: (jnp.full((), jnp.nan, jnp.float32),) * 2,
     )
