@@ -18,8 +18,8 @@ The simulation is deterministic, so every file of a run but ``meta.json`` is
 byte-identical to the local run's, and so are ``summary.md`` and ``summary.csv`` but for
 its ``wall_time_s`` column. ``meta.json`` differs where it records the machine and the
 moment: ``host``, ``platform``, ``created``, ``git_commit`` (None: the package shipped
-to the nodes is no git checkout), ``wall_time_s`` (also in its ``summary``) and
-``cluster``.
+to the nodes is no git checkout), ``wall_time_s`` (also in its ``summary``),
+``first_flush`` (a wall-clock moment) and ``cluster``.
 
 Every node needs the project's dependencies (``pip install asynccorr`` there, or a
 shared environment); this copy of the ``asynccorr`` package is shipped to the tasks

@@ -40,7 +40,7 @@ RAY = Path(sys.executable).with_name("ray")
 
 # what a run's meta.json records of the machine and the moment (and, on a cluster, of the node);
 # its summary's wall_time_s too
-META_DIFFERS = {"host", "platform", "created", "git_commit", "wall_time_s", "cluster"}
+META_DIFFERS = {"host", "platform", "created", "git_commit", "wall_time_s", "first_flush", "cluster"}
 
 class Cluster(NamedTuple):
     address: str  # the head's host:port
