@@ -15,7 +15,7 @@ from asynccorr.build import make_optimizer
 from asynccorr.config import ConfigError, ExperimentConfig, with_overrides
 from asynccorr.learner import Learner, Losses
 from asynccorr.runs import train_run
-from asynccorr.schemes import SCHEMES, get_scheme, make_correction
+from asynccorr.schemes import get_scheme, make_correction
 from asynccorr.server import Shipped, init_server, make_update
 from asynccorr.trainer import train_sequential
 
@@ -195,8 +195,12 @@ def test_modify_dense_refuses_networks_above_its_stated_size():
 
 
 # every scheme and every protocol (modify-safe's protocols are modify's with another correction)
-ONE_WORKER = sorted(s for s in SCHEMES if not SCHEMES[s].pipelined
-                    and not (s.startswith("modify-safe@") and s != "modify-safe@server"))
+# Every scheme's one-worker equivalence runs on the A3C learner (tests/test_a3c.py): the schemes,
+# the server and the simulation are learner-agnostic. Here, on GPI, one scheme per distinct
+# compute path: the plain direction, each protocol's product, a rule reading theta_i, a dense
+# Jacobian, the actor-learner split and a synchronous round.
+ONE_WORKER = ("async", "modify@server", "modify@deferred", "modify@look-ahead", "modify@oracle", "dc-asgd-a",
+              "modify-dense", "learner", "sync")
 
 
 @pytest.mark.parametrize("scheme", ONE_WORKER)

@@ -173,10 +173,10 @@ def test_a_rule_that_reads_theta_i_runs_on_real_workers():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scheme", ["modify@server", "modify@deferred"])
+@pytest.mark.parametrize("scheme", ["modify@deferred"])  # the server protocol: tests/test_ray.py
 def test_the_a3c_learner_runs_on_real_workers_with_its_corrections(scheme):
-    """The model-free learner on mp, unchanged: its rollouts are the workers' own, the server
-    (or the worker) corrects, and every update logs how off-policy its batch was at theta_k."""
+    """The model-free learner on mp, unchanged: its rollouts are the workers' own, the worker
+    corrects, and every update logs how off-policy its batch was at theta_k."""
     cfg = tiny_config("mp", learner={"kind": "a3c", "a3c": A3CConfig(envs=4, n_steps=6)},
                       train={"iterations": 20, "eval_every": 20})
     m = run_mp(cfg, scheme).metrics
