@@ -31,13 +31,17 @@ sim-vs-mp: install
 # The whole test suite (slow tests included), inside a network namespace that holds only
 # loopback: the Ray cluster and the real backends' tests bind and advertise 127.0.0.1 only.
 LOOPBACK := sh tests/loopback.sh
+# Two pytest workers (pytest-xdist): the in-process tests are spread over both; the tests that
+# start real processes, Ray or a cluster, or time a kill (tests/conftest.py's REAL_MODULES) run
+# one after another on one worker, as they would alone.
+PARALLEL := -n 2 --dist loadgroup
 
 test: install
-	$(LOOPBACK) $(BIN)/python -m pytest -q
+	$(LOOPBACK) $(BIN)/python -m pytest -q $(PARALLEL)
 
 # Everything but the tests marked slow.
 test-fast: install
-	$(LOOPBACK) $(BIN)/python -m pytest -q -m "not slow"
+	$(LOOPBACK) $(BIN)/python -m pytest -q $(PARALLEL) -m "not slow"
 
 bench: install
 	$(BIN)/python benchmarks/bench_env.py

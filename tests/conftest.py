@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
 import signal
+import tempfile
+
+# One persistent JAX compilation cache for the whole session, set before JAX is imported: the
+# in-process tests, the CLI they call and every worker or subprocess they start (through the
+# environment) compile a program once per session instead of once per test. It is fresh per
+# session, so a clean clone's run pays every first compile, and removed at the end. A cached
+# executable is the one the compiler produced: results do not depend on it.
+if not (os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.environ.get("ASYNCCORR_JAX_CACHE")):
+    _SESSION_CACHE = tempfile.mkdtemp(prefix="asynccorr-test-jax-cache-")
+    atexit.register(shutil.rmtree, _SESSION_CACHE, True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _SESSION_CACHE
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import jax
 import pytest
@@ -16,6 +31,17 @@ from asynccorr.learner import make_learner
 # A handler (not SIG_IGN) here is reset to the default in every child, which Python then catches.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+# The modules whose tests start real worker processes, Ray or a two-node cluster, or time a kill or
+# a Ctrl-C: under pytest-xdist (``make test``) they form one group, run in order by one worker.
+REAL_MODULES = {"test_mp.py", "test_ray.py", "test_cluster.py", "test_hardening.py", "test_locks.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in REAL_MODULES:
+            item.add_marker(pytest.mark.xdist_group("real"))
 
 
 @pytest.fixture(scope="session")

@@ -11,29 +11,11 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-import pytest
 from clitools import tiny_toml
 
 from asynccorr.config import ExperimentConfig, with_overrides
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """Worker processes (of both backends' tests) share a persistent JAX compilation cache:
-    only the first one compiles."""
-    old = {k: os.environ.get(k) for k in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")}
-    cache = tmp_path_factory.getbasetemp() / "jax-cache"
-    cache.mkdir(exist_ok=True)
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(cache)
-    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    yield
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 def tiny_config(backend: str, **sections) -> ExperimentConfig:

@@ -13,7 +13,6 @@ import pytest
 from realworkers import (  # noqa: F401
     assert_complete_async_run,
     assert_worker_corrected_modify_run,
-    compilation_cache,
     interrupt_cli_run,
     run_with_a_killed_and_a_hung_worker,
     tiny_config,

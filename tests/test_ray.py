@@ -9,7 +9,6 @@ import pytest
 from realworkers import (  # noqa: F401
     assert_complete_async_run,
     assert_worker_corrected_modify_run,
-    compilation_cache,
     interrupt_cli_run,
     run_with_a_killed_and_a_hung_worker,
     tiny_config,
@@ -23,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def local_ray(compilation_cache):  # noqa: F811 - the fixture imported above
+def local_ray():
     """One local Ray for the module's in-process runs (run_ray joins a Ray that is already up)."""
     started = start_ray("", 2)
     yield
