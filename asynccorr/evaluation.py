@@ -9,12 +9,15 @@ offsets): the policy's tracking over the start distribution, not one scenario.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from asynccorr import programs
 from asynccorr.learner import Learner
 
 Array = jax.Array
@@ -93,8 +96,13 @@ def summarize(traj: Trajectory) -> TrackingSummary:
     )
 
 
+@functools.lru_cache(maxsize=16)
+def _scenario(learner: Learner) -> Callable[[Array], Trajectory]:
+    return programs.jit(functools.partial(rollout_scenario, learner), "evaluate.scenario")
+
+
 def evaluate(learner: Learner, params: Array) -> tuple[TrackingSummary, Trajectory]:
-    traj = jax.jit(rollout_scenario, static_argnums=0)(learner, params)
+    traj = _scenario(learner)(params)
     return summarize(traj), jax.device_get(traj)
 
 
@@ -131,10 +139,13 @@ def summarize_random_starts(traj: Trajectory, settle_s: float) -> RandomStartSum
     return RandomStartSummary(rms(on), rms(settled), int(on.shape[0]), int((~on.all(axis=1)).sum()))
 
 
-_random_starts = jax.jit(rollout_random_starts, static_argnums=(0, 3))
+@functools.lru_cache(maxsize=16)
+def _random_starts(learner: Learner) -> Callable[[Array, Array, int], Trajectory]:
+    return programs.jit(functools.partial(rollout_random_starts, learner), "evaluate.random_starts",
+                        static_argnums=(2,))
 
 
 def evaluate_random_starts(learner: Learner, params: Array, key: Array, episodes: int = 50,
                            settle_s: float = 5.0) -> RandomStartSummary:
     """``summarize_random_starts`` of ``rollout_random_starts`` (one jitted call)."""
-    return summarize_random_starts(jax.device_get(_random_starts(learner, params, key, episodes)), settle_s)
+    return summarize_random_starts(jax.device_get(_random_starts(learner)(params, key, episodes)), settle_s)

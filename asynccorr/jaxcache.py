@@ -27,6 +27,8 @@ def compilation_cache(enabled: bool = True) -> Path | None:
     the environment too, so that worker processes follow."""
     import jax
 
+    from asynccorr import programs
+
     if not enabled:
         os.environ["ASYNCCORR_JAX_CACHE"] = OFF
     folder = cache_folder(os.environ, Path.home())
@@ -37,7 +39,9 @@ def compilation_cache(enabled: bool = True) -> Path | None:
             folder = None  # a read-only home: compile as before
     if folder is None:
         jax.config.update("jax_enable_compilation_cache", False)
+        programs.enable(None)
         return None
+    programs.enable(folder / "programs")  # whole executables too: a repeated run does not trace again
     os.environ["JAX_COMPILATION_CACHE_DIR"] = str(folder)
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     jax.config.update("jax_enable_compilation_cache", True)

@@ -32,7 +32,7 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
-from asynccorr import locks
+from asynccorr import locks, programs
 from asynccorr.backends import BACKENDS, check_backend_runs, get_backend
 from asynccorr.checkpoint import Checkpoint, CheckpointError, load_latest_checkpoint, save_checkpoint
 from asynccorr.config import ConfigError, ExperimentConfig, to_dict, with_overrides
@@ -96,11 +96,13 @@ def train(config: ExperimentConfig, scheme: str,
           on_chunk: Callable[[int, EvalRecord], None] | None = None, hooks: RunHooks | None = None) -> RunResult:
     """Train one run in memory: the sequential reference or a scheme on the configured backend."""
     hooks = hooks or RunHooks(on_chunk=on_chunk)
-    if scheme == SEQUENTIAL:
-        return train_sequential(config, hooks=hooks)
-    scheme = resolve(scheme, config.schemes.protocol)
-    check_backend_runs(config.workers.backend, scheme)
-    return get_backend(config.workers.backend).run_function()(config, scheme, hooks=hooks)
+    if scheme != SEQUENTIAL:
+        scheme = resolve(scheme, config.schemes.protocol)
+        check_backend_runs(config.workers.backend, scheme)
+    with programs.scope(config, scheme):  # its compiled programs are kept for the next run like it
+        if scheme == SEQUENTIAL:
+            return train_sequential(config, hooks=hooks)
+        return get_backend(config.workers.backend).run_function()(config, scheme, hooks=hooks)
 
 
 def _mean(values: np.ndarray) -> float:

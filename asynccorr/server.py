@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from asynccorr import programs
 from asynccorr.learner import Batch, Learner
 from asynccorr.schemes import Scheme
 
@@ -93,6 +94,14 @@ def init_server(params: Array, optimizer: optax.GradientTransformation,
     return ServerState(params, optimizer.init(params), correction.init(params))
 
 
+@functools.lru_cache(maxsize=32)
+def initial_server(learner: Learner, optimizer: optax.GradientTransformation,
+                   correction: optax.GradientTransformationExtraArgs) -> Callable[[Array], ServerState]:
+    """The jitted ``k_params -> init_server(learner.init(k_params), ...)``: the server before its first
+    update as one program (op by op it costs start-up in dispatches; the same values)."""
+    return programs.jit(lambda key: init_server(learner.init(key), optimizer, correction), "server.init")
+
+
 class Shipped(NamedTuple):
     """The arrays of one message (None where the scheme ships nothing)."""
 
@@ -145,7 +154,7 @@ def make_update(
         return _finish(learner, optimizer, server, applied, stale, fresh, losses, correction_state,
                        _ratio(learner, theta_k, batch if measure else None))
 
-    return jax.jit(update)
+    return programs.jit(update, "server.update")
 
 
 @functools.lru_cache(maxsize=32)
@@ -193,4 +202,4 @@ def make_round_update(
         return new, metrics._replace(grad_error=_relative(own, fresh), policy_grad_error=_relative(own[:n], fresh[:n]),
                                      correction_norm=jnp.linalg.norm(own - own_stale))
 
-    return jax.jit(update)
+    return programs.jit(update, "server.round")

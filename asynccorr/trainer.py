@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from asynccorr import programs
 from asynccorr.build import build, run_keys, worker_stream
 from asynccorr.checkpoint import Checkpoint, restore_run, run_checkpoint
 from asynccorr.config import ExperimentConfig
@@ -49,10 +50,18 @@ def chunk_runner(learner: Learner, optimizer: optax.GradientTransformation) -> C
     """The jitted ``(state, n) -> (state after n steps, their metrics)`` the trainer runs between
     evaluation points (one ``lax.scan``; ``n`` static)."""
     step = make_step(learner, optimizer)
-    return jax.jit(lambda s, n: jax.lax.scan(lambda c, _: step(c), s, None, length=n), static_argnums=1)
+    return programs.jit(lambda s, n: jax.lax.scan(lambda c, _: step(c), s, None, length=n), "trainer.chunk",
+                        static_argnums=(1,))
 
 
-def init_state(learner: Learner, optimizer: optax.GradientTransformation, seed: int) -> TrainState:
+@functools.lru_cache(maxsize=16)
+def initial_state(learner: Learner, optimizer: optax.GradientTransformation) -> Callable[[Array], TrainState]:
+    """The jitted ``seed -> init_state(learner, optimizer, seed)`` (one program: op by op, the initial
+    state costs about a second of start-up in dispatches)."""
+    return programs.jit(lambda seed: init_state(learner, optimizer, seed), "trainer.init")
+
+
+def init_state(learner: Learner, optimizer: optax.GradientTransformation, seed: int | Array) -> TrainState:
     k_params, k_workers = run_keys(seed)
     params = learner.init(k_params)
     run_key, sampler_key = worker_stream(k_workers, 0)
@@ -133,7 +142,7 @@ def train_sequential(
         template = jax.eval_shape(lambda: init_state(learner, optimizer, seed))
         state, metrics, evals = _sequential_restore(hooks.resume, template)
     else:
-        state, metrics, evals = init_state(learner, optimizer, seed), {}, []
+        state, metrics, evals = initial_state(learner, optimizer)(np.int32(seed)), {}, []
     recorder = Recorder(config, learner, hooks, metrics, evals, done=int(state.iteration))
     recorder.evaluate_initial(state.params)
     done = int(state.iteration)

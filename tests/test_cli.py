@@ -78,22 +78,34 @@ def test_an_existing_run_is_never_overwritten_without_the_flag(capsys, tmp_path,
 # Bad input (config files, arguments, plot folders, resume): tests/test_bad_input.py
 
 
-@pytest.mark.parametrize("flag", [[], ["--no-jax-cache"]], ids=["cache", "no-cache"])
-def test_console_script_runs_as_a_module_with_or_without_the_compilation_cache(tmp_path, tiny_config, flag):
-    """The persistent cache goes to $ASYNCCORR_JAX_CACHE; ``--no-jax-cache`` writes nothing there. The run
-    records when its first evaluation point was reached (the start-up benchmark's signal)."""
+def test_a_repeated_run_loads_its_programs_and_gives_the_bits_of_a_run_without_any_cache(tmp_path, tiny_config):
+    """The persistent cache goes to $ASYNCCORR_JAX_CACHE, whole programs to its programs/ folder. A run
+    with another seed and length than the run that kept them compiles nothing new and writes the same
+    files as the same run with ``--no-jax-cache`` (which writes nothing there). Every run records when its
+    first evaluation point was reached (the start-up benchmark's signal)."""
     cache = tmp_path / "cache"
     env = {**os.environ, "ASYNCCORR_JAX_CACHE": str(cache)}
-    started = time.time()
-    proc = subprocess.run([sys.executable, "-m", "asynccorr", *flag, "train", "--scheme", "async", "--config",
-                           str(tiny_config), "--results", str(tmp_path), "--quiet", "--iterations", "1"],
-                          capture_output=True, text=True, timeout=300, check=False, env=env)
-    assert proc.returncode == 0, proc.stderr
-    meta = json.loads((tmp_path / "tiny" / "async-seed0" / "meta.json").read_text())
-    assert meta["first_flush"]["updates"] == 1
-    assert started < meta["first_flush"]["unix_time"] < time.time()
-    cached = list(cache.iterdir()) if cache.is_dir() else []
-    assert bool(cached) == (not flag)
+
+    def train(results: Path, *options: str, flags: tuple[str, ...] = ()) -> Path:
+        started = time.time()
+        proc = subprocess.run([sys.executable, "-m", "asynccorr", *flags, "train", "--scheme", "async",
+                               "--config", str(tiny_config), "--results", str(results), "--quiet", *options],
+                              capture_output=True, text=True, timeout=300, check=False, env=env)
+        assert proc.returncode == 0, proc.stderr
+        [run] = (results / "tiny").iterdir()
+        meta = json.loads((run / "meta.json").read_text())
+        assert started < meta["first_flush"]["unix_time"] < time.time()
+        return run
+
+    plain = train(tmp_path / "plain", "--seed", "1", "--iterations", "3", flags=("--no-jax-cache",))
+    assert not cache.exists()
+    train(tmp_path / "first", "--iterations", "2")
+    kept = {p.name: p.stat().st_mtime_ns for p in (cache / "programs").iterdir()}
+    assert any(name.startswith("server.update") for name in kept)
+    again = train(tmp_path / "again", "--seed", "1", "--iterations", "3")
+    assert {p.name: p.stat().st_mtime_ns for p in (cache / "programs").iterdir()} == kept
+    for name in ("metrics.csv", "eval.csv", "params.npy", "trajectory.csv"):
+        assert (again / name).read_bytes() == (plain / name).read_bytes(), name
 
 
 def test_the_cache_folder_is_the_env_override_else_the_user_cache_folder_and_off_turns_it_off(tmp_path):

@@ -37,7 +37,14 @@ from asynccorr.evaluation import EvalRecord
 from asynccorr.learner import Losses
 from asynccorr.run_protocol import BASE_COLUMNS, Columns, Recorder, RunHooks, RunResult, is_eval_point
 from asynccorr.schemes import check_scheme_fits, correction_for, get_scheme, resolve
-from asynccorr.server import ServerState, Shipped, UpdateMetrics, init_server, make_round_update, make_update
+from asynccorr.server import (
+    ServerState,
+    Shipped,
+    UpdateMetrics,
+    initial_server,
+    make_round_update,
+    make_update,
+)
 
 log = logging.getLogger("asynccorr.backends")
 
@@ -61,7 +68,7 @@ class ServerRole:
         check_scheme_fits(self.scheme, self.learner.num_params, config.schemes)
         self.correction = correction_for(self.scheme.name, config.schemes)
         k_params, _ = run_keys(config.train.seed)
-        self.server: ServerState = init_server(self.learner.init(k_params), self.optimizer, self.correction)
+        self.server: ServerState = initial_server(self.learner, self.optimizer, self.correction)(k_params)
         self.version = 0  # k: bumped by every update (a dropped message does not bump it)
         self.iteration = 0  # server updates applied
         self.dropped = 0  # messages a drop-stale scheme discarded

@@ -50,6 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from asynccorr import programs
 from asynccorr.backends.serving import ServerRole
 from asynccorr.backends.worker import Message, WorkerOps, aim, post_pull, pre_pull, ships, worker_ops
 from asynccorr.build import run_keys, worker_stream
@@ -184,7 +185,7 @@ def _batched_workers(sampler_init: Callable) -> Callable:
         run_keys_, sampler_keys = jax.vmap(lambda i: worker_stream(k_workers, i))(index)
         return run_keys_, jax.vmap(sampler_init)(sampler_keys)
 
-    return jax.jit(setup_all)
+    return programs.jit(setup_all, "sim.setup_workers")
 
 
 def init_state(sim: Sim, role: ServerRole) -> SimState:

@@ -113,13 +113,13 @@ class WorkerOps:
     """The worker role's jitted functions for one learner (shared by all of a process's workers)."""
 
     def __init__(self, learner: Any) -> None:
-        import jax
+        from asynccorr import programs
 
         self.learner = learner
-        self.sample = jax.jit(learner.sample)
-        self.next_batch = jax.jit(_next_batch(learner.sample))
-        self.direction = jax.jit(learner.direction)
-        self.direction_jvp = jax.jit(learner.direction_jvp)
+        self.sample = programs.jit(learner.sample, "worker.sample")
+        self.next_batch = programs.jit(_next_batch(learner.sample), "worker.next_batch")
+        self.direction = programs.jit(learner.direction, "worker.direction")
+        self.direction_jvp = programs.jit(learner.direction_jvp, "worker.direction_jvp")
 
     def linearise(self, theta: Any, batch: Any) -> tuple[Any, Any, Callable[[Any], Any]]:
         """``(G, losses, t -> dF/dtheta(theta) . t)``: ``jax.linearize`` of the jitted field (the

@@ -1,0 +1,195 @@
+"""Compiled programs kept on disk between processes, so that a repeated run starts without tracing.
+
+The persistent compilation cache (``asynccorr.jaxcache``) skips XLA's compile, but a process still
+traces and lowers every jitted function before it can look its compile up: for a short run that is
+most of the start-up (about 4 s of the default experiment's 6 s before its first update, measured
+with cProfile). ``jit`` here keeps a function's *executable* (``jax.experimental.serialize_executable``)
+in ``<cache folder>/programs`` under a key of everything that determines it:
+
+* the run's **scope** (``scope(config, scheme)``, entered by ``asynccorr.runs.train``): every program
+  a run jits is a function of its experiment config, its scheme and the code. The seed and the run's
+  length are left out (no program captures them: they enter as arguments or as static chunk lengths,
+  which are part of the signature), so the runs of a study share their programs;
+* the function's **name** in that scope (one name per jitted function), its arguments' tree structure,
+  shapes, dtypes and weak types, and its static arguments' values;
+* a digest of the asynccorr sources, the jax / jaxlib versions, the device and ``XLA_FLAGS``.
+
+A process with the same key loads the executable instead of tracing, lowering and compiling: the same
+machine code, so bit-identical results. Outside a scope (a learner built by hand, the tests' direct
+calls), or with no folder (``enable`` not called, or ``ASYNCCORR_JAX_CACHE=off``), ``jit`` is
+``jax.jit``. A file that cannot be read back is compiled again and replaced. The files are pickles:
+the cache folder is the user's own, as JAX's is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import pickle
+import weakref
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+UNCAPTURED = ("seed", "iterations")  # the ``train`` fields no program captures (left out of a scope's key)
+
+_FOLDER: list[Path | None] = [None]  # where executables are kept (None: nowhere)
+_SCOPE: ContextVar[str | None] = ContextVar("asynccorr_program_scope", default=None)
+_SOURCES: list[str] = []  # the digest of the package's sources, once per process
+_PROGRAMS: weakref.WeakSet[Program] = weakref.WeakSet()  # every live Program (``forget``)
+
+
+def enable(folder: Path | None) -> None:
+    """Keep executables in ``folder`` (created on first write); None: keep none (plain ``jax.jit``)."""
+    _FOLDER[0] = None if folder is None else Path(folder)
+
+
+def folder() -> Path | None:
+    return _FOLDER[0]
+
+
+def scope_key(config: Any, scheme: str) -> str:
+    """What determines every program of a run of ``scheme`` on ``config`` (an ``ExperimentConfig``),
+    less ``UNCAPTURED``."""
+    from asynccorr.config import to_dict
+
+    parts = to_dict(config)
+    parts["train"] = {k: v for k, v in parts["train"].items() if k not in UNCAPTURED}
+    return json.dumps([parts, scheme], sort_keys=True, default=str)
+
+
+@contextlib.contextmanager
+def scope(config: Any, scheme: str) -> Iterator[None]:
+    """The programs jitted inside are those of one run of ``scheme`` on ``config``: kept and reused."""
+    token = _SCOPE.set(scope_key(config, scheme))
+    try:
+        yield
+    finally:
+        _SCOPE.reset(token)
+
+
+def sources_digest() -> str:
+    """sha256 of every ``.py`` file of the package (path and contents): any code change is a new key."""
+    if not _SOURCES:
+        root = Path(__file__).resolve().parent
+        digest = hashlib.sha256()
+        for path in sorted(root.rglob("*.py")):
+            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+        _SOURCES.append(digest.hexdigest())
+    return _SOURCES[0]
+
+
+def _platform() -> list[str]:
+    import jaxlib
+
+    device = jax.devices()[0]
+    return [jax.__version__, jaxlib.__version__, device.platform, device.device_kind, str(jax.device_count()),
+            str(jax.config.jax_enable_x64), os.environ.get("XLA_FLAGS", "")]
+
+
+def _aval(leaf: Any) -> tuple[tuple[int, ...], str, bool]:
+    aval = jax.typeof(leaf)
+    return tuple(aval.shape), aval.dtype.name, bool(aval.weak_type)
+
+
+class Program:
+    """``jax.jit(fn, static_argnums)`` whose executables are kept on disk inside a ``scope``."""
+
+    def __init__(self, fn: Callable, name: str, static_argnums: Sequence[int] = ()) -> None:
+        self.name = name
+        self.static = tuple(static_argnums)
+        self.jitted = jax.jit(fn, static_argnums=self.static)
+        self._loaded: dict[Hashable, Callable] = {}  # signature -> executable (this process's)
+        _PROGRAMS.add(self)
+
+    def __call__(self, *args: Any) -> Any:
+        scope_id = _SCOPE.get()
+        if scope_id is None or _FOLDER[0] is None:
+            return self.jitted(*args)
+        dynamic = [a for i, a in enumerate(args) if i not in self.static]
+        leaves, tree = jax.tree.flatten(dynamic)
+        if any(isinstance(x, jax.core.Tracer) for x in leaves):  # called inside a trace: part of that program
+            return self.jitted(*args)
+        signature = (tree, tuple(_aval(x) for x in leaves), tuple(args[i] for i in self.static))
+        executable = self._loaded.get(signature)
+        if executable is not None:
+            return executable(*dynamic)
+        executable, out = self._first_call(scope_id, signature, args, dynamic)
+        self._loaded[signature] = executable
+        return out
+
+    def _first_call(self, scope_id: str, signature: tuple, args: tuple, dynamic: list) -> tuple[Callable, Any]:
+        """(the executable of this signature, its output on ``dynamic``): kept on disk, else compiled and
+        kept. A kept executable is only written once it has been read back and has given the same bits."""
+        from jax._src import config as jax_config
+        from jax.experimental import serialize_executable
+
+        tree, avals, statics = signature
+        key = json.dumps([scope_id, self.name, str(tree), avals, repr(statics), sources_digest(), _platform()])
+        path = _FOLDER[0] / f"{self.name}-{hashlib.sha256(key.encode()).hexdigest()[:32]}.bin"
+        loaded = _read(path, key)
+        if loaded is not None:
+            with contextlib.suppress(RuntimeError):  # e.g. NOT_FOUND: a kernel the file lacks
+                return loaded, loaded(*dynamic)
+        # A fresh compile, not JAX's compilation cache: an executable that came out of that cache
+        # serialises without its kernels (jax 0.10, CPU). One this process already holds for the same
+        # computation may still be reused; the read-back check below keeps such a one off the disk.
+        with jax_config.enable_compilation_cache(False):
+            compiled = self.jitted.lower(*args).compile()
+        out = compiled(*dynamic)
+        with contextlib.suppress(*_UNWRITABLE):  # a read-only cache, an unserialisable executable: run it anyway
+            data = pickle.dumps((key, *serialize_executable.serialize(compiled)), protocol=5)
+            again = serialize_executable.deserialize_and_load(*pickle.loads(data)[1:])
+            if _same_bits(again(*dynamic), out):
+                _write(path, data)
+        return compiled, out
+
+
+def _same_bits(a: Any, b: Any) -> bool:
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    return len(leaves_a) == len(leaves_b) and all(
+        np.asarray(x).tobytes() == np.asarray(y).tobytes() for x, y in zip(leaves_a, leaves_b))
+
+
+def forget() -> None:
+    """Drop every executable this process loaded or compiled (the next call reads the disk again)."""
+    for program in list(_PROGRAMS):
+        program._loaded.clear()
+
+
+_UNREADABLE = (OSError, EOFError, ValueError, TypeError, AttributeError, ImportError, RuntimeError,
+               pickle.UnpicklingError)  # absent, truncated, written by another version
+_UNWRITABLE = (OSError, TypeError, ValueError, RuntimeError, pickle.PicklingError, pickle.UnpicklingError)
+
+
+def _read(path: Path, key: str) -> Callable | None:
+    """The executable kept at ``path`` for ``key``, or None (then it is compiled again)."""
+    from jax.experimental import serialize_executable
+
+    try:
+        stored_key, payload, in_tree, out_tree = pickle.loads(path.read_bytes())
+        if stored_key != key:
+            return None
+        return serialize_executable.deserialize_and_load(payload, in_tree, out_tree)
+    except _UNREADABLE:
+        return None
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Atomically: a reader sees the whole file or none (concurrent runs may write the same one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def jit(fn: Callable, name: str, static_argnums: Sequence[int] = ()) -> Program:
+    """``jax.jit`` whose executables a ``scope`` keeps on disk under ``name`` (unique per jitted function
+    of a run)."""
+    return Program(fn, name, static_argnums)

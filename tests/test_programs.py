@@ -1,0 +1,153 @@
+"""Compiled programs kept on disk (asynccorr.programs): what is kept, under which key, and that a run
+that loads them is the run that compiled them, bit for bit."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from asynccorr import programs
+from asynccorr.build import build, run_keys
+from asynccorr.config import ExperimentConfig, with_overrides
+from asynccorr.runs import train
+from asynccorr.schemes import SCHEMES, correction_for
+from asynccorr.server import init_server, initial_server
+from asynccorr.trainer import init_state, initial_state
+
+
+def small_config(**sections) -> ExperimentConfig:
+    base = with_overrides(
+        ExperimentConfig(), name="programs",
+        learner={"policy_hidden": (8,), "value_hidden": (8,), "rollout_states": 8, "reset_states": 8, "horizon": 5},
+        train={"iterations": 6, "eval_every": 3}, workers={"count": 2})
+    return with_overrides(base, **sections)
+
+
+@pytest.fixture
+def kept(tmp_path):
+    """Programs kept in a fresh folder for the test; none kept before or after it."""
+    programs.forget()
+    programs.enable(tmp_path / "programs")
+    yield tmp_path / "programs"
+    programs.enable(None)
+    programs.forget()
+
+
+def counting_program(offset: float, name: str = "affine", static_argnums=()):
+    """A fresh function object that counts its traces, computing ``x * n + offset``. Each test uses its own
+    offset: a computation compiled twice in one process may not serialise (the second compile can reuse
+    kernels of the first), which the read-back check keeps off the disk and a new process would not see."""
+    traces = []
+
+    def affine(x, n=2):
+        traces.append(1)
+        return x * n + offset
+
+    return programs.jit(affine, name, static_argnums), traces
+
+
+def files(folder):
+    return sorted(p.name for p in folder.glob("*.bin")) if folder.exists() else []
+
+
+def test_outside_a_scope_a_program_is_plain_jit_and_keeps_nothing(kept):
+    program, traces = counting_program(0.0)
+    np.testing.assert_array_equal(program(jnp.arange(3.0)), [0.0, 2.0, 4.0])
+    assert traces == [1] and files(kept) == []
+
+
+def test_inside_a_scope_the_executable_is_kept_and_a_later_process_loads_it_without_tracing(kept):
+    x = jnp.linspace(0.0, 1.0, 5)
+    with programs.scope(small_config(), "async"):
+        first, traces = counting_program(1.0)
+        y = first(x)
+        assert traces == [1] and len(files(kept)) == 1
+        programs.forget()
+        again, traces_again = counting_program(1.0)  # a new function object, as in a new process
+        z = again(x)
+    assert traces_again == []  # loaded, not traced
+    assert np.asarray(z).tobytes() == np.asarray(y).tobytes()
+
+
+def test_the_key_holds_the_scope_the_shapes_and_the_static_arguments(kept):
+    config = small_config()
+    with programs.scope(config, "async"):
+        program, _ = counting_program(2.0, static_argnums=(1,))
+        program(jnp.ones(3), 2)
+        program(jnp.ones(3), 2)  # the same signature: nothing new
+        program(jnp.ones(4), 2)
+        program(jnp.ones(3), 3)
+        program(jnp.ones(3, jnp.int32), 2)
+    assert len(files(kept)) == 4
+    # in one process a function object's executables serve every scope; a new process keys them by scope
+    for scoped in ((config, "modify"), (with_overrides(config, learner={"horizon": 6}), "async")):
+        programs.forget()
+        with programs.scope(*scoped):
+            program(jnp.ones(3), 2)
+    assert len(files(kept)) == 6
+
+
+def test_the_seed_and_the_length_of_a_run_are_not_part_of_its_scope():
+    config = small_config()
+    assert programs.scope_key(config, "async") == programs.scope_key(
+        with_overrides(config, train={"seed": 7, "iterations": 60}), "async")
+    assert programs.scope_key(config, "async") != programs.scope_key(
+        with_overrides(config, train={"eval_every": 2}), "async")
+
+
+def test_a_kept_file_that_cannot_be_read_back_is_compiled_again_and_replaced(kept):
+    """(The replacement computes something else under the same key, as edited code in a new process would:
+    the same computation compiled twice in one process may not serialise.)"""
+    x = jnp.arange(4.0)
+    with programs.scope(small_config(), "async"):
+        program, _ = counting_program(3.0)
+        program(x)
+        [path] = kept.glob("*.bin")
+        path.write_bytes(b"not a program")
+        programs.forget()
+        again, traces = counting_program(4.0)
+        np.testing.assert_array_equal(again(x), 2 * x + 4.0)
+        assert traces == [1] and path.stat().st_size > 100
+        programs.forget()
+        third, traces_third = counting_program(4.0)
+        np.testing.assert_array_equal(third(x), 2 * x + 4.0)
+        assert traces_third == []
+
+
+def same_bits(a, b) -> bool:
+    return jax.tree.structure(a) == jax.tree.structure(b) and all(
+        np.asarray(x).tobytes() == np.asarray(y).tobytes() for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+# one scheme per correction family (the protocols share their family's correction)
+FAMILIES = tuple(dict.fromkeys(name.split("@")[0] for name in SCHEMES))
+
+
+@pytest.mark.parametrize("kind", ["gpi", "a3c"])
+def test_the_jitted_server_start_is_the_op_by_op_one_bit_for_bit_for_every_correction(kind):
+    """The committed results were made with the server initialised op by op: one program gives the same
+    parameters (either learner) and optimizer and correction states (every correction family)."""
+    config = small_config(learner={"kind": kind})
+    learner, optimizer = build(config)
+    k_params, _ = run_keys(3)
+    params = learner.init(k_params)
+    for family in FAMILIES if kind == "gpi" else ("async",):
+        name = next(n for n in SCHEMES if n.split("@")[0] == family)
+        correction = correction_for(name, config.schemes)
+        jitted = initial_server(learner, optimizer, correction)(k_params)
+        assert same_bits(init_server(params, optimizer, correction), jitted), name
+
+
+def test_the_jitted_sequential_start_has_the_op_by_op_parameters_and_keys():
+    """The sequential trainer starts from one program: the same parameters and key streams as op by op;
+    its sampler's states agree to float32 rounding (fused arithmetic may round differently)."""
+    config = small_config()
+    learner, optimizer = build(config)
+    eager = init_state(learner, optimizer, 5)
+    jitted = initial_state(learner, optimizer)(np.int32(5))
+    for field in ("params", "key", "iteration"):
+        assert np.asarray(getattr(eager, field)).tobytes() == np.asarray(getattr(jitted, field)).tobytes()
+    for a, b in zip(jax.tree.leaves(eager.sampler), jax.tree.leaves(jitted.sampler), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
