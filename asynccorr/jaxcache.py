@@ -1,4 +1,5 @@
-"""The persistent JAX compilation cache every entry point (the CLI, the study scripts) shares."""
+"""The persistent JAX compilation cache every entry point (the CLI, the study scripts) shares, and the
+folder of whole compiled programs inside it (``asynccorr.programs``)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ def cache_folder(environ: Mapping[str, str], home: Path) -> Path | None:
 
 def compilation_cache(enabled: bool = True) -> Path | None:
     """Use a persistent JAX compilation cache, so that a command does not compile again what an
-    earlier one compiled (start-up of a short run is mostly compilation); the folder is
-    ``cache_folder``'s. ``enabled=False`` turns it off as ``ASYNCCORR_JAX_CACHE=off`` does. Set in
+    earlier one compiled, and keep each run's whole programs in its ``programs/`` folder, so that a
+    repeated run does not trace them again either (``asynccorr.programs``); the folder is
+    ``cache_folder``'s. ``enabled=False`` turns both off as ``ASYNCCORR_JAX_CACHE=off`` does. Set in
     the environment too, so that worker processes follow."""
     import jax
 

@@ -11,7 +11,6 @@ import pytest
 from asynccorr import programs
 from asynccorr.build import build, run_keys
 from asynccorr.config import ExperimentConfig, with_overrides
-from asynccorr.runs import train
 from asynccorr.schemes import SCHEMES, correction_for
 from asynccorr.server import init_server, initial_server
 from asynccorr.trainer import init_state, initial_state
