@@ -4,7 +4,8 @@ sequential learner's tracking over random starts falls below stated thresholds.
 The sequential learner (one always-fresh worker: the reference every asynchronous scheme is
 compared with) trains on ``env = dynamic`` with the default experiment's learner and optimizer
 (64x64 nets, batch 256, horizon 20, SGD), with the trainer's own jitted chunk
-(``trainer.chunk_runner``). Every ``--every`` updates, and before the first, the deterministic
+(``trainer.chunk_runner``, from the initial state ``trainer.initial_state``: what ``asynccorr train
+--scheme sequential`` runs, its compiled programs kept and reused as the CLI's are). Every ``--every`` updates, and before the first, the deterministic
 policy drives 50 random-start episodes (``evaluation.evaluate_random_starts``: ``env.reset``
 states, random reference phase, dy ~ U(-1, 1) m, dphi ~ U(-0.3, 0.3) rad; the same 50 starts at
 every evaluation; 20 s episodes) and the RMS lateral error is taken over all on-road steps and
@@ -37,11 +38,11 @@ from typing import NamedTuple
 
 import jax
 
-from asynccorr import api
+from asynccorr import api, programs
 from asynccorr.build import build
 from asynccorr.evaluation import RandomStartSummary, evaluate_random_starts
 from asynccorr.jaxcache import compilation_cache
-from asynccorr.trainer import chunk_runner, init_state
+from asynccorr.trainer import chunk_runner, initial_state
 
 THRESHOLDS = {"rms_lateral": (0.30, 0.15), "rms_lateral_settled": (0.10, 0.05)}  # [m]
 LABELS = {"rms_lateral": "all steps", "rms_lateral_settled": "after 5 s"}
@@ -73,7 +74,7 @@ def train_and_evaluate(config: api.ExperimentConfig, updates: int, seconds: floa
     every ``every`` updates; returns the points and the seconds spent evaluating."""
     learner, optimizer = build(config)
     run = chunk_runner(learner, optimizer)
-    state = init_state(learner, optimizer, config.train.seed)
+    state = initial_state(learner, optimizer)(jax.numpy.int32(config.train.seed))
     key = jax.random.PRNGKey(EVAL_KEY)
     spent = 0.0
 
@@ -111,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     compilation_cache()
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     config = api.experiment(args.config, env={"name": "dynamic", "params": {}}, train={"seed": args.seed})
-    points, eval_s = train_and_evaluate(config, args.updates, args.seconds, args.every, args.episodes)
+    with programs.scope(config, "sequential"):
+        points, eval_s = train_and_evaluate(config, args.updates, args.seconds, args.every, args.episodes)
     load = os.getloadavg()
     first, last = points[0], points[-1]
     print(f"sequential learner, env dynamic, seed {args.seed}: RMS lateral error over {args.episodes} "
