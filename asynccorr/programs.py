@@ -17,8 +17,9 @@ in ``<cache folder>/programs`` under a key of everything that determines it:
 A process with the same key loads the executable instead of tracing, lowering and compiling: the same
 machine code, so bit-identical results. Outside a scope (a learner built by hand, the tests' direct
 calls), or with no folder (``enable`` not called, or ``ASYNCCORR_JAX_CACHE=off``), ``jit`` is
-``jax.jit``. A file that cannot be read back is compiled again and replaced. The files are pickles:
-the cache folder is the user's own, as JAX's is.
+``jax.jit``. A file that cannot be read back is compiled again and replaced. The folder is kept under
+``$ASYNCCORR_PROGRAMS_MAX_MB`` (default 2 GB; a study of many configs keeps a few MB per run scope),
+least recently used first out. The files are pickles: the cache folder is the user's own, as JAX's is.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import jax
 import numpy as np
 
 UNCAPTURED = ("seed", "iterations")  # the ``train`` fields no program captures (left out of a scope's key)
+MAX_MB = 2048  # the folder's size limit (``ASYNCCORR_PROGRAMS_MAX_MB``): the least recently used go first
 
 _FOLDER: list[Path | None] = [None]  # where executables are kept (None: nowhere)
 _SCOPE: ContextVar[str | None] = ContextVar("asynccorr_program_scope", default=None)
@@ -136,7 +138,10 @@ class Program:
         loaded = _read(path, key)
         if loaded is not None:
             with contextlib.suppress(RuntimeError):  # e.g. NOT_FOUND: a kernel the file lacks
-                return loaded, loaded(*dynamic)
+                out = loaded(*dynamic)
+                with contextlib.suppress(OSError):
+                    os.utime(path)  # used now: evicted last
+                return loaded, out
         # A fresh compile, not JAX's compilation cache: an executable that came out of that cache
         # serialises without its kernels (jax 0.10, CPU). One this process already holds for the same
         # computation may still be reused; the read-back check below keeps such a one off the disk.
@@ -148,6 +153,7 @@ class Program:
             again = serialize_executable.deserialize_and_load(*pickle.loads(data)[1:])
             if _same_bits(again(*dynamic), out):
                 _write(path, data)
+                evict(path.parent, limit_bytes())
         return compiled, out
 
 
@@ -179,6 +185,35 @@ def _read(path: Path, key: str) -> Callable | None:
         return serialize_executable.deserialize_and_load(payload, in_tree, out_tree)
     except _UNREADABLE:
         return None
+
+
+def limit_bytes() -> int:
+    """The size the programs folder is kept under: ``$ASYNCCORR_PROGRAMS_MAX_MB`` (default ``MAX_MB``)."""
+    try:
+        return int(float(os.environ.get("ASYNCCORR_PROGRAMS_MAX_MB", MAX_MB)) * 2**20)
+    except ValueError:
+        return MAX_MB * 2**20
+
+
+def evict(folder: Path, limit: int) -> list[Path]:
+    """Remove the least recently used programs (by modification time: a load touches its file) until the
+    folder holds at most ``limit`` bytes; the removed paths."""
+    with contextlib.suppress(OSError):
+        entries = []
+        for path in folder.glob("*.bin"):
+            with contextlib.suppress(OSError):  # a concurrent eviction took it
+                stat = path.stat()
+                entries.append((stat.st_mtime_ns, stat.st_size, path))
+        total, removed = sum(size for _, size, _ in entries), []
+        for _, size, path in sorted(entries, key=lambda e: e[0]):
+            if total <= limit:
+                break
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed.append(path)
+            total -= size
+        return removed
+    return []
 
 
 def _write(path: Path, data: bytes) -> None:

@@ -150,3 +150,32 @@ def test_the_jitted_sequential_start_has_the_op_by_op_parameters_and_keys():
         assert np.asarray(getattr(eager, field)).tobytes() == np.asarray(getattr(jitted, field)).tobytes()
     for a, b in zip(jax.tree.leaves(eager.sampler), jax.tree.leaves(jitted.sampler), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+
+
+def test_the_folder_is_kept_under_its_size_limit_least_recently_used_first(tmp_path, monkeypatch):
+    import os
+
+    for i, name in enumerate(("old", "middle", "new")):
+        path = tmp_path / f"{name}.bin"
+        path.write_bytes(b"x" * 1000)
+        os.utime(path, ns=(i * 10**9, i * 10**9))
+    removed = programs.evict(tmp_path, 2500)
+    assert [p.name for p in removed] == ["old.bin"]
+    assert sorted(p.name for p in tmp_path.glob("*.bin")) == ["middle.bin", "new.bin"]
+    assert programs.evict(tmp_path, 2500) == []
+    monkeypatch.setenv("ASYNCCORR_PROGRAMS_MAX_MB", "0.5")
+    assert programs.limit_bytes() == 2**19
+
+
+def test_loading_a_kept_program_marks_it_used(kept):
+    import os
+
+    with programs.scope(small_config(), "async"):
+        program, _ = counting_program(5.0)
+        program(jnp.ones(2))
+        [path] = kept.glob("*.bin")
+        os.utime(path, ns=(0, 0))
+        programs.forget()
+        again, _ = counting_program(5.0)
+        again(jnp.ones(2))
+    assert path.stat().st_mtime_ns > 0
