@@ -12,7 +12,8 @@ in ``<cache folder>/programs`` under a key of everything that determines it:
   which are part of the signature), so the runs of a study share their programs;
 * the function's **name** in that scope (one name per jitted function), its arguments' tree structure,
   shapes, dtypes and weak types, and its static arguments' values;
-* a digest of the asynccorr sources, the jax / jaxlib versions, the device and ``XLA_FLAGS``.
+* a digest of the asynccorr sources, the versions of jax, jaxlib, optax, flax and numpy, the device and
+  ``XLA_FLAGS``.
 
 A process with the same key loads the executable instead of tracing, lowering and compiling: the same
 machine code, so bit-identical results. Outside a scope (a learner built by hand, the tests' direct
@@ -25,6 +26,7 @@ least recently used first out. The files are pickles: the cache folder is the us
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -87,12 +89,24 @@ def sources_digest() -> str:
     return _SOURCES[0]
 
 
-def _platform() -> list[str]:
-    import jaxlib
+TRACED_PACKAGES = ("jax", "jaxlib", "optax", "flax", "numpy")  # whose code a program's computation comes from
+
+
+@functools.lru_cache(maxsize=1)
+def _platform() -> tuple[str, ...]:
+    """What else determines an executable: the versions of the packages traced into it, the device, the
+    flags (once per process)."""
+    from importlib import metadata
 
     device = jax.devices()[0]
-    return [jax.__version__, jaxlib.__version__, device.platform, device.device_kind, str(jax.device_count()),
-            str(jax.config.jax_enable_x64), os.environ.get("XLA_FLAGS", "")]
+    versions = []
+    for package in TRACED_PACKAGES:
+        try:
+            versions.append(f"{package}=={metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            versions.append(f"{package} absent")
+    return (*versions, device.platform, device.device_kind, str(jax.device_count()),
+            str(jax.config.jax_enable_x64), os.environ.get("XLA_FLAGS", ""))
 
 
 def _aval(leaf: Any) -> tuple[tuple[int, ...], str, bool]:
