@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from asynccorr.config import LearnerConfig
 from asynccorr.envs import Environment
@@ -138,7 +139,7 @@ def make_a3c_learner(env: Environment, env_params: Any, config: LearnerConfig, d
     a3c = config.a3c
     obs_dim = env.obs_dim(env_params)
     policy_net, value_net = networks(env, config, dtype)
-    dummy = jnp.zeros((obs_dim,), dtype)
+    dummy = jax.device_put(np.zeros((obs_dim,), dtype))  # a transfer, not an op to compile
     layout = flat_params(policy_net, value_net, dummy, dtype)
     split, unravel_policy, unravel_value = layout.split, layout.unravel_policy, layout.unravel_value
     gamma, lam, envs, n_steps = config.gamma, a3c.gae_lambda, a3c.envs, a3c.n_steps

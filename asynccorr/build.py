@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from asynccorr.config import ExperimentConfig, LearnerConfig, OptimConfig, from_dict, to_dict
@@ -25,8 +26,10 @@ Array = jax.Array
 
 
 def block_learning_rates(policy_lr: float, value_lr: float, num_policy: int, num_value: int) -> Array:
-    return jnp.concatenate([jnp.full((num_policy,), policy_lr, jnp.float32),
-                            jnp.full((num_value,), value_lr, jnp.float32)])
+    """Each parameter's step: the policy's, then the value's (built on the host and transferred: no op to
+    compile at start-up)."""
+    return jax.device_put(np.concatenate([np.full((num_policy,), policy_lr, np.float32),
+                                          np.full((num_value,), value_lr, np.float32)]))
 
 
 def make_optimizer(config: OptimConfig, num_policy: int, num_value: int) -> optax.GradientTransformation:

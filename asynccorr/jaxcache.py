@@ -22,11 +22,11 @@ def cache_folder(environ: Mapping[str, str], home: Path) -> Path | None:
 
 
 def compilation_cache(enabled: bool = True) -> Path | None:
-    """Use a persistent JAX compilation cache, so that a command does not compile again what an
-    earlier one compiled, and keep each run's whole programs in its ``programs/`` folder, so that a
-    repeated run does not trace them again either (``asynccorr.programs``); the folder is
-    ``cache_folder``'s. ``enabled=False`` turns both off as ``ASYNCCORR_JAX_CACHE=off`` does. Set in
-    the environment too, so that worker processes follow."""
+    """Keep each run's whole compiled programs in the cache folder's ``programs/``, so that a repeated
+    run neither traces nor compiles them again (``asynccorr.programs``), and give the worker processes
+    (``mp``, ``ray``; through the environment) a persistent JAX compilation cache in the folder itself,
+    so that N workers compile once; the folder is ``cache_folder``'s. ``enabled=False`` turns both off
+    as ``ASYNCCORR_JAX_CACHE=off`` does."""
     import jax
 
     from asynccorr import programs
@@ -43,11 +43,15 @@ def compilation_cache(enabled: bool = True) -> Path | None:
         jax.config.update("jax_enable_compilation_cache", False)
         programs.enable(None)
         return None
-    programs.enable(folder / "programs")  # whole executables too: a repeated run does not trace again
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(folder)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(folder)  # worker processes: the compilation cache
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-    jax.config.update("jax_enable_compilation_cache", True)
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs",
                       float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+    # This process keeps whole programs instead, and does not read the compilation cache: on jax 0.10
+    # (CPU), once a process has loaded any executable from that cache, the executables it compiles
+    # afterwards can serialise without some of their kernels (NOT_FOUND when loaded), so none of its
+    # programs could be kept.
+    jax.config.update("jax_enable_compilation_cache", False)
+    programs.enable(folder / "programs")
     return folder

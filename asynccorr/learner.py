@@ -80,11 +80,20 @@ class Learner(NamedTuple):
         return self.num_policy + self.num_value
 
 
-def _ravel_shapes(net: Any, dummy: Array) -> tuple[Array, Callable[[Array], Any]]:
-    """``ravel_pytree`` of a net's parameter tree, zero-filled: the flat layout and its inverse from the
-    shapes alone (``jax.eval_shape``), without running the initialisers op by op (start-up time)."""
-    shapes = jax.eval_shape(net.init, jax.random.PRNGKey(0), dummy)
-    return ravel_pytree(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes))
+def _ravel_shapes(net: Any, dummy: Array) -> tuple[int, Callable[[Array], Any]]:
+    """The size of a net's flat parameter vector and ``ravel_pytree``'s inverse for it, from the shapes
+    alone: ``jax.eval_shape`` of the initialiser and of the ravel (which keeps its inverse, a function of
+    the shapes only), so that nothing is computed or compiled op by op (start-up time)."""
+    shapes = jax.eval_shape(net.init, jax.ShapeDtypeStruct((2,), jnp.uint32), dummy)
+    inverse: list[Callable[[Array], Any]] = []
+
+    def ravel(tree: Any) -> Array:
+        flat, unravel = ravel_pytree(tree)
+        inverse.append(unravel)
+        return flat
+
+    flat = jax.eval_shape(ravel, shapes)
+    return int(np.prod(flat.shape)), inverse[0]
 
 
 class FlatParams(NamedTuple):
@@ -104,9 +113,8 @@ class FlatParams(NamedTuple):
 
 def flat_params(policy_net: Any, value_net: Any, dummy: Array, dtype: Any) -> FlatParams:
     """The flat layout of ``[theta; phi]`` (every learner family shares it)."""
-    theta0, unravel_policy = _ravel_shapes(policy_net, dummy)
-    phi0, unravel_value = _ravel_shapes(value_net, dummy)
-    num_policy, num_value = theta0.size, phi0.size
+    num_policy, unravel_policy = _ravel_shapes(policy_net, dummy)
+    num_value, unravel_value = _ravel_shapes(value_net, dummy)
 
     def init(key: Array) -> Array:
         k_pi, k_v = jax.random.split(key)
@@ -146,7 +154,7 @@ def make_learner(env: Environment, env_params: Any, config: LearnerConfig, dtype
     obs_dim = env.obs_dim(env_params)
     policy_net = Policy(config.policy_hidden, env.action_dim, config.activation, dtype)
     value_net = Value(config.value_hidden, config.activation, dtype)
-    dummy = jnp.zeros((obs_dim,), dtype)
+    dummy = jax.device_put(np.zeros((obs_dim,), dtype))  # a transfer, not an op to compile
     layout = flat_params(policy_net, value_net, dummy, dtype)
     split, unravel_policy, unravel_value = layout.split, layout.unravel_policy, layout.unravel_value
     gamma, horizon = config.gamma, config.horizon

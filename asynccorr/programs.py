@@ -114,6 +114,14 @@ def _aval(leaf: Any) -> tuple[tuple[int, ...], str, bool]:
     return tuple(aval.shape), aval.dtype.name, bool(aval.weak_type)
 
 
+class _Entry:
+    """One signature's executable in this process, its serialised form (None: it did not read back) and
+    the scopes it is kept under."""
+
+    def __init__(self, executable: Callable, parts: tuple | None, scope_id: str) -> None:
+        self.executable, self.parts, self.scopes = executable, parts, {scope_id}
+
+
 class Program:
     """``jax.jit(fn, static_argnums)`` whose executables are kept on disk inside a ``scope``."""
 
@@ -121,7 +129,7 @@ class Program:
         self.name = name
         self.static = tuple(static_argnums)
         self.jitted = jax.jit(fn, static_argnums=self.static)
-        self._loaded: dict[Hashable, Callable] = {}  # signature -> executable (this process's)
+        self._loaded: dict[Hashable, _Entry] = {}  # signature -> this process's executable
         _PROGRAMS.add(self)
 
     def __call__(self, *args: Any) -> Any:
@@ -133,42 +141,52 @@ class Program:
         if any(isinstance(x, jax.core.Tracer) for x in leaves):  # called inside a trace: part of that program
             return self.jitted(*args)
         signature = (tree, tuple(_aval(x) for x in leaves), tuple(args[i] for i in self.static))
-        executable = self._loaded.get(signature)
-        if executable is not None:
-            return executable(*dynamic)
-        executable, out = self._first_call(scope_id, signature, args, dynamic)
-        self._loaded[signature] = executable
-        return out
+        entry = self._loaded.get(signature)
+        if entry is None:
+            entry, out = self._first_call(scope_id, signature, args, dynamic)
+            self._loaded[signature] = entry
+            return out
+        if scope_id not in entry.scopes:  # this function object under another run's scope: the same program
+            entry.scopes.add(scope_id)
+            if entry.parts is not None:
+                key, path = self._key(scope_id, signature)
+                _keep(path, key, entry.parts)
+        return entry.executable(*dynamic)
 
-    def _first_call(self, scope_id: str, signature: tuple, args: tuple, dynamic: list) -> tuple[Callable, Any]:
-        """(the executable of this signature, its output on ``dynamic``): kept on disk, else compiled and
-        kept. A kept executable is only written once it has been read back and has given the same bits."""
+    def _key(self, scope_id: str, signature: tuple) -> tuple[str, Path]:
+        tree, avals, statics = signature
+        key = json.dumps([scope_id, self.name, str(tree), avals, repr(statics), sources_digest(), _platform()])
+        return key, _FOLDER[0] / f"{self.name}-{hashlib.sha256(key.encode()).hexdigest()[:32]}.bin"
+
+    def _first_call(self, scope_id: str, signature: tuple, args: tuple, dynamic: list) -> tuple[_Entry, Any]:
+        """(this signature's entry, its output on ``dynamic``): kept on disk, else compiled and kept. A
+        kept executable is only written once it has been read back and has given the same bits."""
         from jax._src import config as jax_config
         from jax.experimental import serialize_executable
 
-        tree, avals, statics = signature
-        key = json.dumps([scope_id, self.name, str(tree), avals, repr(statics), sources_digest(), _platform()])
-        path = _FOLDER[0] / f"{self.name}-{hashlib.sha256(key.encode()).hexdigest()[:32]}.bin"
-        loaded = _read(path, key)
-        if loaded is not None:
-            with contextlib.suppress(RuntimeError):  # e.g. NOT_FOUND: a kernel the file lacks
+        key, path = self._key(scope_id, signature)
+        parts = _read(path, key)
+        if parts is not None:
+            with contextlib.suppress(RuntimeError, *_UNREADABLE):  # e.g. NOT_FOUND: a kernel the file lacks
+                loaded = serialize_executable.deserialize_and_load(*parts)
                 out = loaded(*dynamic)
                 with contextlib.suppress(OSError):
                     os.utime(path)  # used now: evicted last
-                return loaded, out
+                return _Entry(loaded, parts, scope_id), out
         # A fresh compile, not JAX's compilation cache: an executable that came out of that cache
         # serialises without its kernels (jax 0.10, CPU). One this process already holds for the same
         # computation may still be reused; the read-back check below keeps such a one off the disk.
         with jax_config.enable_compilation_cache(False):
             compiled = self.jitted.lower(*args).compile()
         out = compiled(*dynamic)
+        kept = None
         with contextlib.suppress(*_UNWRITABLE):  # a read-only cache, an unserialisable executable: run it anyway
-            data = pickle.dumps((key, *serialize_executable.serialize(compiled)), protocol=5)
-            again = serialize_executable.deserialize_and_load(*pickle.loads(data)[1:])
+            parts = serialize_executable.serialize(compiled)
+            again = serialize_executable.deserialize_and_load(*pickle.loads(pickle.dumps(parts, protocol=5)))
             if _same_bits(again(*dynamic), out):
-                _write(path, data)
-                evict(path.parent, limit_bytes())
-        return compiled, out
+                kept = parts
+                _keep(path, key, parts)
+        return _Entry(compiled, kept, scope_id), out
 
 
 def _same_bits(a: Any, b: Any) -> bool:
@@ -188,17 +206,20 @@ _UNREADABLE = (OSError, EOFError, ValueError, TypeError, AttributeError, ImportE
 _UNWRITABLE = (OSError, TypeError, ValueError, RuntimeError, pickle.PicklingError, pickle.UnpicklingError)
 
 
-def _read(path: Path, key: str) -> Callable | None:
-    """The executable kept at ``path`` for ``key``, or None (then it is compiled again)."""
-    from jax.experimental import serialize_executable
-
+def _read(path: Path, key: str) -> tuple | None:
+    """The serialised executable kept at ``path`` for ``key`` (payload, in tree, out tree), or None."""
     try:
-        stored_key, payload, in_tree, out_tree = pickle.loads(path.read_bytes())
-        if stored_key != key:
-            return None
-        return serialize_executable.deserialize_and_load(payload, in_tree, out_tree)
+        stored_key, *parts = pickle.loads(path.read_bytes())
+        return tuple(parts) if stored_key == key and len(parts) == 3 else None
     except _UNREADABLE:
         return None
+
+
+def _keep(path: Path, key: str, parts: tuple) -> None:
+    """Write a serialised executable under ``key``, then keep the folder under its size limit."""
+    with contextlib.suppress(*_UNWRITABLE):
+        _write(path, pickle.dumps((key, *parts), protocol=5))
+        evict(path.parent, limit_bytes())
 
 
 def limit_bytes() -> int:

@@ -97,9 +97,12 @@ def init_server(params: Array, optimizer: optax.GradientTransformation,
 @functools.lru_cache(maxsize=32)
 def initial_server(learner: Learner, optimizer: optax.GradientTransformation,
                    correction: optax.GradientTransformationExtraArgs) -> Callable[[Array], ServerState]:
-    """The jitted ``k_params -> init_server(learner.init(k_params), ...)``: the server before its first
-    update as one program (op by op it costs start-up in dispatches; the same values)."""
-    return programs.jit(lambda key: init_server(learner.init(key), optimizer, correction), "server.init")
+    """The jitted ``seed -> init_server(learner.init(run_keys(seed)[0]), ...)``: the server before its
+    first update as one program (op by op it costs start-up in dispatches; the same values)."""
+    from asynccorr.build import run_keys
+
+    return programs.jit(lambda seed: init_server(learner.init(run_keys(seed)[0]), optimizer, correction),
+                        "server.init")
 
 
 class Shipped(NamedTuple):

@@ -218,14 +218,17 @@ def test_the_workers_are_set_up_in_blocks_exactly_as_one_batched_call_would_set_
     sampler key, vmapped; set up in blocks of ``SETUP_BLOCK`` (one compiled shape for any N), bit for bit."""
     from asynccorr.backends import sim
     from asynccorr.backends.serving import ServerRole
-    from asynccorr.build import run_keys
+    from asynccorr.build import run_keys, worker_stream
 
     n = sim.SETUP_BLOCK + 3  # two blocks, the second padded
     cfg = small_config(workers={"count": n})
     setup = sim.setup(ServerRole(cfg, "async", measure=True))
     workers = sim._fresh_workers(setup)
     keys, samplers = jax.device_get(sim._batched_workers(setup.learner.sampler_init)(
-        run_keys(cfg.train.seed)[1], jnp.arange(n)))
+        np.int32(cfg.train.seed), jnp.arange(n)))
+    _, k_workers = run_keys(cfg.train.seed)  # op by op: the keys of every backend's workers
+    for i in (0, n - 1):
+        np.testing.assert_array_equal(keys[i], worker_stream(k_workers, i)[0])
     assert len(workers) == n
     for i, worker in enumerate(workers):
         np.testing.assert_array_equal(worker.key, keys[i])

@@ -130,12 +130,12 @@ def test_the_jitted_server_start_is_the_op_by_op_one_bit_for_bit_for_every_corre
     parameters (either learner) and optimizer and correction states (every correction family)."""
     config = small_config(learner={"kind": kind})
     learner, optimizer = build(config)
-    k_params, _ = run_keys(3)
+    k_params, _ = run_keys(3)  # op by op, as the committed results were made
     params = learner.init(k_params)
     for family in FAMILIES if kind == "gpi" else ("async",):
         name = next(n for n in SCHEMES if n.split("@")[0] == family)
         correction = correction_for(name, config.schemes)
-        jitted = initial_server(learner, optimizer, correction)(k_params)
+        jitted = initial_server(learner, optimizer, correction)(np.int32(3))
         assert same_bits(init_server(params, optimizer, correction), jitted), name
 
 
@@ -179,3 +179,19 @@ def test_loading_a_kept_program_marks_it_used(kept):
         again, _ = counting_program(5.0)
         again(jnp.ones(2))
     assert path.stat().st_mtime_ns > 0
+
+
+def test_a_program_two_runs_of_one_process_share_is_kept_under_both_scopes_without_compiling_twice(kept):
+    """``compare`` runs every scheme in one process: a function they share is compiled once and kept for
+    each, so a later ``train`` of any of them loads it."""
+    x = jnp.ones(5)
+    program, traces = counting_program(6.0)
+    for scheme in ("async", "modify"):
+        with programs.scope(small_config(), scheme):
+            program(x)
+    assert traces == [1] and len(files(kept)) == 2
+    programs.forget()
+    again, traces_again = counting_program(6.0)
+    with programs.scope(small_config(), "modify"):
+        np.testing.assert_array_equal(again(x), 2 * x + 6.0)
+    assert traces_again == []

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from asynccorr.backends.worker import Message
-from asynccorr.build import build, run_keys
+from asynccorr.build import build
 from asynccorr.checkpoint import Checkpoint
 from asynccorr.config import ExperimentConfig
 from asynccorr.evaluation import EvalRecord
@@ -67,8 +67,8 @@ class ServerRole:
         self.learner, self.optimizer = build(config)
         check_scheme_fits(self.scheme, self.learner.num_params, config.schemes)
         self.correction = correction_for(self.scheme.name, config.schemes)
-        k_params, _ = run_keys(config.train.seed)
-        self.server: ServerState = initial_server(self.learner, self.optimizer, self.correction)(k_params)
+        self.server: ServerState = initial_server(self.learner, self.optimizer, self.correction)(
+            np.int32(config.train.seed))
         self.version = 0  # k: bumped by every update (a dropped message does not bump it)
         self.iteration = 0  # server updates applied
         self.dropped = 0  # messages a drop-stale scheme discarded

@@ -169,19 +169,21 @@ def _fresh_workers(sim: Sim) -> tuple[Worker, ...]:
     """Every worker's key stream and sampler, set up in batched calls of ``SETUP_BLOCK`` workers (not
     N builds; one compile whatever N), then split into the N workers' rows on the host: numpy views,
     where splitting the device arrays would compile an N-output program per leaf (~20 s at N = 1,024)."""
-    _, k_workers = run_keys(sim.config.train.seed)
-    n = sim.config.workers.count
+    seed, n = np.int32(sim.config.train.seed), sim.config.workers.count
     setup_block = _batched_workers(sim.learner.sampler_init)
-    blocks = [jax.device_get(setup_block(k_workers, jnp.arange(start, start + SETUP_BLOCK)))
+    blocks = [jax.device_get(setup_block(seed, np.arange(start, start + SETUP_BLOCK, dtype=np.int32)))
               for start in range(0, n, SETUP_BLOCK)]
     keys, samplers = jax.tree.map(lambda *parts: np.concatenate(parts)[:n], *blocks)
-    last = jnp.zeros((_look_ahead_size(sim),), jnp.float32)
+    last = np.zeros((_look_ahead_size(sim),), np.float32)
     return tuple(Worker(keys[i], jax.tree.map(lambda leaf, i=i: leaf[i], samplers), last) for i in range(n))
 
 
 @functools.lru_cache(maxsize=8)
 def _batched_workers(sampler_init: Callable) -> Callable:
-    def setup_all(k_workers: Array, index: Array) -> tuple[Array, Any]:
+    """The jitted ``(seed, worker indices) -> (their run keys, their samplers)`` of a run."""
+
+    def setup_all(seed: Array, index: Array) -> tuple[Array, Any]:
+        _, k_workers = run_keys(seed)
         run_keys_, sampler_keys = jax.vmap(lambda i: worker_stream(k_workers, i))(index)
         return run_keys_, jax.vmap(sampler_init)(sampler_keys)
 
