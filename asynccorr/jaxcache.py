@@ -26,7 +26,9 @@ def compilation_cache(enabled: bool = True) -> Path | None:
     run neither traces nor compiles them again (``asynccorr.programs``), and give the worker processes
     (``mp``, ``ray``; through the environment) a persistent JAX compilation cache in the folder itself,
     so that N workers compile once; the folder is ``cache_folder``'s. ``enabled=False`` turns both off
-    as ``ASYNCCORR_JAX_CACHE=off`` does."""
+    as ``ASYNCCORR_JAX_CACHE=off`` does. ``ASYNCCORR_PROGRAMS=off`` keeps no programs and lets this
+    process use the compilation cache too (a new config or scheme then compiles less, but every run
+    traces again; the test suite, whose CLI calls are mostly new scopes, runs so)."""
     import jax
 
     from asynccorr import programs
@@ -48,6 +50,10 @@ def compilation_cache(enabled: bool = True) -> Path | None:
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs",
                       float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+    if os.environ.get("ASYNCCORR_PROGRAMS") == OFF:  # the compilation cache only, as before programs were kept
+        jax.config.update("jax_enable_compilation_cache", True)
+        programs.enable(None)
+        return folder
     # This process keeps whole programs instead, and does not read the compilation cache: on jax 0.10
     # (CPU), once a process has loaded any executable from that cache, the executables it compiles
     # afterwards can serialise without some of their kernels (NOT_FOUND when loaded), so none of its

@@ -16,7 +16,10 @@ in ``<cache folder>/programs`` under a key of everything that determines it:
   ``XLA_FLAGS``.
 
 A process with the same key loads the executable instead of tracing, lowering and compiling: the same
-machine code, so bit-identical results. Outside a scope (a learner built by hand, the tests' direct
+machine code, so bit-identical results. A process that keeps programs should not read JAX's compilation
+cache (``asynccorr.jaxcache`` turns it off there): on jax 0.10 (CPU), once a process has loaded an
+executable from that cache, what it compiles afterwards can serialise without some of its kernels. Every
+program is therefore read back before it is written, and kept only if it gives the same bits. Outside a scope (a learner built by hand, the tests' direct
 calls), or with no folder (``enable`` not called, or ``ASYNCCORR_JAX_CACHE=off``), ``jit`` is
 ``jax.jit``. A file that cannot be read back is compiled again and replaced. The folder is kept under
 ``$ASYNCCORR_PROGRAMS_MAX_MB`` (default 2 GB; a study of many configs keeps a few MB per run scope),

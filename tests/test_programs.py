@@ -3,6 +3,8 @@ that loads them is the run that compiled them, bit for bit."""
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -195,3 +197,27 @@ def test_a_program_two_runs_of_one_process_share_is_kept_under_both_scopes_witho
     with programs.scope(small_config(), "modify"):
         np.testing.assert_array_equal(again(x), 2 * x + 6.0)
     assert traces_again == []
+
+
+@pytest.mark.parametrize("setting", [None, "off"])
+def test_the_cli_process_keeps_programs_and_reads_no_compilation_cache_unless_programs_are_off(
+        tmp_path, monkeypatch, setting):
+    from asynccorr.jaxcache import compilation_cache
+
+    saved = {name: getattr(jax.config, name) for name in ("jax_enable_compilation_cache", "jax_compilation_cache_dir")}
+    monkeypatch.setenv("ASYNCCORR_JAX_CACHE", str(tmp_path))
+    for name in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"):  # restored after
+        monkeypatch.setenv(name, os.environ.get(name, "0"))
+    monkeypatch.delenv("ASYNCCORR_PROGRAMS", raising=False)
+    if setting is not None:
+        monkeypatch.setenv("ASYNCCORR_PROGRAMS", setting)
+    try:
+        assert compilation_cache() == tmp_path
+        kept = programs.folder()
+        assert (kept == tmp_path / "programs") == (setting is None)
+        assert kept is None or setting is None
+        assert jax.config.jax_enable_compilation_cache == (setting == "off")
+    finally:
+        programs.enable(None)
+        for name, value in saved.items():
+            jax.config.update(name, value)
