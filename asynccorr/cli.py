@@ -82,9 +82,10 @@ def _warn(message: str) -> None:
 def _root(
     jax_cache: Annotated[bool, typer.Option(
         "--jax-cache/--no-jax-cache",
-        help="Persistent JAX compilation cache and, in its programs/ folder, each run's compiled programs: a "
-             "repeated run starts in about 2 s. Folder: $ASYNCCORR_JAX_CACHE, else $XDG_CACHE_HOME/asynccorr/jax "
-             "(~/.cache/asynccorr/jax); ASYNCCORR_JAX_CACHE=off turns both off too.",
+        help="Keep each run's compiled programs (its programs/ folder; the mp/ray workers share a JAX "
+             "compilation cache there): a repeated run starts in about 2 s. Folder: $ASYNCCORR_JAX_CACHE, else "
+             "$XDG_CACHE_HOME/asynccorr/jax (~/.cache/asynccorr/jax); ASYNCCORR_JAX_CACHE=off turns it off too, "
+             "ASYNCCORR_PROGRAMS=off keeps no programs (compilation cache only).",
     )] = True,
 ) -> None:
     """asynccorr: train, compare and plot asynchronous-SGD schemes on vehicle path tracking."""
