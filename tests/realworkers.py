@@ -125,6 +125,8 @@ def interrupt_cli_run(tmp_path: Path, backend: str, started: str = "training: al
             sent = time.monotonic()
             try:
                 code = proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # say where it was: its log, for the next one to read
+                raise AssertionError(f"no exit 30 s after Ctrl-C; its stderr:\n{log.read_text()[-3000:]}") from None
             finally:
                 elapsed = time.monotonic() - sent
         finally:
