@@ -48,7 +48,6 @@ MAX_MB = 2048  # the folder's size limit (``ASYNCCORR_PROGRAMS_MAX_MB``): the le
 
 _FOLDER: list[Path | None] = [None]  # where executables are kept (None: nowhere)
 _SCOPE: ContextVar[str | None] = ContextVar("asynccorr_program_scope", default=None)
-_SOURCES: list[str] = []  # the digest of the package's sources, once per process
 _PROGRAMS: weakref.WeakSet[Program] = weakref.WeakSet()  # every live Program (``forget``)
 
 
@@ -81,15 +80,15 @@ def scope(config: Any, scheme: str) -> Iterator[None]:
         _SCOPE.reset(token)
 
 
+@functools.lru_cache(maxsize=1)
 def sources_digest() -> str:
-    """sha256 of every ``.py`` file of the package (path and contents): any code change is a new key."""
-    if not _SOURCES:
-        root = Path(__file__).resolve().parent
-        digest = hashlib.sha256()
-        for path in sorted(root.rglob("*.py")):
-            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
-        _SOURCES.append(digest.hexdigest())
-    return _SOURCES[0]
+    """sha256 of every ``.py`` file of the package (path and contents), once per process: any code
+    change is a new key."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 TRACED_PACKAGES = ("jax", "jaxlib", "optax", "flax", "numpy")  # whose code a program's computation comes from
