@@ -19,7 +19,7 @@ from typing import Any
 from asynccorr.backends import BACKENDS
 from asynccorr.errors import ConfigError  # re-exported: the error every config check raises
 from asynccorr.networks import ACTIVATIONS, check_hidden
-from asynccorr.schemes import DEFAULT_PROTOCOL, NAMES, PROTOCOLS, knob_default, names_help
+from asynccorr.schemes import DEFAULT_PROTOCOL, NAMES, PROTOCOLS, TANGENTS, knob_default, names_help
 
 
 def _require(cond: bool, name: str, message: str, value: Any) -> None:
@@ -173,6 +173,7 @@ class OptimConfig:
         _nonnegative("optim.max_grad_norm", self.max_grad_norm)
 
 
+MAX_WINDOW = 4096  # secant: the window's pairs are two (window x parameters) float32 buffers
 MAX_SEED = 2**31  # seeds feed jax.random.PRNGKey, which takes a 32-bit signed integer
 
 
@@ -225,6 +226,7 @@ class WorkersConfig:
     apply_cost_ratio: float = 3.3  # deferred: one application of the linear map / direction
     dense_cost_ratio: float = 50.0  # dense Jacobian / direction (modify-dense, small nets only)
     server_apply_cost_ratio: float = 0.2  # the server's rule + optimizer step per message / direction
+    secant_pair_cost_ratio: float = 0.005  # secant: the server's fit per window pair per message / direction
     charge_measurement: bool = False  # sim: the gradient-error measurement costs the server one direction
     slowdown: tuple[float, ...] = ()  # per-worker factors >= 1: worker i's phases take f x as long (mp/ray: sleeps)
     timeout: float = 30.0  # seconds a worker job may take before the worker is declared hung and replaced
@@ -248,7 +250,8 @@ class WorkersConfig:
         _positive("workers.direction_time", self.direction_time)
         _require(math.isfinite(self.jvp_cost_ratio) and self.jvp_cost_ratio >= 1, "workers.jvp_cost_ratio",
                  "must be >= 1", self.jvp_cost_ratio)
-        for name in ("sample_cost_ratio", "linearise_cost_ratio", "apply_cost_ratio", "server_apply_cost_ratio"):
+        for name in ("sample_cost_ratio", "linearise_cost_ratio", "apply_cost_ratio", "server_apply_cost_ratio",
+                     "secant_pair_cost_ratio"):
             _nonnegative(f"workers.{name}", getattr(self, name))
         _require(math.isfinite(self.dense_cost_ratio) and self.dense_cost_ratio >= 1,
                  "workers.dense_cost_ratio", "must be >= 1", self.dense_cost_ratio)
@@ -275,6 +278,8 @@ class SchemesConfig:
     dc_momentum: float = knob_default("dc_momentum")  # dc-asgd-a: MS_t = m MS_{t-1} + (1 - m) G*G
     dc_eps: float = knob_default("dc_eps")  # dc-asgd-a
     gap_decay: float = knob_default("gap_decay")  # gap-aware: EMA rate of the mean per-parameter server step C
+    secant_window: int = knob_default("secant_window")  # secant: pairs the server fits on; 0 = 2 x workers.count
+    secant_tangent: str = "previous"  # secant: "previous" (last direction x step) or "applied" (the server's update)
 
     def __post_init__(self) -> None:
         _check_types(self, "schemes.")
@@ -295,6 +300,10 @@ class SchemesConfig:
         _require(0 <= self.dc_momentum < 1, "schemes.dc_momentum", "must be in [0, 1)", self.dc_momentum)
         _positive("schemes.dc_eps", self.dc_eps)
         _require(0 <= self.gap_decay < 1, "schemes.gap_decay", "must be in [0, 1)", self.gap_decay)
+        _require(0 <= self.secant_window <= MAX_WINDOW, "schemes.secant_window",
+                 f"must be in [0, {MAX_WINDOW}] (0 = 2 x workers.count)", self.secant_window)
+        _require(self.secant_tangent in TANGENTS, "schemes.secant_tangent", f"must be one of {list(TANGENTS)}",
+                 self.secant_tangent)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import jax.scipy.linalg
 import optax
 from jax.flatten_util import ravel_pytree
 
@@ -291,3 +292,93 @@ def drop_stale(bound: int = 8) -> optax.GradientTransformationExtraArgs:
         return _map(lambda g_: jnp.where(tau > bound, jnp.zeros_like(g_), g_), g)
 
     return _stateless(correct)
+
+
+# ----------------------------------------------------------------------------- the secant protocol
+
+
+class SecantState(NamedTuple):
+    """The server's window of the last ``window`` messages' secant pairs, and its last fit.
+
+    ``tangents`` and ``products`` are ring buffers of flat vectors (row ``j`` is the pair of
+    one message: ``v_j`` and ``y_j = dF/dtheta(theta_j, b_j) . v_j``); ``gram`` holds
+    ``tangents @ tangents.T``, kept row by row as pairs arrive (O(window P) per message).
+    """
+
+    tangents: Array  # (M, P)
+    products: Array  # (M, P)
+    gram: Array  # (M, M)
+    slot: Array  # int32: the row the next pair overwrites
+    coverage: Array  # last fit: 1 - |V c - gap|^2 / |gap|^2, the share of the gap the window's span holds
+    scale: Array  # last fit: the cap's factor on the correction (1 = not capped)
+
+
+SECANT_RIDGE = 1e-6  # the fit's ridge, relative to the window's mean squared tangent norm
+
+
+def secant_fit(tangents: Array, products: Array, gram: Array, gap: Array) -> tuple[Array, Array]:
+    """``(Y c, coverage)`` with ``c = argmin |V c - gap|`` (V's rows are the tangents): the
+    product of the window's carried Jacobian-vector products with the gap's least-squares
+    coordinates in the span of their tangents. Normal equations with a small ridge, by
+    Cholesky: O(M P + M^3). A zero window (or gap) gives a zero correction."""
+    m = gram.shape[0]
+    mean_sq = jnp.trace(gram) / m
+    ridge = SECANT_RIDGE * mean_sq + jnp.finfo(gram.dtype).tiny
+    factor = jax.scipy.linalg.cho_factor(gram + ridge * jnp.eye(m, dtype=gram.dtype), lower=True)
+    c = jax.scipy.linalg.cho_solve(factor, tangents @ gap)
+    fitted = c @ tangents
+    gap_sq = jnp.sum(jnp.square(gap))
+    coverage = jnp.where(gap_sq > 0, 1.0 - jnp.sum(jnp.square(fitted - gap)) / jnp.maximum(gap_sq, 1e-30), jnp.nan)
+    return c @ products, coverage
+
+
+def secant_correction(window: int = 16, max_ratio: float = math.inf) -> optax.GradientTransformationExtraArgs:
+    """The ``secant`` protocol's server rule: ``G + Y c`` without any product at the server.
+
+    Each message ships, besides ``G``, a pair ``(v, y)``: a tangent the worker chose before
+    its pass and ``y = dF/dtheta(theta_i, b) . v`` from the same fused pass (extra arguments
+    ``tangent`` and ``tangent_product``). The server keeps the last ``window`` pairs (this
+    message's included); for a direction computed at ``theta_i`` and applied at ``theta_k`` it
+    fits the true gap ``theta_k - theta_i`` by least squares in the span of the window's
+    tangents and maps the coordinates through their products: the correction ``Y c``
+    approximates ``dF/dtheta(theta_i) (theta_k - theta_i)`` with O(window P) work. The
+    products come from other workers' parameters and batches, so the fit is a secant model
+    of the field, not its Jacobian at theta_i: ``max_ratio`` caps the correction's norm at
+    ``max_ratio * |G|`` (``modify-safe@secant``; ``inf`` = uncapped, ``modify@secant``).
+    Needs ``worker_params`` (theta_i) too. The state holds the window (checkpointed with the
+    server) and the last fit's diagnostics.
+    """
+    if not (isinstance(window, int) and window >= 1):
+        raise ValueError(f"window must be an integer >= 1, got {window!r}")
+    if not max_ratio > 0:
+        raise ValueError(f"max_ratio must be > 0, got {max_ratio!r}")
+
+    def init(params: Tree) -> SecantState:
+        flat, _ = ravel_pytree(params)
+        rows = jnp.zeros((window, flat.size), flat.dtype)
+        nan = jnp.full((), jnp.nan, flat.dtype)
+        return SecantState(rows, rows, jnp.zeros((window, window), flat.dtype), jnp.zeros((), jnp.int32),
+                           nan, jnp.ones((), flat.dtype))
+
+    def update(g: Tree, state: SecantState, params: Tree | None = None, *, worker_params: Tree | None = None,
+               tangent: Tree | None = None, tangent_product: Tree | None = None, **_: Any):
+        gap, _ = ravel_pytree(_worker_gap("secant_correction", params, worker_params))
+        v, _ = ravel_pytree(_require(tangent, "tangent", "secant_correction"))
+        y, _ = ravel_pytree(_require(tangent_product, "tangent_product", "secant_correction"))
+        flat_g, unravel = ravel_pytree(g)
+        slot = state.slot
+        tangents = state.tangents.at[slot].set(v)
+        products = state.products.at[slot].set(y)
+        row = tangents @ v
+        gram = state.gram.at[slot, :].set(row).at[:, slot].set(row)
+        correction, coverage = secant_fit(tangents, products, gram, gap)
+        scale = jnp.ones((), flat_g.dtype)
+        if math.isfinite(max_ratio):
+            c_norm = jnp.linalg.norm(correction)
+            capped = jnp.minimum(1.0, max_ratio * jnp.linalg.norm(flat_g) / jnp.maximum(c_norm, 1e-30))
+            scale = jnp.where(c_norm > 0, capped, 1.0).astype(flat_g.dtype)
+        applied = unravel(flat_g + scale * correction)
+        return applied, SecantState(tangents, products, gram, (slot + 1) % window, coverage.astype(flat_g.dtype),
+                                    scale)
+
+    return optax.GradientTransformationExtraArgs(init, update)

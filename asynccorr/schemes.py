@@ -24,6 +24,16 @@ and against which parameters. Each is its own registered scheme, ``<scheme>@<pro
                the message lands: theta_k' + (lead / dt) (theta_k' - theta_last), the
                server's parameter velocity between the worker's last two pulls
                extrapolated over the worker's own last pull-to-send time
+``secant``     no product against the gap anywhere: each message carries a pair (v, y),
+               y = dF/dtheta(theta_i) . v along a tangent v the worker knows before its
+               one fused G + product pass (``schemes.secant_tangent``: its previous
+               direction times the step, or the update the server applied to its previous
+               message, returned in the reply it waits for); the server fits the true gap
+               theta_k - theta_i by least squares on the last ``schemes.secant_window``
+               messages' tangents and corrects with their products (O(window P), no
+               product at the server; ``corrections.secant_correction``). Residual
+               staleness 0 (the gap is exact), but the fit is an approximation: its
+               coverage of the gap is recorded per update
 =============  =====================================================================
 """
 
@@ -31,6 +41,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -53,6 +64,7 @@ class Protocol:
     phases: tuple[str, ...]  # the worker job's phases, PULL where it reads the newest (theta_k', k')
     server_product: bool = False  # the server evaluates the product on its own time
     aims_ahead: bool = False  # look-ahead: extrapolate the pulled theta_k' to the expected landing point
+    secant: bool = False  # the message carries a (tangent, product) pair; the server fits the gap on a window
 
 
 PULL = "pull"  # a phase marker: the worker reads the newest parameters here (mid-job)
@@ -70,8 +82,12 @@ PROTOCOLS: dict[str, Protocol] = {
                  True, ("sample", PULL, "direction_jvp")),
         Protocol("look-ahead", "pull-first aimed where the server will be: theta_k' + its velocity x the lead time",
                  True, ("sample", PULL, "direction_jvp"), aims_ahead=True),
+        Protocol("secant", "each message carries y = J(theta_i) v along a tangent known before its fused pass; "
+                 "the server fits the gap on a window of tangents and corrects with their products",
+                 True, ("sample", "direction_jvp"), secant=True),
     )
 }
+TANGENTS = ("previous", "applied")  # secant: the worker's previous direction x the step, or the applied update
 DEFAULT_PROTOCOL = "server"  # the best realisable protocol measured (README "Protocols")
 
 
@@ -165,9 +181,15 @@ def _with_protocols(schemes: tuple[Scheme, ...]) -> dict[str, Scheme]:
             out[s.name] = s
             continue
         for p in PROTOCOLS.values():
+            correction, knobs = s.correction, s.knobs
+            if p.secant:  # the server's rule is the fit; modify-safe keeps its cap, modify has none
+                correction = (corrections.secant_correction if s.name == "modify-safe"
+                              else functools.partial(corrections.secant_correction, max_ratio=math.inf))
+                knobs = (*knobs, ("secant_window", "window"))
             out[f"{s.name}@{p.name}"] = dataclasses.replace(
                 s, name=f"{s.name}@{p.name}", summary=f"{s.summary}; protocol {p.name}: {p.summary}", protocol=p.name,
-                needs_worker_params=p.server_product or p.name == "oracle")
+                correction=correction, knobs=knobs,
+                needs_worker_params=p.server_product or p.name == "oracle" or p.secant)
     return out
 
 
@@ -176,6 +198,8 @@ SCHEMES: dict[str, Scheme] = _with_protocols(_base_schemes())
 
 def knob_default(field: str) -> float:
     """A scheme knob's default: the one its correction factory declares (their one home)."""
+    if field == "secant_window":
+        return 0  # 0 = two messages per worker (``secant_window``)
     for scheme in SCHEMES.values():
         for name, arg in scheme.knobs:
             if name == field:
@@ -209,7 +233,7 @@ def make_correction(name: str, **knobs: float) -> optax.GradientTransformationEx
     ``knobs`` are the schemes' hyperparameters by their ``SchemesConfig`` names
     (``dc_lambda``, ``dc_lambda0``, ``dc_momentum``, ``dc_eps``, ``gap_decay``,
     ``staleness_bound``); each scheme takes the ones it uses. Prefer
-    ``correction_for(name, config.schemes)``.
+    ``correction_for(name, config)``.
     """
     unknown = sorted(set(knobs) - set(CORRECTION_KNOBS))
     if unknown:
@@ -217,9 +241,18 @@ def make_correction(name: str, **knobs: float) -> optax.GradientTransformationEx
     return get_scheme(name).make_correction(**knobs)
 
 
-def correction_for(name: str, schemes_config: Any) -> optax.GradientTransformationExtraArgs:
-    """The correction of scheme ``name`` with the hyperparameters of a ``SchemesConfig``."""
-    return make_correction(name, **{k: getattr(schemes_config, k) for k in CORRECTION_KNOBS})
+def secant_window(config: Any) -> int:
+    """The secant protocol's window of an ``ExperimentConfig``: ``schemes.secant_window``, or with 0
+    (the default) two messages per worker, the last ``2 N`` (measured: README "The secant protocol")."""
+    return config.schemes.secant_window or 2 * config.workers.count
+
+
+def correction_for(name: str, config: Any) -> optax.GradientTransformationExtraArgs:
+    """The correction of scheme ``name`` with the hyperparameters of an ``ExperimentConfig``."""
+    knobs = {k: getattr(config.schemes, k) for k in CORRECTION_KNOBS if k != "secant_window"}
+    if get_scheme(name).protocol == "secant":  # (only there: the others' memoised rule is shared across N)
+        knobs["secant_window"] = secant_window(config)
+    return make_correction(name, **knobs)
 
 
 def check_scheme_fits(scheme: Scheme, num_params: int, schemes_config: Any) -> None:

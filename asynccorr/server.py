@@ -10,6 +10,9 @@ worker sent -- at the server's current parameters ``theta_k``:
   worker's gap product;
 * ``server`` protocol: the server evaluates ``dF/dtheta(theta_i) . (theta_k - theta_i)``
   on the shipped batch now (the paper's Fig. 2; its cost is the server's);
+* ``secant`` protocol: ``G`` and the message's pair (tangent, its product) into the
+  server's window; the correction is the window's least-squares fit of the gap
+  (``corrections.secant_correction``), no product at the server;
 * ``oracle`` (sim only): ``G`` and the product evaluated here against ``theta_k`` for
   free -- the upper bound;
 * ``learner``: the fresh direction ``F(theta_k, batch)`` on the shipped states;
@@ -57,6 +60,11 @@ class UpdateMetrics(NamedTuple):
     update_norm: Array  # |theta_{k+1} - theta_k|
     importance_ratio: Array  # mean pi_k(a|s) / pi_i(a|s) of the batch's actions (a3c, with measure; else nan)
     policy_kl: Array  # mean KL(pi_i(.|s) || pi_k(.|s)) over the batch's states (likewise)
+    # the secant protocol's fit (nan for every other scheme):
+    gap_coverage: Array  # 1 - |V c - gap|^2 / |gap|^2: the share of theta_k - theta_i the window's span holds
+    cap_scale: Array  # the cap's factor on the fitted correction (1 = not capped)
+    product_cosine: Array  # cos(Y c, dF/dtheta(theta_i) . gap): the fit against the exact product (diagnose)
+    product_error: Array  # |Y c - exact| / |exact| (diagnose)
 
 
 def _relative(a: Array, b: Array) -> Array:
@@ -68,9 +76,12 @@ def _ratio(learner: Learner, theta_k: Array, batch: Batch | None) -> tuple[Array
     return (jnp.full((), jnp.nan, jnp.float32),) * 2 if batch is None else learner.off_policy(theta_k, batch)
 
 
+NO_FIT = (jnp.nan,) * 4  # (gap_coverage, cap_scale, product_cosine, product_error) of a scheme without a fit
+
+
 def _finish(learner: Learner, optimizer: optax.GradientTransformation, server: ServerState, applied: Array,
             stale: Array, fresh: Array, losses: Any, correction_state: Any,
-            mismatch: tuple[Array, Array]) -> tuple[ServerState, UpdateMetrics]:
+            mismatch: tuple[Array, Array], fit: tuple = NO_FIT) -> tuple[ServerState, UpdateMetrics]:
     updates, opt_state = optimizer.update(applied, server.opt_state, server.params)
     params = optax.apply_updates(server.params, updates)
     n = learner.num_policy
@@ -85,6 +96,8 @@ def _finish(learner: Learner, optimizer: optax.GradientTransformation, server: S
         update_norm=jnp.linalg.norm(updates),
         importance_ratio=mismatch[0],
         policy_kl=mismatch[1],
+        **dict(zip(("gap_coverage", "cap_scale", "product_cosine", "product_error"),
+                   (jnp.asarray(x, jnp.float32) for x in fit))),
     )
     return ServerState(params, opt_state, correction_state), metrics
 
@@ -113,18 +126,22 @@ class Shipped(NamedTuple):
     params: Array | None  # theta_i
     batch: Batch | None
     losses: Any  # Losses at theta_i (nan for learner)
+    tangent: Array | None = None  # secant: the worker's tangent v
+    tangent_product: Array | None = None  # secant: dF/dtheta(theta_i) . v on the worker's batch
 
 
 @functools.lru_cache(maxsize=32)
 def make_update(
     learner: Learner, optimizer: optax.GradientTransformation, scheme: Scheme,
-    correction: optax.GradientTransformationExtraArgs, measure: bool,
+    correction: optax.GradientTransformationExtraArgs, measure: bool, diagnose: bool = False,
 ) -> Callable[[ServerState, Shipped, Array], tuple[ServerState, UpdateMetrics]]:
     """Jitted ``(server, shipped, staleness) -> (server', metrics)`` for an asynchronous scheme.
 
     ``measure``: evaluate the fresh ``F(theta_k, batch)`` on the shipped batch for the
     gradient error (one direction per update); without it the gradient-error metrics
-    are NaN and the losses are the worker's (at theta_i).
+    are NaN and the losses are the worker's (at theta_i). ``diagnose`` (with ``measure``):
+    the secant protocol's fit is compared with the exact product at theta_i on the batch
+    (one more fused pass per update, a diagnostic: ``sim`` does it, uncharged).
     """
 
     def update(server: ServerState, msg: Shipped, staleness: Array):
@@ -141,6 +158,9 @@ def make_update(
         elif scheme.protocol == "server":
             stale = msg.direction
             _, extra["gap_product"], _ = learner.direction_jvp(theta_i, batch, theta_k - theta_i)
+        elif scheme.protocol == "secant":
+            stale = msg.direction
+            extra["tangent"], extra["tangent_product"] = msg.tangent, msg.tangent_product
         elif scheme.compute == "dense":
             stale, _ = learner.direction(theta_i, batch)
             extra["hessian"] = jax.jacfwd(lambda p: learner.direction(p, batch)[0])(theta_i)
@@ -154,10 +174,27 @@ def make_update(
                 fresh, losses = learner.direction(theta_k, batch)
             else:
                 fresh, losses = jnp.full_like(stale, jnp.nan), msg.losses
+        fit = NO_FIT
+        if scheme.protocol == "secant":
+            fit = _secant_diagnostics(learner, correction_state, applied - stale, theta_i, theta_k, batch,
+                                      diagnose and measure)
         return _finish(learner, optimizer, server, applied, stale, fresh, losses, correction_state,
-                       _ratio(learner, theta_k, batch if measure else None))
+                       _ratio(learner, theta_k, batch if measure else None), fit)
 
     return programs.jit(update, "server.update")
+
+
+def _secant_diagnostics(learner: Learner, state: Any, applied_correction: Array, theta_i: Array, theta_k: Array,
+                        batch: Batch | None, exact: bool) -> tuple:
+    """``(gap_coverage, cap_scale, product_cosine, product_error)`` of one secant fit; the last two
+    against the exact product ``dF/dtheta(theta_i) . (theta_k - theta_i)`` when ``exact`` (else nan)."""
+    if not exact:
+        return state.coverage, state.scale, jnp.nan, jnp.nan
+    _, product, _ = learner.direction_jvp(theta_i, batch, theta_k - theta_i)
+    fitted = applied_correction / jnp.maximum(state.scale, 1e-30)  # Y c before the cap
+    norms = jnp.linalg.norm(fitted) * jnp.linalg.norm(product)
+    cosine = jnp.where(norms > 0, jnp.dot(fitted, product) / jnp.maximum(norms, 1e-30), jnp.nan)
+    return state.coverage, state.scale, cosine, _relative(fitted, product)
 
 
 @functools.lru_cache(maxsize=32)

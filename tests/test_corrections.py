@@ -115,10 +115,10 @@ def test_remedies_reject_bad_hyperparameters():
 
 def test_the_registry_passes_the_configured_hyperparameters():
     cfg = with_overrides(ExperimentConfig(), schemes={"dc_lambda": 0.5})
-    tx = correction_for("dc-asgd", cfg.schemes)
+    tx = correction_for("dc-asgd", cfg)
     out, _ = apply(tx, [2.0], tx.init(jnp.zeros(1)), [1.0], [0.0])
     np.testing.assert_allclose(np.asarray(out), [4.0])  # 2 + 0.5 * 4 * 1
-    assert correction_for("dc-asgd", cfg.schemes) is correction_for("dc-asgd", cfg.schemes)  # memoised
+    assert correction_for("dc-asgd", cfg) is correction_for("dc-asgd", cfg)  # memoised
     assert SCHEMES["drop-stale"].drops_stale and not SCHEMES["async"].drops_stale
     with pytest.raises(TypeError, match="unknown"):
         make_correction("dc-asgd", dc_lamda=0.1)

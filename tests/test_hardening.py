@@ -172,12 +172,17 @@ def test_the_diverged_tail_of_a_finite_run_never_sets_the_axis(tmp_path: Path):
 
 
 @pytest.mark.parametrize("scheme", ["sync", "async", "sequential", "modify@server", "modify@deferred",
-                                    "modify@look-ahead", "sync-pipelined-modify"])
+                                    "modify@look-ahead", "sync-pipelined-modify", "modify-safe@secant",
+                                    "modify@secant:applied"])
 def test_checkpoints_do_not_change_results_and_a_resumed_run_equals_the_uninterrupted_one(tmp_path, scheme):
     """Whatever a checkpoint catches in flight -- the server's queue and its busy update (server),
     jobs past their mid-job pull (deferred), the workers' previous pulls (look-ahead), the rounds'
-    clock (pipelined) -- the resumed run is the uninterrupted one, file for file."""
+    clock (pipelined), the secant window and the workers' tangents (secant; ``:applied`` the
+    tangent from the server's reply) -- the resumed run is the uninterrupted one, file for file."""
     cfg = tiny()
+    scheme, _, tangent = scheme.partition(":")
+    if tangent:
+        cfg = with_overrides(cfg, schemes={"secant_tangent": tangent})
     a, _, _ = train_run(cfg, scheme, tmp_path / "a")
     b, _, _ = train_run(with_overrides(cfg, train={"checkpoint_every": 0}), scheme, tmp_path / "b")
     same_files(a, b)

@@ -172,6 +172,23 @@ def test_a_rule_that_reads_theta_i_runs_on_real_workers():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("tangent", ["previous", "applied"])
+def test_the_secant_protocol_runs_on_real_workers_and_its_applied_tangent_comes_with_the_reply(tangent):
+    """Each message carries its pair; the server's fit covers the gap and corrects the stale
+    directions with no product of its own. ``applied``: the worker's tangent is the update the
+    server applied to its previous message, written into its slot of the shared block before the
+    reply -- so the second message of a worker carries a non-zero tangent."""
+    cfg = tiny_config("mp", schemes={"secant_tangent": tangent})
+    result = run_mp(cfg, "modify-safe@secant")
+    assert_complete_async_run(result, 40)
+    m = result.metrics
+    stale = m["staleness"] > 0
+    assert stale.any() and np.all(m["residual_staleness"] == 0)
+    assert np.nanmax(m["gap_coverage"][stale]) > 0.5 and m["correction_norm"][stale].max() > 0
+    assert np.all(np.isnan(m["product_cosine"]))  # the exact-product diagnostic is sim's only
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("scheme", ["modify@deferred"])  # the server protocol: tests/test_ray.py
 def test_the_a3c_learner_runs_on_real_workers_with_its_corrections(scheme):
     """The model-free learner on mp, unchanged: its rollouts are the workers' own, the worker

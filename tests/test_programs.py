@@ -136,7 +136,7 @@ def test_the_jitted_server_start_is_the_op_by_op_one_bit_for_bit_for_every_corre
     params = learner.init(k_params)
     for family in FAMILIES if kind == "gpi" else ("async",):
         name = next(n for n in SCHEMES if n.split("@")[0] == family)
-        correction = correction_for(name, config.schemes)
+        correction = correction_for(name, config)
         jitted = initial_server(learner, optimizer, correction)(np.int32(3))
         assert same_bits(init_server(params, optimizer, correction), jitted), name
 

@@ -43,6 +43,16 @@ def test_two_ray_workers_run_modify_with_measured_staleness_and_worker_corrected
     assert ray.is_initialized()  # a Ray the caller started is left running
 
 
+def test_the_secant_protocol_runs_on_ray_workers_with_the_applied_tangent_from_the_store(local_ray):
+    cfg = tiny_config("ray", schemes={"secant_tangent": "applied"})
+    result = run_ray(cfg, "modify-safe@secant")
+    assert_complete_async_run(result, 40)
+    m = result.metrics
+    stale = m["staleness"] > 0
+    assert stale.any() and np.all(m["residual_staleness"] == 0)
+    assert np.nanmax(m["gap_coverage"][stale]) > 0.5 and m["correction_norm"][stale].max() > 0
+
+
 def test_the_a3c_learner_runs_on_ray_workers_with_the_server_side_correction(local_ray):
     from asynccorr.config import A3CConfig
 

@@ -63,26 +63,36 @@ class SharedBlock:
     is odd or changed meanwhile, so they never see a half-written vector.
     """
 
-    def __init__(self, shm: shared_memory.SharedMemory, workers: int, size: int, owner: bool) -> None:
+    def __init__(self, shm: shared_memory.SharedMemory, workers: int, size: int, owner: bool,
+                 replies: bool = False) -> None:
         self.shm, self.workers, self.size, self.owner = shm, workers, size, owner
         buf = shm.buf
         self.header = np.ndarray((_HEADER,), np.int64, buf, 0)
         self.heartbeat = np.ndarray((workers,), np.float64, buf, 8 * _HEADER)
         self.taken = np.ndarray((workers,), np.int64, buf, 8 * (_HEADER + workers))
         self.params = np.ndarray((size,), np.float32, buf, 8 * (_HEADER + 2 * workers))
+        # secant "applied" tangents: row i is the update applied to worker i's last message, written
+        # before its ``taken`` counter moves (the reply it waits for), so it reads a whole row
+        self.replies = np.ndarray((workers if replies else 0, size), np.float32, buf,
+                                  8 * (_HEADER + 2 * workers) + 4 * size)
+
+    @staticmethod
+    def nbytes(workers: int, size: int, replies: bool) -> int:
+        return 8 * (_HEADER + 2 * workers) + 4 * size * (1 + (workers if replies else 0))
 
     @classmethod
-    def create(cls, workers: int, size: int) -> SharedBlock:
-        nbytes = 8 * (_HEADER + 2 * workers) + 4 * size
-        block = cls(shared_memory.SharedMemory(create=True, size=nbytes), workers, size, owner=True)
+    def create(cls, workers: int, size: int, replies: bool = False) -> SharedBlock:
+        nbytes = cls.nbytes(workers, size, replies)
+        block = cls(shared_memory.SharedMemory(create=True, size=nbytes), workers, size, owner=True, replies=replies)
         block.header[:] = 0
         block.heartbeat[:] = 0
         block.taken[:] = 0
+        block.replies[:] = 0
         return block
 
     @classmethod
-    def attach(cls, name: str, workers: int, size: int) -> SharedBlock:
-        return cls(shared_memory.SharedMemory(name=name), workers, size, owner=False)
+    def attach(cls, name: str, workers: int, size: int, replies: bool = False) -> SharedBlock:
+        return cls(shared_memory.SharedMemory(name=name), workers, size, owner=False, replies=replies)
 
     @property
     def name(self) -> str:
@@ -121,7 +131,7 @@ class SharedBlock:
 
     def close(self) -> None:
         # drop the numpy views first: a buffer with exported views cannot be closed
-        del self.header, self.heartbeat, self.taken, self.params
+        del self.header, self.heartbeat, self.taken, self.params, self.replies
         self.shm.close()
         if self.owner:
             with contextlib.suppress(FileNotFoundError):
@@ -141,12 +151,12 @@ def _die_with_parent() -> None:
 
 
 def _worker_main(spec: WorkerSpec, shm_name: str, workers: int, size: int,
-                 conn: connection.Connection, parent: int) -> None:
+                 conn: connection.Connection, parent: int, replies: bool = False) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
     if os.getppid() != parent:
         return
-    block = SharedBlock.attach(shm_name, workers, size)
+    block = SharedBlock.attach(shm_name, workers, size, replies)
     try:
         compute = WorkerCompute(spec)
         compute.warm_up()
@@ -167,6 +177,8 @@ def _worker_main(spec: WorkerSpec, shm_name: str, workers: int, size: int,
             sent += 1
             while block.taken[spec.worker] < sent and not block.stopped and os.getppid() == parent:
                 time.sleep(0.0002)  # push-pull: wait for the server's reply (its update published, or a drop)
+            if compute.wants_reply:
+                compute.reply(block.replies[spec.worker].copy())
             last = version
     except (BrokenPipeError, EOFError, ConnectionResetError):
         pass  # the server closed our pipe: it is shutting down
@@ -223,9 +235,10 @@ def _reap(process: Any, grace: float) -> None:
 class Processes(Transport):
     """Worker processes, a pipe each, and the shared block (see the module docstring)."""
 
-    def __init__(self, workers: int, size: int) -> None:
+    def __init__(self, workers: int, size: int, replies: bool = False) -> None:
         self.ctx = mp.get_context("spawn")
-        self.block = SharedBlock.create(workers, size)
+        self.replies = replies
+        self.block = SharedBlock.create(workers, size, replies)
         self.procs: dict[int, _Process] = {}
         self.received: dict[int, int] = {}  # messages received from each worker's current incarnation
 
@@ -233,7 +246,7 @@ class Processes(Transport):
         reader, writer = self.ctx.Pipe(duplex=False)
         self.received[spec.worker] = 0
         self.block.taken[spec.worker] = 0
-        args = (spec, self.block.name, self.block.workers, self.block.size, writer, os.getpid())
+        args = (spec, self.block.name, self.block.workers, self.block.size, writer, os.getpid(), self.replies)
         process = self.ctx.Process(target=_worker_main, args=args, name=f"asynccorr-worker-{spec.worker}",
                                    daemon=True)
         with _spawn_environment():
@@ -270,6 +283,9 @@ class Processes(Transport):
 
     def go(self) -> None:
         self.block.go()
+
+    def reply(self, worker: int, step: np.ndarray) -> None:
+        self.block.replies[worker] = step
 
     def hand_out(self, worker: int) -> None:
         """The reply to its pushes so far: the worker may pull its next job's parameters."""
@@ -325,4 +341,4 @@ def run_mp(config: ExperimentConfig, scheme_name: str, on_chunk: Callable[[int, 
     first process of that worker hangs forever on that job.
     """
     role = ServerRole(config, scheme_name, hooks or RunHooks(on_chunk=on_chunk))
-    return supervise(role, Processes(role.count, role.params.size), on_event, hang)
+    return supervise(role, Processes(role.count, role.params.size, role.wants_replies), on_event, hang)

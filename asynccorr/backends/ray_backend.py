@@ -71,6 +71,8 @@ class WorkerActor:
 
         if theta is None:
             theta, version = pull()
+        if self.compute.wants_reply:  # secant "applied": the newest update applied to one of its messages
+            self.compute.reply(ray.get(self.store.reply_for.remote(self.spec.worker)))
         return self.compute.job(np.asarray(theta), version, pull)
 
 
@@ -80,6 +82,13 @@ class ParameterStore:
     def __init__(self) -> None:
         self.params: Any = None
         self.version = -1
+        self.replies: dict[int, Any] = {}  # secant "applied": the update applied to each worker's last message
+
+    def reply(self, worker: int, step: Any) -> None:
+        self.replies[worker] = step
+
+    def reply_for(self, worker: int) -> Any:
+        return self.replies.get(worker)
 
     def publish(self, params: Any, version: int) -> None:
         if version > self.version:
@@ -197,6 +206,9 @@ class Actors(Transport):
     def publish(self, params: np.ndarray, version: int) -> None:
         self.store.publish.remote(params, version)
         self.latest = (params, version)
+
+    def reply(self, worker: int, step: np.ndarray) -> None:
+        self.store.reply.remote(worker, step)
 
     def hand_out(self, worker: int) -> None:
         """Keep it busy: sync, one job at the newest version; otherwise ``DEPTH`` jobs that pull the

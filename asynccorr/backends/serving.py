@@ -61,12 +61,12 @@ class ServerRole:
     """
 
     def __init__(self, config: ExperimentConfig, scheme_name: str, hooks: RunHooks | None = None,
-                 measure: bool | None = None) -> None:
+                 measure: bool | None = None, diagnose: bool = False) -> None:
         self.config = config
         self.scheme = get_scheme(resolve(scheme_name, config.schemes.protocol))
         self.learner, self.optimizer = build(config)
         check_scheme_fits(self.scheme, self.learner.num_params, config.schemes)
-        self.correction = correction_for(self.scheme.name, config.schemes)
+        self.correction = correction_for(self.scheme.name, config)
         self.server: ServerState = initial_server(self.learner, self.optimizer, self.correction)(
             np.int32(config.train.seed))
         self.version = 0  # k: bumped by every update (a dropped message does not bump it)
@@ -75,6 +75,9 @@ class ServerRole:
         self.count = config.workers.count
         self.columns = WORKER_COLUMNS
         self.measure = config.workers.measure_grad_error if measure is None else measure
+        self.diagnose = diagnose  # secant: compare each fit with the exact product (sim; a diagnostic)
+        self.replies: dict[int, np.ndarray] = {}  # secant "applied" tangent: the update applied to each worker's
+        self.wants_replies = self.scheme.protocol == "secant" and config.schemes.secant_tangent == "applied"
         self.hooks = hooks or RunHooks()
         self.recorder = Recorder(config, self.learner, self.hooks)
         self.snapshot: Callable[[], Checkpoint] | None = None
@@ -151,7 +154,8 @@ class ServerRole:
 
     @functools.cached_property
     def _update(self) -> Callable[..., tuple[ServerState, UpdateMetrics]]:
-        return make_update(self.learner, self.optimizer, self.scheme, self.correction, self.measure)
+        return make_update(self.learner, self.optimizer, self.scheme, self.correction, self.measure,
+                           self.diagnose)
 
     @functools.cached_property
     def _round_update(self) -> Callable[..., tuple[ServerState, UpdateMetrics]]:
@@ -168,9 +172,10 @@ class ServerRole:
         return staleness
 
     def residual(self, msg: Message) -> int:
-        """The updates the correction could not see: none for a server-side product or a fresh
-        direction, else those since the version its product (or its direction) used."""
-        if self.scheme.compute == "sample" or self.scheme.protocol in ("server", "oracle"):
+        """The updates the correction could not see: none for a server-side product, the secant fit
+        (the server fits the whole gap; how well, ``gap_coverage`` says) or a fresh direction, else
+        those since the version its product (or its direction) used."""
+        if self.scheme.compute == "sample" or self.scheme.protocol in ("server", "oracle", "secant"):
             return 0
         return self.version - msg.version_k
 
@@ -198,6 +203,8 @@ class ServerRole:
                 return False
             self._apply(lambda s: self._update(s, shipped(msg), np.int32(staleness)), at, msg.worker, staleness,
                         (self.residual(msg), msg.compute_time))
+            if self.wants_replies:
+                self.replies[msg.worker] = np.asarray(self.server.params) - np.asarray(self.before[-1])
         if flush:
             self.flush_if_due()
         return True
@@ -287,7 +294,8 @@ def shipped(msg: Message) -> Shipped:
     """The arrays a message carries, as the update rule takes them."""
     return Shipped(msg.direction, msg.gap_product, msg.params, msg.batch,
                    Losses(np.float32(msg.policy_loss), np.float32(msg.value_loss))
-                   if isinstance(msg.policy_loss, float) else Losses(msg.policy_loss, msg.value_loss))
+                   if isinstance(msg.policy_loss, float) else Losses(msg.policy_loss, msg.value_loss),
+                   msg.tangent, msg.tangent_product)
 
 
 def stack(msgs: list[Message]) -> Shipped:
@@ -310,7 +318,9 @@ def dummy_message(scheme: Any, learner: Any, params: jax.Array, measure: bool) -
         shapes, _ = jax.eval_shape(learner.sample, key, sampler, params)
         batch = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
     has_direction = scheme.compute not in ("sample", "dense") and scheme.protocol != "oracle"
-    has_gap = scheme.protocol is not None and scheme.protocol not in ("server", "oracle")
+    secant = scheme.protocol == "secant"
+    has_gap = scheme.protocol is not None and scheme.protocol not in ("server", "oracle", "secant")
     zeros = np.zeros((n,), np.float32)
     return Message(0, 0, 0, zeros if has_direction else None, zeros if has_gap else None, batch,
-                   0.0, 0.0, 0.0, zeros if ship_params else None)
+                   0.0, 0.0, 0.0, zeros if ship_params else None, (), zeros if secant else None,
+                   zeros if secant else None)

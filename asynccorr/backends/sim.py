@@ -52,7 +52,17 @@ import numpy as np
 
 from asynccorr import programs
 from asynccorr.backends.serving import ServerRole
-from asynccorr.backends.worker import Message, WorkerOps, aim, post_pull, pre_pull, ships, worker_ops
+from asynccorr.backends.worker import (
+    Message,
+    WorkerOps,
+    aim,
+    post_pull,
+    pre_pull,
+    secant_fields,
+    ships,
+    step_scale,
+    worker_ops,
+)
 from asynccorr.build import run_keys, worker_stream
 from asynccorr.checkpoint import Checkpoint, restore_run, run_checkpoint
 from asynccorr.config import ExperimentConfig
@@ -60,7 +70,7 @@ from asynccorr.delays import DelayModel
 from asynccorr.evaluation import EvalRecord
 from asynccorr.learner import Batch, SamplerState
 from asynccorr.run_protocol import RunHooks, RunResult, TrainingInterrupted
-from asynccorr.schemes import PULL, Scheme
+from asynccorr.schemes import PULL, Scheme, secant_window
 from asynccorr.server import ServerState, init_server
 
 Array = jax.Array
@@ -72,6 +82,7 @@ class Worker(NamedTuple):
     key: Array
     sampler: SamplerState
     last_params: Array  # look-ahead: the parameters of its previous mid-job pull (empty otherwise)
+    tangent: Array  # secant: its next job's tangent (empty otherwise)
 
 
 class Job(NamedTuple):
@@ -86,6 +97,7 @@ class Job(NamedTuple):
     pulled: float  # simulated time of its mid-job pull (or its start)
     post: float  # simulated duration of its phases after the pull
     compute: float  # simulated duration of all its phases
+    tangent: Array  # secant: the tangent it holds for its pass (empty otherwise)
 
 
 class SimState(NamedTuple):
@@ -121,6 +133,8 @@ def costs(scheme: Scheme, config: ExperimentConfig) -> Costs:
     server = w.server_apply_cost_ratio
     if scheme.protocol == "server":
         server += w.jvp_cost_ratio
+    if scheme.protocol == "secant":  # the fit: O(window P), charged per pair in the window
+        server += secant_window(config) * w.secant_pair_cost_ratio
     if scheme.compute == "sample":
         server += 1.0
     elif w.charge_measurement and not (scheme.synchronous and not scheme.pipelined):
@@ -145,6 +159,7 @@ class Sim(NamedTuple):
     costs: Costs
     ship_batch: bool
     ship_params: bool
+    step_scale: np.ndarray | None  # secant, "previous" tangent: each parameter's step
 
 
 def setup(role: ServerRole) -> Sim:
@@ -154,12 +169,18 @@ def setup(role: ServerRole) -> Sim:
     n = config.workers.count
     slowdown = np.ones(n)
     slowdown[:len(config.workers.slowdown)] = config.workers.slowdown  # worker i's phases are f x slower, as on mp
+    previous = role.scheme.protocol == "secant" and config.schemes.secant_tangent == "previous"
     return Sim(config, role.scheme, role.learner, worker_ops(role.learner), delays,
-               delays.worker_speeds(n) * slowdown, costs(role.scheme, config), ship_batch, ship_params)
+               delays.worker_speeds(n) * slowdown, costs(role.scheme, config), ship_batch, ship_params,
+               step_scale(config, role.learner) if previous else None)
 
 
 def _look_ahead_size(sim: Sim) -> int:
     return sim.learner.num_params if sim.scheme.protocol == "look-ahead" else 0
+
+
+def _tangent_size(sim: Sim) -> int:
+    return sim.learner.num_params if sim.scheme.protocol == "secant" else 0
 
 
 SETUP_BLOCK = 64  # workers per batched set-up call: one compiled shape for every N
@@ -175,7 +196,9 @@ def _fresh_workers(sim: Sim) -> tuple[Worker, ...]:
               for start in range(0, n, SETUP_BLOCK)]
     keys, samplers = jax.tree.map(lambda *parts: np.concatenate(parts)[:n], *blocks)
     last = np.zeros((_look_ahead_size(sim),), np.float32)
-    return tuple(Worker(keys[i], jax.tree.map(lambda leaf, i=i: leaf[i], samplers), last) for i in range(n))
+    tangent = np.zeros((_tangent_size(sim),), np.float32)
+    return tuple(Worker(keys[i], jax.tree.map(lambda leaf, i=i: leaf[i], samplers), last, tangent)
+                 for i in range(n))
 
 
 @functools.lru_cache(maxsize=8)
@@ -216,11 +239,12 @@ def _template_parts(sim: Sim, key: Array) -> tuple[ServerState, Worker, tuple[Ar
     k_params, k_workers = jax.random.split(key)
     params = sim.learner.init(k_params)
     run_key, sampler_key = worker_stream(k_workers, 0)
+    tangent = jnp.zeros((_tangent_size(sim),), jnp.float32)
     worker = Worker(run_key, sim.learner.sampler_init(sampler_key),
-                    jnp.zeros((_look_ahead_size(sim),), jnp.float32))
+                    jnp.zeros((_look_ahead_size(sim),), jnp.float32), tangent)
     batch, _ = sim.learner.sample(run_key, worker.sampler, params)
-    server = init_server(params, optimizer, correction_for(sim.scheme.name, sim.config.schemes))
-    return server, worker, (params, batch, params)
+    server = init_server(params, optimizer, correction_for(sim.scheme.name, sim.config))
+    return server, worker, (params, batch, params, tangent)
 
 
 def _identity(sim: Sim) -> dict[str, Any]:
@@ -234,7 +258,7 @@ _JOB_SCALARS = ("worker", "version", "target_version", "pulled", "post", "comput
 def state_to_checkpoint(sim: Sim, state: SimState) -> Checkpoint:
     """A ``SimState`` as named arrays (pytree leaves, metric columns) plus JSON (everything else)."""
     trees = {"server": state.server, "workers": state.workers,
-             "jobs": tuple((job.params, job.batch, job.target) for job in state.jobs),
+             "jobs": tuple((job.params, job.batch, job.target, job.tangent) for job in state.jobs),
              "published": state.published}
     clock = dict(state.clock)
     clock["last_pull"] = [None if p is None else [int(p[0]), float(p[1])] for p in clock["last_pull"]]
@@ -254,8 +278,8 @@ def state_from_checkpoint(sim: Sim, ckpt: Checkpoint) -> SimState:
     templates = {"server": server_t, "workers": tuple(worker_t for _ in range(sim.config.workers.count)),
                  "jobs": tuple(job_t for _ in scalars), "published": (job_t[0], job_t[0])}
     trees, metrics, evals = restore_run(ckpt, _identity(sim), templates)
-    jobs = tuple(Job(int(s[0]), params, int(s[1]), batch, target, int(s[2]), float(s[3]), float(s[4]), float(s[5]))
-                 for (params, batch, target), s in zip(trees["jobs"], scalars))
+    jobs = tuple(Job(int(s[0]), params, int(s[1]), batch, target, int(s[2]), float(s[3]), float(s[4]), float(s[5]),
+                     tangent) for (params, batch, target, tangent), s in zip(trees["jobs"], scalars))
     return SimState(
         server=trees["server"], workers=trees["workers"], jobs=jobs, queued=int(info["queued"]),
         events=tuple((float(t), int(k), int(i)) for t, k, i in info["events"]),
@@ -272,7 +296,7 @@ def run_sim(
 ) -> RunResult:
     """Simulate ``config.train.iterations`` server updates of ``scheme_name`` (from ``hooks.resume`` if given)."""
     hooks = hooks or RunHooks(on_chunk=on_chunk)
-    role = ServerRole(config, scheme_name, hooks, measure=True)
+    role = ServerRole(config, scheme_name, hooks, measure=True, diagnose=True)
     sim = setup(role)
     state = state_from_checkpoint(sim, hooks.resume) if hooks.resume is not None else init_state(sim, role)
     loop = _Loop(sim, role, state)
@@ -318,7 +342,7 @@ class _Loop:
         """Worker i's next batch with ``theta`` (its key stream and sampler advance)."""
         worker = self.workers[i]
         run_key, batch, sampler = self.sim.ops.next_batch(worker.key, worker.sampler, theta)
-        self.workers[i] = Worker(run_key, sampler, worker.last_params)
+        self.workers[i] = worker._replace(key=run_key, sampler=sampler)
         return batch
 
     def durations(self, i: int) -> tuple[float, float]:
@@ -340,11 +364,14 @@ class _Loop:
         """What the worker ships: the worker role's compute on what it held (pure functions)."""
         sim = self.sim
         pre = pre_pull(sim.ops, sim.scheme, job.params, job.batch)
-        g, gap, losses = post_pull(sim.ops, sim.scheme, job.params, job.batch, job.target, pre)
+        g, product, losses = post_pull(sim.ops, sim.scheme, job.params, job.batch, job.target, pre, job.tangent)
+        if sim.step_scale is not None:  # secant, "previous": its next tangent is this direction times the step
+            self.workers[job.worker] = self.workers[job.worker]._replace(tangent=sim.step_scale * g)
+        gap, tangent, tangent_product = secant_fields(sim.scheme, product, job.tangent)
         nan = float("nan")
         return Message(job.worker, job.version, job.target_version, g, gap, job.batch if sim.ship_batch else None,
                        nan if losses is None else losses.policy_loss, nan if losses is None else losses.value_loss,
-                       job.compute, job.params if sim.ship_params else None)
+                       job.compute, job.params if sim.ship_params else None, (), tangent, tangent_product)
 
     # -- the asynchronous loop
 
@@ -353,11 +380,12 @@ class _Loop:
         theta, version = self.published[0], self.clock["published_version"]
         batch = self.sample(i, theta)
         before, after = self.durations(i)
+        tangent = self.workers[i].tangent
         if PULL in self.sim.scheme.phases:
-            self.jobs[i] = Job(i, theta, version, batch, theta, version, now, after, before + after)
+            self.jobs[i] = Job(i, theta, version, batch, theta, version, now, after, before + after, tangent)
             heapq.heappush(self.events, (now + before, PULLED, i))
         else:
-            self.jobs[i] = Job(i, theta, version, batch, theta, version, now, 0.0, before)
+            self.jobs[i] = Job(i, theta, version, batch, theta, version, now, 0.0, before, tangent)
             heapq.heappush(self.events, (now + before, SENT, i))
 
     def pull(self, i: int, now: float) -> None:
@@ -391,6 +419,9 @@ class _Loop:
             job = self.queue.pop(0)
             done = now + self.sim.costs.server
             if role.receive(self.message(job), at=done, flush=False):
+                if job.worker in role.replies:  # secant, "applied": the update, i's next tangent (with the
+                    reply = role.replies.pop(job.worker)  # reply it gets at SERVER_DONE; held here, as its state)
+                    self.workers[job.worker] = self.workers[job.worker]._replace(tangent=reply)
                 self.clock["server_busy"] = True
                 heapq.heappush(self.events, (done, SERVER_DONE, job.worker))
                 role.flush_if_due()
@@ -437,7 +468,8 @@ class _Loop:
                 begin = max(clock["finish"][i], base_time) if pipelined else now_r
                 end = max(begin + before, now_r) + after if corrected else begin + before + after
                 target = self.published[0] if corrected else theta
-                job = Job(i, theta, r - 1 if lagged else r, batch, target, r, begin, after, before + after)
+                job = Job(i, theta, r - 1 if lagged else r, batch, target, r, begin, after, before + after,
+                          self.workers[i].tangent)
                 msgs.append(self.message(job))
                 finish.append(end)
             clock["finish"] = finish

@@ -102,6 +102,10 @@ class Transport(ABC):
     def go(self) -> None:
         """Every initial worker is ready and the clock runs: let them start taking jobs."""
 
+    def reply(self, worker: int, step: np.ndarray) -> None:
+        """The update the server applied to ``worker``'s message, for its next job (the secant
+        protocol's ``applied`` tangent); it reaches the worker with (before) its next ``hand_out``."""
+
     def hand_out(self, worker: int) -> None:
         """``worker`` may take work now: give it jobs where the transport pushes them (workers that pull
         their own jobs ignore this)."""
@@ -239,6 +243,8 @@ class Supervisor:
         changed = self.role.receive(msg)
         if changed and not self.role.done:
             self.transport.publish(self.role.params, self.role.version)
+        if msg.worker in self.role.replies:
+            self.transport.reply(msg.worker, self.role.replies.pop(msg.worker))
         if changed:
             self.role.record_server_time(time.perf_counter() - start)
         return changed

@@ -8,6 +8,10 @@ Roles and messages, in one place (Sample Factory style)::
                                                sim: the parameters published at that simulated moment
     worker -> server   Ready(worker, pid)      start-up done (functions compiled)
     worker -> server   Message(...)            one job's result, below
+    server -> worker   reply(step)             secant with schemes.secant_tangent = "applied": the
+                                               update the server applied to its message (mp: the
+                                               worker's slot in the shared block, set with the reply;
+                                               ray: the ParameterStore; sim: at that moment)
 
 A worker loops: pull ``(theta_i, i)``; then it runs its scheme's **phases**
 (``Scheme.phases``, timed one by one):
@@ -17,7 +21,10 @@ A worker loops: pull ``(theta_i, i)``; then it runs its scheme's **phases**
 * ``direction``: ``G = F(theta_i, batch)`` (direction schemes, the ``server``
   protocol);
 * ``direction_jvp``: ``G`` and ``dF/dtheta(theta_i) . (target - theta_i)`` in one
-  forward-over-reverse pass (``pull-first``, ``look-ahead``, ``oracle``'s cost);
+  forward-over-reverse pass (``pull-first``, ``look-ahead``, ``oracle``'s cost); for
+  ``secant``, ``G`` and ``y = dF/dtheta(theta_i) . v`` along the tangent ``v`` the
+  worker holds before the pass (``tangent``: its previous direction times the step, or
+  the update the server applied to its previous message, from the reply);
 * ``linearise`` then ``apply``: ``jax.linearize`` at ``theta_i``, the map applied
   to the gap later (``deferred``);
 * ``dense``: G and the dense Jacobian (``modify-dense``, sim only);
@@ -89,6 +96,8 @@ class Message(NamedTuple):
     compute_time: float  # seconds of the job's phases, without the slowdown sleeps
     params: Any | None = None  # theta_i, when the server's rule needs it (Scheme.needs_worker_params)
     phase_times: tuple[float, ...] = ()  # seconds per non-pull phase, in Scheme.phases order
+    tangent: Any | None = None  # secant: the tangent v the worker chose before its pass
+    tangent_product: Any | None = None  # secant: dF/dtheta(theta_i) . v on its batch, from the same pass
 
 
 class WorkerSpec(NamedTuple):
@@ -183,9 +192,13 @@ def pre_pull(ops: WorkerOps, scheme: Any, theta_i: Any, batch: Any) -> Any:
     return ops.linearise(theta_i, batch) if "linearise" in scheme.phases else None
 
 
-def post_pull(ops: WorkerOps, scheme: Any, theta_i: Any, batch: Any, target: Any, pre: Any) -> tuple[Any, Any, Any]:
-    """The rest of the job: ``(G or None, gap product or None, losses or None)``."""
+def post_pull(ops: WorkerOps, scheme: Any, theta_i: Any, batch: Any, target: Any, pre: Any,
+              tangent: Any = None) -> tuple[Any, Any, Any]:
+    """The rest of the job: ``(G or None, product or None, losses or None)``; the product is the
+    gap product, or for ``secant`` the product along ``tangent``."""
     phases = scheme.phases
+    if scheme.protocol == "secant":
+        return ops.direction_jvp(theta_i, batch, tangent)
     if "apply" in phases:
         g, losses, product = pre
         return g, product(target - theta_i), losses
@@ -195,6 +208,21 @@ def post_pull(ops: WorkerOps, scheme: Any, theta_i: Any, batch: Any, target: Any
         g, losses = ops.direction(theta_i, batch)
         return g, None, losses
     return None, None, None  # learner; oracle and dense: the server evaluates the worker's pure function
+
+
+def step_scale(config: Any, learner: Any) -> np.ndarray:
+    """Each parameter's step size (the policy's, then the value's): a ``previous`` secant tangent is
+    the worker's last direction times it, the step plain SGD takes with it."""
+    return np.concatenate([np.full((learner.num_policy,), config.optim.policy_lr, np.float32),
+                           np.full((learner.num_value,), config.optim.value_lr, np.float32)])
+
+
+def secant_fields(scheme: Any, product: Any, tangent: Any) -> tuple[Any, Any, Any]:
+    """``(gap_product, tangent, tangent_product)`` of a message: a secant message's product is along
+    its tangent, every other protocol's against its gap."""
+    if scheme.protocol == "secant":
+        return None, tangent, product
+    return product, None, None
 
 
 def ships(scheme: Any, measure: bool) -> tuple[bool, bool]:
@@ -232,6 +260,20 @@ class WorkerCompute:
         self.jobs = 0
         self.last_pull: tuple[np.ndarray, int, float] | None = None  # look-ahead: the previous mid-job pull
         self.lead = 0.0  # look-ahead: the last job's pull-to-send seconds
+        self.secant = self.scheme.protocol == "secant"
+        self.tangent_kind = config.schemes.secant_tangent
+        self.step_scale = step_scale(config, learner) if self.secant else None
+        self.tangent = np.zeros((learner.num_params,), np.float32) if self.secant else None  # the next job's v
+
+    @property
+    def wants_reply(self) -> bool:
+        """Its next tangent is the update the server applied to its message (``reply``)."""
+        return self.secant and self.tangent_kind == "applied"
+
+    def reply(self, step: np.ndarray | None) -> None:
+        """The server's reply to its last message: the update it applied (None: not applied)."""
+        if self.wants_reply and step is not None:
+            self.tangent = np.asarray(step, np.float32)
 
     def warm_up(self) -> None:
         """Compile every function the job uses (results discarded, state unchanged)."""
@@ -239,7 +281,8 @@ class WorkerCompute:
 
         _, batch, _ = self.ops.next_batch(self.key, self.sampler, self.init_params)
         p = self.init_params
-        jax.block_until_ready(post_pull(self.ops, self.scheme, p, batch, p, pre_pull(self.ops, self.scheme, p, batch)))
+        jax.block_until_ready(post_pull(self.ops, self.scheme, p, batch, p, pre_pull(self.ops, self.scheme, p, batch),
+                                        self.tangent))
 
     def job(self, theta_i: np.ndarray, version: int, pull: Callable[[], tuple[np.ndarray, int]]) -> Message:
         """One job at ``(theta_i, version)``; ``pull`` returns the newest ``(theta_k, k)`` (mid-job pulls)."""
@@ -276,8 +319,12 @@ class WorkerCompute:
             target = aim(theta_k, version_k, pulled, self.last_pull, self.lead) \
                 if scheme.protocol == "look-ahead" else theta_k
             self.last_pull = (theta_k, version_k, pulled)
-        g, gap, losses = post_pull(ops, scheme, theta_i, batch, target, pre)
-        g, gap = (None if x is None else np.asarray(x) for x in (g, gap))
+        tangent = self.tangent
+        g, product, losses = post_pull(ops, scheme, theta_i, batch, target, pre, tangent)
+        g, product = (None if x is None else np.asarray(x) for x in (g, product))
+        if self.secant and self.tangent_kind == "previous":
+            self.tangent = self.step_scale * g
+        gap, tangent, tangent_product = secant_fields(scheme, product, tangent)
         if len(phase_times) < len([p for p in scheme.phases if p != PULL]):
             t = done(t)
         if PULL in scheme.phases:
@@ -288,4 +335,4 @@ class WorkerCompute:
                        jax.device_get(batch) if self.ship_batch else None,
                        nan if losses is None else float(losses.policy_loss),
                        nan if losses is None else float(losses.value_loss), compute,
-                       np.asarray(theta_i) if self.ship_params else None, phase_times)
+                       np.asarray(theta_i) if self.ship_params else None, phase_times, tangent, tangent_product)
