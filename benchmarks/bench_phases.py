@@ -11,12 +11,18 @@ after a compiling warm-up, every phase a job or the server can run
 * ``linearise``      ``WorkerOps.linearise`` (``jax.linearize`` of the jitted field, as a
                      ``deferred`` worker runs it), and ``apply``: one application of the map;
 * ``server_apply``   the server's rule and optimizer step for an ``async`` message without
-                     the gradient-error measurement (``make_update(..., measure=False)``).
+                     the gradient-error measurement (``make_update(..., measure=False)``);
+* ``secant_M``       the same for a ``modify-safe@secant`` message with a full window of M
+                     pairs (M = 16 and 128: N = 8 and 64 at the default window): the rule, the
+                     fit and the step; the cost model charges ``secant_pair_cost_ratio`` per
+                     pair, the larger window's (server_apply subtracted, per pair; the fit's
+                     matrix products grow faster than M, so the small window is over-charged).
 
 It prints each phase's best and median milliseconds and its ratio to ``direction``
 (medians: what a run sees), and the ``[workers]`` lines that set them as the cost
 model's config defaults (``direction_time``, ``sample_cost_ratio``, ``jvp_cost_ratio``,
-``linearise_cost_ratio``, ``apply_cost_ratio``, ``server_apply_cost_ratio``). Single
+``linearise_cost_ratio``, ``apply_cost_ratio``, ``server_apply_cost_ratio``,
+``secant_pair_cost_ratio``). Single
 threaded like a worker process (``worker.WORKER_ENV``), unless ``--threads all``.
 
     python benchmarks/bench_phases.py [--config experiments/paper.toml] [--repeats 30] [--json PATH]
@@ -30,6 +36,9 @@ import os
 import statistics
 import sys
 import time
+
+
+SECANT_WINDOWS = (16, 128)  # the secant fit's windows timed: N = 8 and 64 at the default window 2N
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from asynccorr.backends.worker import worker_ops
     from asynccorr.build import build, run_keys, worker_stream
-    from asynccorr.config import load_config
+    from asynccorr.config import load_config, with_overrides
     from asynccorr.learner import Losses
     from asynccorr.schemes import correction_for, get_scheme
     from asynccorr.server import Shipped, init_server, make_update
@@ -74,6 +83,19 @@ def main(argv: list[str] | None = None) -> int:
     server = init_server(params, optimizer, correction)
     update = make_update(learner, optimizer, scheme, correction, False)
     shipped = Shipped(np.asarray(g), None, None, None, Losses(np.float32(0), np.float32(0)))
+    secant_cases = {}
+    for window in SECANT_WINDOWS:
+        secant = get_scheme("modify-safe@secant")
+        tx = correction_for(secant.name, with_overrides(config, schemes={"secant_window": window}))
+        full = init_server(params, optimizer, tx)
+        for j in range(window):  # a full window of distinct pairs
+            v = jax.random.normal(jax.random.PRNGKey(10 + j), params.shape, params.dtype)
+            _, full = jax.jit(lambda s, v=v: (None, s._replace(correction_state=tx.update(
+                g, s.correction_state, params + 1e-3, worker_params=params, tangent=v, tangent_product=v)[1])))(full)
+        msg = Shipped(np.asarray(g), None, np.asarray(params), None, Losses(np.float32(0), np.float32(0)),
+                      np.asarray(tangent), np.asarray(tangent))
+        secant_update = make_update(learner, optimizer, secant, tx, False)
+        secant_cases[f"secant_{window}"] = (lambda u=secant_update, s=full, m=msg: u(s, m, jnp.int32(7)))
 
     cases = {
         "sample": lambda: ops.sample(key, sampler, params),
@@ -82,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         "linearise": lambda: ops.linearise(params, batch)[0],
         "apply": lambda: product(tangent),
         "server_apply": lambda: update(server, shipped, jnp.int32(3)),
+        **secant_cases,
     }
     for fn in cases.values():
         jax.block_until_ready(fn())
@@ -110,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         "linearise_cost_ratio": round(rows["linearise"]["ratio"], 2),
         "apply_cost_ratio": round(rows["apply"]["ratio"], 2),
         "server_apply_cost_ratio": round(rows["server_apply"]["ratio"], 2),
+        "secant_pair_cost_ratio": round(max(0.0, rows[f"secant_{SECANT_WINDOWS[-1]}"]["ratio"]
+                                            - rows["server_apply"]["ratio"]) / SECANT_WINDOWS[-1], 4),
     }
     # one worker's throughput (one thread, medians): real env steps it samples, directions it computes
     lc = config.learner
