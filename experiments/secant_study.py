@@ -354,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
             for line in pool.map(run_one, todo):
                 print(line, flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
-    everything = [s for s in SETTINGS if (OUT / s).exists()]
+    everything = [s for s in SETTINGS if any((OUT / f).exists() for f in (s, f"{s}-previous", f"{s}-applied"))]
     (OUT / "summary.md").write_text(summary(everything) + "\n")
     (OUT / "diagnostics.md").write_text(diagnostics(everything) + "\n")
     figure(everything)
