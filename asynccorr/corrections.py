@@ -316,8 +316,8 @@ class SecantState(NamedTuple):
 SECANT_RIDGE = 1e-6  # the fit's ridge, relative to the window's mean squared tangent norm
 
 
-def secant_fit(tangents: Array, products: Array, gram: Array, gap: Array) -> tuple[Array, Array]:
-    """``(Y c, coverage)`` with ``c = argmin |V c - gap|`` (V's rows are the tangents): the
+def secant_fit(tangents: Array, products: Array, gram: Array, gap: Array) -> tuple[Array, Array, Array]:
+    """``(Y c, coverage, V c)`` with ``c = argmin |V c - gap|`` (V's rows are the tangents): the
     product of the window's carried Jacobian-vector products with the gap's least-squares
     coordinates in the span of their tangents. Normal equations with a small ridge, by
     Cholesky: O(M P + M^3). A zero window (or gap) gives a zero correction."""
@@ -329,7 +329,7 @@ def secant_fit(tangents: Array, products: Array, gram: Array, gap: Array) -> tup
     fitted = c @ tangents
     gap_sq = jnp.sum(jnp.square(gap))
     coverage = jnp.where(gap_sq > 0, 1.0 - jnp.sum(jnp.square(fitted - gap)) / jnp.maximum(gap_sq, 1e-30), jnp.nan)
-    return c @ products, coverage
+    return c @ products, coverage, fitted
 
 
 def secant_correction(window: int = 16, max_ratio: float = math.inf) -> optax.GradientTransformationExtraArgs:
@@ -371,7 +371,7 @@ def secant_correction(window: int = 16, max_ratio: float = math.inf) -> optax.Gr
         products = state.products.at[slot].set(y)
         row = tangents @ v
         gram = state.gram.at[slot, :].set(row).at[:, slot].set(row)
-        correction, coverage = secant_fit(tangents, products, gram, gap)
+        correction, coverage, _ = secant_fit(tangents, products, gram, gap)
         scale = jnp.ones((), flat_g.dtype)
         if math.isfinite(max_ratio):
             c_norm = jnp.linalg.norm(correction)

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from asynccorr import programs
+from asynccorr import corrections, programs
 from asynccorr.learner import Batch, Learner
 from asynccorr.schemes import Scheme
 
@@ -65,6 +65,7 @@ class UpdateMetrics(NamedTuple):
     cap_scale: Array  # the cap's factor on the fitted correction (1 = not capped)
     product_cosine: Array  # cos(Y c, dF/dtheta(theta_i) . gap): the fit against the exact product (diagnose)
     product_error: Array  # |Y c - exact| / |exact| (diagnose)
+    residual_share: Array  # |dF/dtheta(theta_i) . (gap - V c)| / |exact|: the uncovered gap's share of it (diagnose)
 
 
 def _relative(a: Array, b: Array) -> Array:
@@ -76,7 +77,8 @@ def _ratio(learner: Learner, theta_k: Array, batch: Batch | None) -> tuple[Array
     return (jnp.full((), jnp.nan, jnp.float32),) * 2 if batch is None else learner.off_policy(theta_k, batch)
 
 
-NO_FIT = (jnp.nan,) * 4  # (gap_coverage, cap_scale, product_cosine, product_error) of a scheme without a fit
+FIT_FIELDS = ("gap_coverage", "cap_scale", "product_cosine", "product_error", "residual_share")
+NO_FIT = (jnp.nan,) * len(FIT_FIELDS)  # a scheme without a fit
 
 
 def _finish(learner: Learner, optimizer: optax.GradientTransformation, server: ServerState, applied: Array,
@@ -96,8 +98,7 @@ def _finish(learner: Learner, optimizer: optax.GradientTransformation, server: S
         update_norm=jnp.linalg.norm(updates),
         importance_ratio=mismatch[0],
         policy_kl=mismatch[1],
-        **dict(zip(("gap_coverage", "cap_scale", "product_cosine", "product_error"),
-                   (jnp.asarray(x, jnp.float32) for x in fit))),
+        **dict(zip(FIT_FIELDS, (jnp.asarray(x, jnp.float32) for x in fit))),
     )
     return ServerState(params, opt_state, correction_state), metrics
 
@@ -186,15 +187,22 @@ def make_update(
 
 def _secant_diagnostics(learner: Learner, state: Any, applied_correction: Array, theta_i: Array, theta_k: Array,
                         batch: Batch | None, exact: bool) -> tuple:
-    """``(gap_coverage, cap_scale, product_cosine, product_error)`` of one secant fit; the last two
-    against the exact product ``dF/dtheta(theta_i) . (theta_k - theta_i)`` when ``exact`` (else nan)."""
+    """``FIT_FIELDS`` of one secant fit; the last three against the exact product
+    ``dF/dtheta(theta_i) . (theta_k - theta_i)`` when ``exact`` (else nan). The fit's error splits in
+    two: ``Y c - J gap = (Y c - J V c) - J (gap - V c)``, the window's products against the Jacobian at
+    theta_i on the gap's part they cover, and the part of the gap outside their span
+    (``residual_share``: how large the latter's product is, relative to the exact one)."""
     if not exact:
-        return state.coverage, state.scale, jnp.nan, jnp.nan
-    _, product, _ = learner.direction_jvp(theta_i, batch, theta_k - theta_i)
+        return state.coverage, state.scale, jnp.nan, jnp.nan, jnp.nan
+    gap = theta_k - theta_i
+    _, _, covered = corrections.secant_fit(state.tangents, state.products, state.gram, gap)
+    _, product, _ = learner.direction_jvp(theta_i, batch, gap)
+    _, uncovered, _ = learner.direction_jvp(theta_i, batch, gap - covered)
     fitted = applied_correction / jnp.maximum(state.scale, 1e-30)  # Y c before the cap
     norms = jnp.linalg.norm(fitted) * jnp.linalg.norm(product)
     cosine = jnp.where(norms > 0, jnp.dot(fitted, product) / jnp.maximum(norms, 1e-30), jnp.nan)
-    return state.coverage, state.scale, cosine, _relative(fitted, product)
+    share = jnp.linalg.norm(uncovered) / jnp.maximum(jnp.linalg.norm(product), 1e-30)
+    return state.coverage, state.scale, cosine, _relative(fitted, product), share
 
 
 @functools.lru_cache(maxsize=32)
