@@ -15,7 +15,8 @@ Only the clock is simulated, and it times every phase:
   the parameters published *at that simulated moment*;
 * the server is a timed resource and a FIFO queue: each message costs it
   ``server_apply_cost_ratio`` and, per scheme, the server-side product (``server``
-  protocol: one fused pass), the fresh direction (``learner``) and, when
+  protocol: one fused pass), the secant fit (``secant`` protocol: ``secant_pair_cost_ratio``
+  per pair of its window), the fresh direction (``learner``) and, when
   ``workers.charge_measurement``, the gradient-error measurement; while it computes,
   messages wait, and workers pull the parameters it last *finished*. Its update is
   evaluated when it takes the message off the queue, at the parameters it then holds.
