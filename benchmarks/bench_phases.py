@@ -37,7 +37,6 @@ import statistics
 import sys
 import time
 
-
 SECANT_WINDOWS = (16, 128)  # the secant fit's windows timed: N = 8 and 64 at the default window 2N
 
 
@@ -90,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         full = init_server(params, optimizer, tx)
         for j in range(window):  # a full window of distinct pairs
             v = jax.random.normal(jax.random.PRNGKey(10 + j), params.shape, params.dtype)
-            _, full = jax.jit(lambda s, v=v: (None, s._replace(correction_state=tx.update(
+            _, full = jax.jit(lambda s, v=v, tx=tx: (None, s._replace(correction_state=tx.update(
                 g, s.correction_state, params + 1e-3, worker_params=params, tangent=v, tangent_product=v)[1])))(full)
         msg = Shipped(np.asarray(g), None, np.asarray(params), None, Losses(np.float32(0), np.float32(0)),
                       np.asarray(tangent), np.asarray(tangent))

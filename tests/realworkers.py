@@ -43,6 +43,18 @@ def assert_complete_async_run(result, iterations: int) -> None:
     assert [e.iteration for e in result.evals] == [0, *range(20, iterations + 1, 20)]
 
 
+def assert_secant_run(result) -> None:
+    """A 40-update modify-safe@secant run of 2 workers: each message carried its pair, the server's
+    fit covered the gap (no residual staleness: it fits the whole gap) and corrected the stale
+    directions; the exact-product diagnostics are sim's only."""
+    assert_complete_async_run(result, 40)
+    m = result.metrics
+    stale = m["staleness"] > 0
+    assert stale.any() and np.all(m["residual_staleness"] == 0)
+    assert np.nanmax(m["gap_coverage"][stale]) > 0.5 and m["correction_norm"][stale].max() > 0
+    assert np.all(np.isnan(m["product_cosine"]))
+
+
 def assert_worker_corrected_modify_run(result) -> None:
     """A 40-update modify run of 2 workers: stale directions, corrected by the workers."""
     assert_complete_async_run(result, 40)

@@ -27,7 +27,7 @@ def _window(a: jax.Array, tangents: jax.Array, tx, theta: jax.Array):
 
 
 def test_on_a_quadratic_the_fit_recovers_the_exact_correction_when_the_gap_lies_in_the_window_span():
-    learner, a, b = quadratic_learner()
+    _, a, b = quadratic_learner()
     key = jax.random.PRNGKey(3)
     tangents = jax.random.normal(key, (3, 6))  # 3 earlier messages' tangents
     theta_i = jax.random.normal(jax.random.PRNGKey(4), (6,))
@@ -43,7 +43,7 @@ def test_on_a_quadratic_the_fit_recovers_the_exact_correction_when_the_gap_lies_
 
 
 def test_a_gap_outside_the_span_is_corrected_by_its_projection_and_its_coverage_says_how_much():
-    learner, a, b = quadratic_learner()
+    _, a, b = quadratic_learner()
     tangents = jnp.eye(6)[:2]  # the window spans the first two coordinates
     theta_i = jnp.zeros(6)
     theta_k = jnp.array([1.0, 2.0, 0.0, 0.0, 0.0, 2.0])  # |gap|^2 = 9, 5 of it in the span
@@ -58,7 +58,7 @@ def test_a_gap_outside_the_span_is_corrected_by_its_projection_and_its_coverage_
 
 
 def test_the_window_keeps_the_last_pairs_only_and_its_gram_matrix_stays_exact():
-    learner, a, _ = quadratic_learner()
+    _, a, _ = quadratic_learner()
     tangents = jax.random.normal(jax.random.PRNGKey(7), (7, 6))
     tx = corrections.secant_correction(window=3)
     state = _window(a, tangents, tx, jnp.zeros(6))
@@ -71,7 +71,7 @@ def test_the_window_keeps_the_last_pairs_only_and_its_gram_matrix_stays_exact():
 
 
 def test_the_safe_variant_caps_the_fitted_correction_at_the_trust_ratio_times_the_direction():
-    learner, a, b = quadratic_learner()
+    _, a, b = quadratic_learner()
     tangents = jax.random.normal(jax.random.PRNGKey(3), (6, 6))
     theta_i = jnp.zeros(6)
     theta_k = 5.0 * tangents[1]  # a large gap: the correction dwarfs G
@@ -86,7 +86,7 @@ def test_the_safe_variant_caps_the_fitted_correction_at_the_trust_ratio_times_th
 
 
 def test_an_empty_window_or_no_gap_gives_no_correction_and_nothing_is_nan():
-    learner, a, b = quadratic_learner()
+    _, a, b = quadratic_learner()
     tx = corrections.secant_correction(window=4, max_ratio=1.0)
     theta = jnp.ones(6)
     g = a @ theta - b
@@ -100,9 +100,9 @@ def test_an_empty_window_or_no_gap_gives_no_correction_and_nothing_is_nan():
 
 
 def test_the_secant_rule_accepts_any_pytree_like_every_correction():
-    learner, a, b = quadratic_learner()
+    _, a, b = quadratic_learner()
     tx = corrections.secant_correction(window=2)
-    split = lambda x: {"w": x[:4].reshape(2, 2), "b": x[4:]}  # noqa: E731
+    split = lambda x: {"w": x[:4].reshape(2, 2), "b": x[4:]}
     theta_i, theta_k, v = jnp.zeros(6), jnp.arange(6.0) / 10, jnp.arange(6.0)
     flat_out, _ = tx.update(a @ theta_i - b, tx.init(theta_i), theta_k, worker_params=theta_i, tangent=v,
                             tangent_product=a @ v)
