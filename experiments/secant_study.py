@@ -148,9 +148,22 @@ def first_below(loss: np.ndarray, target: float) -> int | None:
     return smoothed_first_below(loss, target, SMOOTH)
 
 
+def outcome(job: Job, loss: np.ndarray) -> str | None:
+    """``diverged at update k`` (the run protocol's rule, from meta.json), ``ran away at update k``
+    (the policy loss went negative: the critic's bootstrap broke; the regime study's rule), or None."""
+    import json
+
+    meta = json.loads((OUT / job.folder / f"{job.scheme}-seed{job.seed}" / "meta.json").read_text())
+    if meta.get("status") == "diverged":
+        return f"diverged at update {len(loss)}"
+    negative = np.flatnonzero(loss < 0)
+    return f"ran away at update {negative[0] + 1}" if negative.size else None
+
+
 def row_of(job: Job, m: dict[str, np.ndarray], target: float) -> dict[str, Any]:
     loss = np.asarray(m["policy_loss"], float)
-    hit = first_below(loss, target)
+    failed = outcome(job, loss)
+    hit = None if failed else first_below(loss, target)
     late = slice(49, None)
     ge = np.asarray(m["grad_error"], float)
     out = {
@@ -162,7 +175,7 @@ def row_of(job: Job, m: dict[str, np.ndarray], target: float) -> dict[str, Any]:
         "final": float(np.mean(loss[-100:])),
         "per_update_ms": 1e3 * float(m["time"][-1]) / len(loss),
         "server_ms": 1e3 * server_cost(job),
-        "finite": bool(np.all(np.isfinite(loss))),
+        "failed": failed,
     }
     if "gap_coverage" in m and job.scheme in SECANT:
         cov, cos, err, share, cap = (np.asarray(m[c], float)[late] for c in
@@ -222,8 +235,8 @@ def summary(settings: list[str]) -> str:
                 continue
             r = row_of(job, m, s.target)
             reach = "never" if r["reach"] is None else str(r["reach"])
-            if not r["finite"]:
-                reach += f" (diverged at update {r['updates']})"
+            if r["failed"]:
+                reach += f" ({r['failed']})"
             lines.append(
                 f"| {label_of(job)} | {job.seed} | {reach} | {_fmt(r['reach_time'])} | {_fmt(r['ge50'])} "
                 f"({_fmt(r['ge50_median'])}) | {_fmt(r['final'], 4)} | {r['server_ms']:.2f} | {r['per_update_ms']:.2f} | "
