@@ -226,7 +226,7 @@ class WorkersConfig:
     apply_cost_ratio: float = 3.3  # deferred: one application of the linear map / direction
     dense_cost_ratio: float = 50.0  # dense Jacobian / direction (modify-dense, small nets only)
     server_apply_cost_ratio: float = 0.2  # the server's rule + optimizer step per message / direction
-    secant_pair_cost_ratio: float = 0.005  # secant: the server's fit per window pair per message / direction
+    secant_pair_cost_ratio: float = 0.0016  # secant: the server's fit per window pair per message / direction
     charge_measurement: bool = False  # sim: the gradient-error measurement costs the server one direction
     slowdown: tuple[float, ...] = ()  # per-worker factors >= 1: worker i's phases take f x as long (mp/ray: sleeps)
     timeout: float = 30.0  # seconds a worker job may take before the worker is declared hung and replaced
@@ -279,7 +279,7 @@ class SchemesConfig:
     dc_eps: float = knob_default("dc_eps")  # dc-asgd-a
     gap_decay: float = knob_default("gap_decay")  # gap-aware: EMA rate of the mean per-parameter server step C
     secant_window: int = knob_default("secant_window")  # secant: pairs the server fits on; 0 = 2 x workers.count
-    secant_tangent: str = "previous"  # secant: "previous" (last direction x step) or "applied" (the server's update)
+    secant_tangent: str = "applied"  # secant: "applied" (the server's update) or "previous" (last direction x step)
 
     def __post_init__(self) -> None:
         _check_types(self, "schemes.")
