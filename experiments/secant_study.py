@@ -331,6 +331,10 @@ def figure(settings: list[str]) -> None:
             if m is not None:
                 axes[2].plot(np.asarray(m["time"]), _smooth(np.asarray(m["policy_loss"], float)), style,
                              color="black", label=f"modify-safe@secant ({tangent})")
+        ends = [float(np.asarray(m["time"])[-1]) for t in TANGENTS
+                if (m := _load(Job(name, t, "modify-safe@secant", s.seeds[0]))) is not None]
+        if ends:  # the secant runs' span (a slower scheme's tail is cut, not squeezed in)
+            axes[2].set_xlim(0, 1.3 * max(ends))
         axes[2].axhline(s.target, color="grey", lw=0.8, ls=":")
         axes[2].set_yscale("log")
         axes[2].set_xlabel("simulated time [s] (modelled compute)")
