@@ -46,7 +46,8 @@ from asynccorr.schemes import DISPLAY_ORDER
 
 _PALETTE = ("#7f7f7f", "#1f77b4", "#ff7f0e", "#17becf", "#9edae5", "#8c564b", "#d62728", "#2ca02c",
             "#98df8a", "#bcbd22", "#dbdb8d", "#c49c94", "#9467bd", "#c5b0d5", "#e7969c", "#f7b6d2", "#ad494a",
-            "#393b79", "#e377c2", "#aec7e8", "#ffbb78", "#637939", "#8c6d31")  # the colours of DISPLAY_ORDER, in its order
+            "#393b79", "#e377c2", "#aec7e8", "#ffbb78", "#637939", "#8c6d31",
+            "#5254a3", "#8ca252")  # the colours of DISPLAY_ORDER, in its order
 _EXTRA_PALETTE = ("#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354", "#756bb1", "#636363", "#b5cf6b")
 FORMATS = ("png", "pdf")  # every figure is written in each
 MAX_POINTS = 2000  # points per plotted curve (long runs are resampled after smoothing)

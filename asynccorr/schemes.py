@@ -172,10 +172,12 @@ LINEARISING = ("modify", "modify-safe")  # the schemes that take a protocol
 
 
 def _with_protocols(schemes: tuple[Scheme, ...]) -> dict[str, Scheme]:
-    """The registry: every linearising scheme once per protocol, as ``<scheme>@<protocol>``."""
+    """The registry: every linearising scheme once per protocol, as ``<scheme>@<protocol>``; the
+    secant protocol's last (it came last: the order is every table's and every colour's, kept stable)."""
     import dataclasses
 
     out: dict[str, Scheme] = {}
+    later: dict[str, Scheme] = {}
     for s in schemes:
         if s.name not in LINEARISING:
             out[s.name] = s
@@ -186,11 +188,11 @@ def _with_protocols(schemes: tuple[Scheme, ...]) -> dict[str, Scheme]:
                 correction = (corrections.secant_correction if s.name == "modify-safe"
                               else functools.partial(corrections.secant_correction, max_ratio=math.inf))
                 knobs = (*knobs, ("secant_window", "window"))
-            out[f"{s.name}@{p.name}"] = dataclasses.replace(
+            (later if p.secant else out)[f"{s.name}@{p.name}"] = dataclasses.replace(
                 s, name=f"{s.name}@{p.name}", summary=f"{s.summary}; protocol {p.name}: {p.summary}", protocol=p.name,
                 correction=correction, knobs=knobs,
                 needs_worker_params=p.server_product or p.name == "oracle" or p.secant)
-    return out
+    return {**out, **later}
 
 
 SCHEMES: dict[str, Scheme] = _with_protocols(_base_schemes())
