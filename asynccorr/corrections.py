@@ -113,7 +113,7 @@ def trust_region_hessian_correction(max_ratio: float = 1.0) -> optax.GradientTra
 
     The first-order expansion is only trustworthy for small parameter gaps; early
     in training one step can change the field many-fold, and the raw correction
-    then predicts a direction far larger than the truth (DESIGN.md section 2).
+    then predicts a direction far larger than the truth (docs/results.md: a 3.3x step).
     Capping the correction's norm keeps its direction while bounding the damage.
     """
     if not max_ratio > 0:

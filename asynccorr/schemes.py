@@ -5,7 +5,7 @@ compute for it (plain direction, linearisation for an HVP, a dense Jacobian, or
 only a batch of states), whether the server waits for all workers (``sync``), and
 so what its compute costs on the simulated clock.
 
-**Protocols** (DESIGN.md section 5): who computes the Hessian-vector product of a
+**Protocols** (docs/results.md, "Protocols"): who computes the Hessian-vector product of a
 linearising scheme (``modify``, ``modify-safe``, ``sync-pipelined-modify``), when,
 and against which parameters. Each is its own registered scheme, ``<scheme>@<protocol>``
 (``modify@server``); a bare ``modify`` means ``modify@<schemes.protocol>``
