@@ -88,7 +88,7 @@ PROTOCOLS: dict[str, Protocol] = {
     )
 }
 TANGENTS = ("previous", "applied")  # secant: the worker's previous direction x the step, or the applied update
-DEFAULT_PROTOCOL = "server"  # the best realisable protocol measured (README "Protocols")
+DEFAULT_PROTOCOL = "server"  # the best realisable protocol measured (docs/results.md "Protocols")
 
 
 @dataclass(frozen=True)
@@ -245,7 +245,7 @@ def make_correction(name: str, **knobs: float) -> optax.GradientTransformationEx
 
 def secant_window(config: Any) -> int:
     """The secant protocol's window of an ``ExperimentConfig``: ``schemes.secant_window``, or with 0
-    (the default) two messages per worker, the last ``2 N`` (measured: README "The secant protocol")."""
+    (the default) two messages per worker, the last ``2 N`` (measured: docs/secant.md)."""
     return config.schemes.secant_window or 2 * config.workers.count
 
 

@@ -38,7 +38,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {"a3c": REPO / "experiments" / "a3c.toml", "gpi": REPO / "experiments" / "paper.toml"}
 SCHEMES = ("async", "modify", "modify-safe")
-TARGET_M = 0.10  # README "Tracking threshold"
+TARGET_M = 0.10  # docs/performance.md "Tracking threshold"
 FIELDS = ("learner", "workers", "scheme", "seed", "status", "updates", "mean_staleness", "grad_error",
           "stale_grad_error", "policy_kl", "final_rms", "updates_to_target", "env_steps_to_target",
           "model_steps_to_target", "directions_to_target", "products_to_target", "time_to_target")

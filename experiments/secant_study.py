@@ -1,4 +1,4 @@
-"""The secant protocol measured where the project's finding was made (README "The secant protocol").
+"""The secant protocol measured where the project's finding was made (docs/secant.md).
 
 Settings, each on ``sim`` (runs under ``results/secant/<setting>/``):
 

@@ -232,7 +232,7 @@ def test_the_correction_removes_most_of_the_a3c_gradient_error_at_the_default_st
 
 @pytest.mark.slow
 def test_the_sequential_a3c_learner_tracks_the_sine_within_its_budget():
-    """README "A3C": 0.10 m RMS lateral error on the fixed scenario within 600 updates."""
+    """docs/a3c.md: 0.10 m RMS lateral error on the fixed scenario within 600 updates."""
     cfg = load_config(REPO / "experiments" / "a3c.toml")
     result = train_sequential(with_overrides(cfg, train={"iterations": 600, "eval_every": 300,
                                                          "checkpoint_every": 0}))

@@ -145,7 +145,7 @@ def test_on_real_workers_the_server_protocol_removes_the_gradient_error_and_pull
     server-side product has residual staleness 0, and once out of the first updates' nonlinear
     regime it removes the gradient error (mean over updates 51+ at most 0.3x async's; measured
     0.004x). Over all 300 updates the mean is dominated by the first 20, where a first-order
-    correction cannot help at one step of staleness: 0.70x (README "The simulation checked against
+    correction cannot help at one step of staleness: 0.70x (docs/simulation.md, "The simulation checked against
     real workers"). pull-first (the worker pulls before its fused pass) sees none of the staleness
     on most updates."""
     from asynccorr.config import load_config

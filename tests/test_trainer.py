@@ -18,7 +18,7 @@ from asynccorr.evaluation import (
 )
 from asynccorr.trainer import train_sequential
 
-# README "Tracking threshold": 0.10 m RMS lateral error on the fixed scenario.
+# docs/performance.md "Tracking threshold": 0.10 m RMS lateral error on the fixed scenario.
 RMS_THRESHOLD_M = 0.10
 ITERATION_BUDGET = 500
 
