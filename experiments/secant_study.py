@@ -326,11 +326,11 @@ def figure(settings: list[str]) -> None:
             m = _load(Job(name, "", scheme, s.seeds[0]))
             if m is not None and scheme in s.baselines:
                 axes[2].plot(np.asarray(m["time"]), _smooth(np.asarray(m["policy_loss"], float)), label=scheme)
-        for tangent, style in zip(TANGENTS, ("-", "--")):
+        for tangent, style, color in zip(TANGENTS, ("-", "--"), ("black", "#9467bd")):
             m = _load(Job(name, tangent, "modify-safe@secant", s.seeds[0]))
-            if m is not None:
+            if m is not None:  # both secant variants drawn on top of the others, told apart by colour too
                 axes[2].plot(np.asarray(m["time"]), _smooth(np.asarray(m["policy_loss"], float)), style,
-                             color="black", label=f"modify-safe@secant ({tangent})")
+                             color=color, zorder=3, label=f"modify-safe@secant ({tangent})")
         ends = [float(np.asarray(m["time"])[-1]) for t in TANGENTS
                 if (m := _load(Job(name, t, "modify-safe@secant", s.seeds[0]))) is not None]
         if ends:  # the secant runs' span (a slower scheme's tail is cut, not squeezed in)
