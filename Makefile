@@ -26,7 +26,7 @@ regimes: install
 # The simulation checked against real worker processes: the same configs on mp and on
 # sim calibrated with mp's measured phase times (N = 2, 4, with and without a straggler).
 sim-vs-mp: install
-	$(BIN)/python -m asynccorr.calibrate --out results/sim-vs-mp
+	$(BIN)/python -m asynccorr.studies.calibrate --out results/sim-vs-mp
 
 # The whole test suite (slow tests included), inside a network namespace that holds only
 # loopback: the Ray cluster and the real backends' tests bind and advertise 127.0.0.1 only.

@@ -9,6 +9,8 @@ which is a thin layer over it.
     comp.table                                               # per scheme: mean ± std over seeds
     api.compare(cfg, cluster="head:6379")                    # each run a Ray task on a cluster
     res = api.load("results/paper")                          # a results folder read back
+    study = api.regime_study("experiments/regimes.toml")     # the regime study: run it, or redraw it
+    api.regimes(study, jobs=2)
     res.runs[0].metrics["grad_error"], res.summary
 
 Every function validates its input as the CLI does and raises the same errors
@@ -21,11 +23,20 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from asynccorr import runs
-from asynccorr.checkpoint import Checkpoint
+from asynccorr.backends.checkpoint import Checkpoint
+from asynccorr.backends.protocol import RunResult
 from asynccorr.config import ExperimentConfig, load_config, with_overrides
-from asynccorr.evaluation import EvalRecord
-from asynccorr.run_protocol import RunResult
+from asynccorr.learners.evaluation import EvalRecord
+from asynccorr.runs.read import Run, load_runs
+from asynccorr.runs.run import resume_checkpoint, run_dir_for, train_run
+from asynccorr.runs.summary import per_scheme, write_summary
+from asynccorr.studies.compare import (
+    PlannedRun,
+    check_no_existing_runs,
+    check_unlocked,
+    planned_runs,
+    resume_plan,
+)
 
 DEFAULT_CONFIG = Path("experiments/paper.toml")
 
@@ -66,13 +77,13 @@ def plan_train(config: ExperimentConfig, scheme: str = "modify", results: str | 
                on_warning: Callable[[str], None] | None = None) -> TrainPlan:
     """Check a run before anything trains: the scheme fits the config and backend, no live process
     owns the run, no earlier run is there unless ``overwrite``; with ``resume``, the checkpoint it
-    continues from. Raises ``runs.RunFinished`` when resuming a run that already finished."""
+    continues from. Raises ``runs.run.RunFinished`` when resuming a run that already finished."""
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other (overwrite starts the run afresh)")
     results = Path(results)
-    [(scheme, config)] = runs.planned_runs(config, [scheme], [config.train.seed])
+    [(scheme, config)] = planned_runs(config, [scheme], [config.train.seed])
     _check_writable(results, [(scheme, config)], overwrite, resume)
-    checkpoint = runs.resume_checkpoint(runs.run_dir_for(results, config, scheme), config, scheme,
+    checkpoint = resume_checkpoint(run_dir_for(results, config, scheme), config, scheme,
                                         on_skip=on_warning) if resume else None
     return TrainPlan(scheme, config, results, overwrite, checkpoint)
 
@@ -80,14 +91,14 @@ def plan_train(config: ExperimentConfig, scheme: str = "modify", results: str | 
 def _check_writable(results: Path, plan: list[tuple[str, ExperimentConfig]], overwrite: bool, resume: bool) -> None:
     """No live process owns a run of ``plan`` (a stale lock only with ``resume`` or ``overwrite``), and,
     unless one of those is given, no earlier run is there."""
-    runs.check_unlocked(results, plan, take_over=resume or overwrite)
+    check_unlocked(results, plan, take_over=resume or overwrite)
     if not (resume or overwrite):
-        runs.check_no_existing_runs(results, plan)
+        check_no_existing_runs(results, plan)
 
 
 def run_train(plan: TrainPlan, on_chunk: OnChunk | None = None) -> TrainedRun:
     """Train a planned run into ``results/<experiment>/<scheme>-seed<k>/``."""
-    return TrainedRun(*runs.train_run(plan.config, plan.scheme, plan.results, overwrite=plan.overwrite,
+    return TrainedRun(*train_run(plan.config, plan.scheme, plan.results, overwrite=plan.overwrite,
                                       on_chunk=on_chunk, resume=plan.checkpoint or False))
 
 
@@ -101,7 +112,7 @@ def train(config: ExperimentConfig, scheme: str = "modify", results: str | Path 
 class Comparison(NamedTuple):
     folder: Path  # results/<experiment>/ with summary.csv and summary.md
     rows: list[dict[str, Any]]  # one per run
-    table: list[dict[str, Any]]  # per scheme: mean ± std over seeds (``stats.MeanStd`` values)
+    table: list[dict[str, Any]]  # per scheme: mean ± std over seeds (``runs.summary.MeanStd`` values)
 
 
 class ComparisonPlan(NamedTuple):
@@ -110,8 +121,8 @@ class ComparisonPlan(NamedTuple):
     config: ExperimentConfig
     results: Path
     overwrite: bool
-    runs: list[Any]  # ``runs.PlannedRun``: train, reuse, resume or restart
-    cluster: str | None = None  # Ray cluster address: each run a Ray task there (``asynccorr.cluster``)
+    runs: list[Any]  # ``studies.compare.PlannedRun``: train, reuse, resume or restart
+    cluster: str | None = None  # Ray cluster address: each run a Ray task there (``asynccorr.studies.cluster``)
 
 
 def plan_compare(config: ExperimentConfig, schemes: Sequence[str] | None = None,
@@ -120,22 +131,22 @@ def plan_compare(config: ExperimentConfig, schemes: Sequence[str] | None = None,
                  cluster: str | None = None) -> ComparisonPlan:
     """Every scheme on every seed (default: the config's ``[schemes]``), checked before anything
     trains; ``resume`` decides how each run of an interrupted comparison is completed
-    (``runs.resume_plan``). With ``cluster`` (a Ray address) the runs are to be Ray tasks there,
+    (``studies.compare.resume_plan``). With ``cluster`` (a Ray address) the runs are to be Ray tasks there,
     so each must train on ``sim`` (or be the sequential reference)."""
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other (overwrite starts every run afresh)")
     results = Path(results)
     config = with_overrides(config, schemes={k: tuple(v) for k, v in (("compare", schemes), ("seeds", seeds))
                                              if v is not None})
-    plan = runs.planned_runs(config, config.schemes.compare, config.schemes.seeds)
+    plan = planned_runs(config, config.schemes.compare, config.schemes.seeds)
     if cluster is not None:
-        from asynccorr import cluster as on_cluster
+        from asynccorr.studies import cluster as on_cluster
 
         on_cluster.check_runs(plan)
         on_cluster.check_reachable(cluster)
     _check_writable(results, plan, overwrite, resume)
-    planned = (runs.resume_plan(results, plan, on_skip=on_warning) if resume
-               else [runs.PlannedRun(scheme, cfg, "train") for scheme, cfg in plan])
+    planned = (resume_plan(results, plan, on_skip=on_warning) if resume
+               else [PlannedRun(scheme, cfg, "train") for scheme, cfg in plan])
     return ComparisonPlan(config, results, overwrite, planned, cluster)
 
 
@@ -146,9 +157,9 @@ def run_compare(plan: ComparisonPlan, on_run: Callable[[Any], OnChunk | None] | 
     On a cluster (``plan.cluster``) the runs train there at once and ``on_run`` is not called (a
     task reports no progress); the summary is the same."""
     if plan.cluster is not None:
-        from asynccorr.cluster import train_planned
+        from asynccorr.studies.cluster import run_planned
 
-        rows = train_planned(plan.cluster, plan.results, plan.runs, plan.overwrite, on_done)
+        rows = run_planned(plan.cluster, plan.results, plan.runs, plan.overwrite, on_done)
         return _summarize(plan, rows)
     rows = []
     for run in plan.runs:
@@ -156,7 +167,7 @@ def run_compare(plan: ComparisonPlan, on_run: Callable[[Any], OnChunk | None] | 
         if run.action == "reuse":
             rows.append(run.row)
         else:
-            rows.append(runs.train_run(run.config, run.scheme, plan.results, on_chunk=on_chunk,
+            rows.append(train_run(run.config, run.scheme, plan.results, on_chunk=on_chunk,
                                        overwrite=plan.overwrite or run.action == "restart",
                                        resume=run.checkpoint if run.action == "resume" else False)[2])
         if on_done is not None:
@@ -168,9 +179,9 @@ def _summarize(plan: ComparisonPlan, rows: list[dict[str, Any]]) -> Comparison:
     """summary.csv and summary.md of the comparison's rows (in plan order)."""
     cfg = plan.config
     folder = plan.results / cfg.name
-    runs.write_summary(folder, rows, f"{cfg.name}: {cfg.workers.count} workers ({cfg.workers.delay}), "
+    write_summary(folder, rows, f"{cfg.name}: {cfg.workers.count} workers ({cfg.workers.delay}), "
                                      f"{cfg.train.iterations} updates")
-    return Comparison(folder, rows, runs.aggregate(rows))
+    return Comparison(folder, rows, per_scheme(rows))
 
 
 def compare(config: ExperimentConfig, schemes: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
@@ -183,15 +194,49 @@ def compare(config: ExperimentConfig, schemes: Sequence[str] | None = None, seed
 
 class Results(NamedTuple):
     folder: Path
-    runs: list[Any]  # ``plots.Run``: scheme, seed, path, metrics / evals / trajectory columns, meta, config
+    runs: list[Run]  # scheme, seed, path, metrics / evals / trajectory columns, meta, config
     summary: dict[str, Any]  # summary.csv's columns (empty when the folder has none)
 
 
 def load(folder: str | Path) -> Results:
     """An experiment folder read back: every run's tables, and the comparison's summary if any."""
-    from asynccorr import plots
-    from asynccorr.results import read_text_csv
+    from asynccorr.runs.files import read_text_csv
 
     folder = Path(folder)
     summary_path = folder / "summary.csv"
-    return Results(folder, plots.load_runs(folder), read_text_csv(summary_path) if summary_path.is_file() else {})
+    return Results(folder, load_runs(folder), read_text_csv(summary_path) if summary_path.is_file() else {})
+
+
+def regime_study(config: str | Path) -> Any:
+    """A regime study's config (``studies.regimes.RegimeConfig``) from its TOML."""
+    from asynccorr.studies.regimes import load_regimes
+
+    return load_regimes(config)
+
+
+def regimes(study: Any, results: str | Path = "results", jobs: int = 1, overwrite: bool = False,
+            on_run: Callable[[int, int, dict[str, Any]], None] | None = None,
+            cluster: str | None = None) -> tuple[Path, list[dict[str, Any]]]:
+    """Run a regime study (``studies.regime_runs.run_study``) and draw its heat maps; returns its folder
+    (``<results>/<name>/``: regimes.csv, regimes.md, figures/) and its rows."""
+    from asynccorr.studies.regime_runs import run_study
+
+    folder, rows = run_study(study, Path(results), jobs=jobs, overwrite=overwrite, on_run=on_run, cluster=cluster)
+    _draw_regimes(study, folder, rows)
+    return folder, rows
+
+
+def redraw_regimes(study: Any, results: str | Path = "results") -> tuple[Path, list[dict[str, Any]]]:
+    """Rewrite a finished (or interrupted) study's regimes.md and heat maps from its regimes.csv."""
+    from asynccorr.studies.regime_runs import study_dir, write_outputs
+
+    folder = study_dir(Path(results), study)
+    rows = write_outputs(study, folder)
+    _draw_regimes(study, folder, rows)
+    return folder, rows
+
+
+def _draw_regimes(study: Any, folder: Path, rows: list[dict[str, Any]]) -> None:
+    from asynccorr.figures.regimes import plot_study
+
+    plot_study(study, rows, folder / "figures")

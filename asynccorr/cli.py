@@ -23,10 +23,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from asynccorr.backends import backend_help
+from asynccorr.backends.registry import backend_help
 from asynccorr.config import ConfigError, with_overrides
-from asynccorr.results import RunExistsError
-from asynccorr.schemes import label, names_help
+from asynccorr.runs.files import RunExistsError
+from asynccorr.schemes.registry import label, names_help
 
 app = typer.Typer(
     add_completion=False,
@@ -89,7 +89,7 @@ def _root(
     )] = True,
 ) -> None:
     """asynccorr: train, compare and plot asynchronous-SGD schemes on vehicle path tracking."""
-    from asynccorr.jaxcache import compilation_cache
+    from asynccorr.compile.cache import compilation_cache
 
     compilation_cache(enabled=jax_cache)
 
@@ -143,7 +143,7 @@ def _parse_list(text: str | None, name: str, cast: type) -> tuple | None:
 
 
 def _check_scheme(scheme: str) -> None:
-    from asynccorr.schemes import check_name
+    from asynccorr.schemes.registry import check_name
 
     try:
         check_name(scheme)
@@ -171,7 +171,7 @@ def train(
     """Train one run of a scheme and write results/<experiment>/<scheme>-seed<k>/."""
     _logging(verbose)
     from asynccorr import api
-    from asynccorr.runs import RunFinished
+    from asynccorr.runs.run import RunFinished
 
     if resume and overwrite:
         raise CliError("--resume and --overwrite exclude each other (--overwrite starts the run afresh)")
@@ -233,8 +233,7 @@ def compare(
     """Run every scheme of the experiment on every seed; print and save a summary table."""
     _logging(verbose)
     from asynccorr import api
-    from asynccorr.runs import diverged_text
-    from asynccorr.stats import mean_std_text
+    from asynccorr.runs.summary import diverged_text, mean_std_text
 
     if resume and overwrite:
         raise CliError("--resume and --overwrite exclude each other (--overwrite starts every run afresh)")
@@ -290,11 +289,12 @@ def plot(
                                                   "experiment or run).")] = None,
 ) -> None:
     """Write the loss, gradient-error, tracking, loss-vs-time and staleness figures (PNG and PDF)."""
-    from asynccorr.plots import PlotError, plot_path
+    from asynccorr.figures.experiment import plot_path
+    from asynccorr.runs.read import ResultsError
 
     try:
         paths = plot_path(folder, out, on_note=_warn)
-    except PlotError as exc:
+    except ResultsError as exc:
         raise CliError(str(exc)) from None
     for p in paths:  # one path a line, never wrapped: for the reader and for scripts
         typer.echo(str(p))
@@ -320,21 +320,20 @@ def regimes(
     writes regimes.csv, regimes.md and heat maps into <results>/<name>/."""
     import time
 
-    from asynccorr.regime_runs import render, run_study, study_dir
-    from asynccorr.regimes import load_regimes
+    from asynccorr import api
 
     if jobs < 1:
         raise CliError(f"--jobs must be >= 1, got {jobs}")
     if cluster is not None and jobs > 1:
         raise CliError("--jobs and --cluster exclude each other (on a cluster every run is a Ray task)")
-    study = load_regimes(config)
+    study = api.regime_study(config)
     if cluster is not None and not redraw:
-        from asynccorr.cluster import check_reachable
+        from asynccorr.studies.cluster import check_reachable
 
         check_reachable(cluster)
     if redraw:
-        rows = render(study, study_dir(results, study))
-        Console().print(f"{len(rows)} runs redrawn: {study_dir(results, study) / 'regimes.md'}")
+        folder, rows = api.redraw_regimes(study, results)
+        Console().print(f"{len(rows)} runs redrawn: {folder / 'regimes.md'}")
         return
     start = time.perf_counter()
     with _progress(quiet) as progress:
@@ -344,7 +343,7 @@ def regimes(
             progress.update(task, completed=done, total=total,
                             rms=f"{row['rms_lateral']:.3f} m ({row['scheme']}, N={row['workers']})")
 
-        folder, rows = run_study(study, results, jobs=jobs, overwrite=overwrite, on_run=on_run, cluster=cluster)
+        folder, rows = api.regimes(study, results, jobs=jobs, overwrite=overwrite, on_run=on_run, cluster=cluster)
     wall = time.perf_counter() - start
     out = Console()
     where = f"on the Ray cluster at {cluster}" if cluster is not None else f"{jobs} job{'s' if jobs > 1 else ''}"
@@ -355,7 +354,7 @@ def regimes(
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, mapping user errors to one line and exit status 2, Ctrl-C to 130."""
-    from asynccorr.runs import ResumeError
+    from asynccorr.runs.run import ResumeError
 
     try:
         code = app(args=argv, standalone_mode=False)

@@ -12,15 +12,31 @@ import math
 import tomllib
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from asynccorr.backends import BACKENDS
 from asynccorr.errors import ConfigError  # re-exported: the error every config check raises
-from asynccorr.networks import ACTIVATIONS, check_hidden
-from asynccorr.schemes import DEFAULT_PROTOCOL, NAMES, PROTOCOLS, TANGENTS, knob_default, names_help
+from asynccorr.schemes.registry import DEFAULT_PROTOCOL, NAMES, PROTOCOLS, TANGENTS, knob_default, names_help
 
+# The choices of the layers above the config, named here so that a setting is checked where it is read;
+# each layer's registry asserts that it implements exactly these.
+WORKER_BACKENDS = ("sim", "mp", "ray")  # workers.backend: ``backends.registry.BACKENDS``
+DELAY_KINDS = ("homogeneous", "heterogeneous", "stragglers")  # workers.delay: ``backends.delays.DelayModel``
+ACTIVATIONS = ("tanh", "relu", "elu", "gelu", "swish")  # learner.activation: ``learners.networks``
+
+
+
+def check_hidden(name: str, hidden: Sequence[int]) -> tuple[int, ...]:
+    """Validate hidden-layer sizes: at least one layer, every width a positive int."""
+    hidden = tuple(hidden)
+    if len(hidden) == 0:
+        raise ValueError(f"{name} must list at least one hidden layer width, got an empty network")
+    for h in hidden:
+        if isinstance(h, bool) or not isinstance(h, int) or h <= 0:
+            raise ValueError(f"{name} widths must be positive integers, got {list(hidden)!r}")
+    return hidden
 
 def _require(cond: bool, name: str, message: str, value: Any) -> None:
     if not cond:
@@ -234,12 +250,11 @@ class WorkersConfig:
     measure_grad_error: bool = True  # server re-evaluates F(theta_k) on the shipped batch (one direction/update)
 
     def __post_init__(self) -> None:
-        from asynccorr.delays import DELAY_KINDS
-
         _check_types(self, "workers.")
         _require(1 <= self.count <= MAX_WORKERS, "workers.count", f"must be in [1, {MAX_WORKERS:,}] (MAX_WORKERS: "
                  "each simulated worker holds a sampler and a job, each real one a process)", self.count)
-        _require(self.backend in BACKENDS, "workers.backend", f"must be one of {list(BACKENDS)}", self.backend)
+        _require(self.backend in WORKER_BACKENDS, "workers.backend", f"must be one of {list(WORKER_BACKENDS)}",
+                 self.backend)
         _require(self.delay in DELAY_KINDS, "workers.delay", f"must be one of {list(DELAY_KINDS)}", self.delay)
         _nonnegative("workers.jitter", self.jitter)
         _require(math.isfinite(self.speed_spread) and self.speed_spread >= 1, "workers.speed_spread",
@@ -269,7 +284,7 @@ class SchemesConfig:
     compare: tuple[str, ...] = ("sync", "async", "modify", "modify-safe", "learner", "sync-pipelined", "modify@oracle")
     seeds: tuple[int, ...] = (0, 1, 2)
     protocol: str = DEFAULT_PROTOCOL  # how a bare modify / modify-safe gets its product (schemes.PROTOCOLS)
-    # the correction knobs; their defaults are the correction factories' own (asynccorr.corrections)
+    # the correction knobs; their defaults are the correction factories' own (asynccorr.schemes.corrections)
     trust_ratio: float = knob_default("trust_ratio")  # modify-safe: cap |correction| at trust_ratio * |G|
     dense_max_params: int = 2048  # modify-dense refuses larger networks (dense H has n^2 entries)
     staleness_bound: int = knob_default("staleness_bound")  # drop-stale: staler messages are discarded
@@ -371,26 +386,31 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """A TOML file as a dict; a ``ConfigError`` (one line) when it is missing, a directory,
+    unreadable, not UTF-8 or not TOML. Every loader of the package reads its file here."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a directory, not a TOML file")
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}")
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"malformed TOML in {path}: not UTF-8 text ({exc.reason})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"malformed TOML in {path}: {exc}") from None
+
+
 def load_config(path: str | Path | None) -> ExperimentConfig:
     """Load an experiment TOML (or the built-in defaults when ``path`` is None)."""
     if path is None:
         return ExperimentConfig()
-    path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"config file {path} is a directory, not a TOML file")
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"malformed TOML in {path}: not UTF-8 text ({exc.reason})") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"malformed TOML in {path}: {exc}") from None
-    return from_dict(ExperimentConfig, data)
+    return from_dict(ExperimentConfig, read_toml(path))
 
 
 def with_overrides(config: ExperimentConfig, **section_fields: Any) -> ExperimentConfig:

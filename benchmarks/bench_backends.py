@@ -55,8 +55,9 @@ def measure(backend: str, workers: int, args: argparse.Namespace) -> dict:
     """One run of (repeats + 1) chunks; the first is warm-up, each other chunk gives one rate."""
     import numpy as np
 
+    from asynccorr.backends.protocol import RunHooks
     from asynccorr.config import ExperimentConfig, with_overrides
-    from asynccorr.schemes import get_scheme
+    from asynccorr.schemes.registry import get_scheme
 
     chunk, total = args.chunk, args.chunk * (args.repeats + 1)
     config = with_overrides(ExperimentConfig(), name="bench",
@@ -72,7 +73,7 @@ def measure(backend: str, workers: int, args: argparse.Namespace) -> dict:
         marks: dict[int, float] = {}
         # chunk boundaries from on_chunk: each chunk also holds one (compiled, ~ms) tracking evaluation
         run_sim(with_overrides(config, train={"eval_every": chunk}), args.scheme,
-                on_chunk=lambda done, _: marks.setdefault(done, time.perf_counter()))
+                RunHooks(on_chunk=lambda done, _: marks.setdefault(done, time.perf_counter())))
         bounds = np.array([marks[k * chunk] for k in range(1, args.repeats + 2)])
     else:
         if backend == "mp":

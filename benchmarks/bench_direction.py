@@ -52,7 +52,7 @@ import jax.numpy as jnp
 
 from asynccorr.config import LearnerConfig
 from asynccorr.envs import make
-from asynccorr.learner import make_learner
+from asynccorr.learners.gpi import make_learner
 
 TARGET_OVER_FLOPS = 1.1  # the timed ratio may exceed XLA's flop ratio by at most this factor
 

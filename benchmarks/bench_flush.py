@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from asynccorr.results import CsvLog, write_csv
+from asynccorr.runs.files import CsvLog, write_csv
 
 COLUMNS = ("iteration", "time", "worker", "staleness", "policy_loss", "value_loss", "grad_error",
            "policy_grad_error", "stale_grad_error", "direction_norm", "correction_norm", "update_norm")

@@ -2,7 +2,7 @@
 
 On an experiment's learner (default: ``experiments/paper.toml``) this times, round-robin
 after a compiling warm-up, every phase a job or the server can run
-(``asynccorr.backends.worker`` / ``asynccorr.server``):
+(``asynccorr.backends.worker`` / ``asynccorr.backends.update``):
 
 * ``sample``         ``WorkerOps.sample``: a worker's batch from its exploratory rollouts;
 * ``direction``      ``WorkerOps.direction``: F(theta, batch);
@@ -60,12 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     import jax.numpy as jnp
     import numpy as np
 
+    from asynccorr.backends.update import Shipped, init_server, make_update
     from asynccorr.backends.worker import worker_ops
-    from asynccorr.build import build, run_keys, worker_stream
     from asynccorr.config import load_config, with_overrides
-    from asynccorr.learner import Losses
-    from asynccorr.schemes import correction_for, get_scheme
-    from asynccorr.server import Shipped, init_server, make_update
+    from asynccorr.learners.base import Losses
+    from asynccorr.learners.build import build, run_keys, worker_stream
+    from asynccorr.schemes.registry import correction_for, get_scheme
 
     config = load_config(args.config)
     learner, optimizer = build(config)

@@ -38,11 +38,12 @@ from typing import NamedTuple
 
 import jax
 
-from asynccorr import api, programs
-from asynccorr.build import build
-from asynccorr.evaluation import RandomStartSummary, evaluate_random_starts
-from asynccorr.jaxcache import compilation_cache
-from asynccorr.trainer import chunk_runner, initial_state
+from asynccorr import api
+from asynccorr.backends.sequential import chunk_runner, initial_state
+from asynccorr.compile import programs
+from asynccorr.compile.cache import compilation_cache
+from asynccorr.learners.build import build
+from asynccorr.learners.evaluation import RandomStartSummary, evaluate_random_starts
 
 THRESHOLDS = {"rms_lateral": (0.30, 0.15), "rms_lateral_settled": (0.10, 0.05)}  # [m]
 LABELS = {"rms_lateral": "all steps", "rms_lateral_settled": "after 5 s"}

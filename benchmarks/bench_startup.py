@@ -4,7 +4,7 @@ Each run is the installed command line in a fresh process, ``asynccorr train --s
 --iterations N --quiet`` (default experiment: kinematic env, 64x64 nets, batch 256; ``sim``
 backend for the asynchronous schemes), into a temporary results folder. *Cold*: an empty
 compilation cache (``ASYNCCORR_JAX_CACHE`` = a fresh folder), so everything compiles; *warm*:
-the same folder again, filled by the cold run (it holds the compiled programs too: ``asynccorr.programs``);
+the same folder again, filled by the cold run (it holds the compiled programs too: ``asynccorr.compile.programs``);
 *another seed*: one more warm run with ``--seed 1``, which the programs serve too (their key leaves the
 seed out). The start-up figure is the wall clock from
 just before the process is spawned (``time.time()`` here) to the run's first evaluation point

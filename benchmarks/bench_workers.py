@@ -3,7 +3,7 @@
 For N = 16, 256, 1,024 (``--workers``) and the schemes ``async`` and ``modify`` (server
 protocol), on the default experiment (kinematic env, 64x64 nets, batch 256), in this process:
 
-* **set-up**: a run of one update, from the call (``runs.train``) to its first update
+* **set-up**: a run of one update, from the call (``backends.registry.run``) to its first update
   (``RunResult.first_flush``, stamped when the update's metrics reached the run protocol).
   It covers everything N-dependent: the batched initialisation of the N workers' key streams
   and samplers (one jitted call), every worker's first batch and job, and the first server
@@ -35,10 +35,10 @@ import time
 from pathlib import Path
 
 from asynccorr import api
+from asynccorr.backends.protocol import RunHooks
+from asynccorr.backends.registry import run
+from asynccorr.compile.cache import compilation_cache
 from asynccorr.config import ExperimentConfig
-from asynccorr.jaxcache import compilation_cache
-from asynccorr.run_protocol import RunHooks
-from asynccorr.runs import train
 
 TARGET_WORKERS, TARGET_S = 1024, 5.0
 
@@ -52,7 +52,7 @@ def config_for(base: ExperimentConfig, workers: int, iterations: int, eval_every
 def setup_seconds(base: ExperimentConfig, scheme: str, workers: int) -> float:
     """Call start to the first update of a one-update run."""
     start = time.time()
-    result = train(config_for(base, workers, 1, 1), scheme)
+    result = run(config_for(base, workers, 1, 1), scheme)
     assert result.first_flush is not None and result.first_flush.updates == 1
     return result.first_flush.unix_time - start
 
@@ -61,7 +61,7 @@ def chunk_rates(base: ExperimentConfig, scheme: str, workers: int, chunk: int, r
     """Server updates/s of each chunk after the first (warm-up) of one run."""
     stamps: list[float] = []
     hooks = RunHooks(on_chunk=lambda done, record: stamps.append(time.perf_counter()))
-    train(config_for(base, workers, chunk * (repeats + 1), chunk), scheme, hooks=hooks)
+    run(config_for(base, workers, chunk * (repeats + 1), chunk), scheme, hooks)
     return [chunk / (b - a) for a, b in itertools.pairwise(stamps)]
 
 

@@ -59,7 +59,7 @@ def per_update(config: dict[str, Any], scheme: str) -> tuple[int, int, int, int]
 
 def run_row(run: Any) -> dict[str, Any]:
     """One run's row of the table (``run``: ``plots.Run``)."""
-    from asynccorr.schemes import label
+    from asynccorr.schemes.registry import label
 
     config, m, evals = run.config, run.metrics, run.evals
     kind = config["learner"].get("kind", "gpi")
@@ -105,7 +105,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             "| sim time to target [s] | final RMS [m] |")
     lines = [head, "|" + " --- |" * (head.count("|") - 1)]
     keys = sorted({(r["learner"], r["workers"], r["scheme"]) for r in rows},
-                  key=lambda t: (t[0], t[1], SCHEME_ORDER.get(t[2].split("@")[0], 9), t[2]))
+                  key=lambda t: (t[0], t[1], _rank(t[2])))
     for learner, n, scheme in keys:
         group = sorted((r for r in rows if (r["learner"], r["workers"], r["scheme"]) == (learner, n, scheme)),
                        key=lambda r: r["seed"])
@@ -125,7 +125,11 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-SCHEME_ORDER = {"async": 0, "modify": 1, "modify-safe": 2}
+def _rank(scheme: str) -> tuple[int, str]:
+    """Tables and legends order schemes as the registry does (``schemes.registry.DISPLAY_ORDER``)."""
+    from asynccorr.schemes.registry import DISPLAY_ORDER
+
+    return (DISPLAY_ORDER.index(scheme) if scheme in DISPLAY_ORDER else len(DISPLAY_ORDER), scheme)
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -153,7 +157,7 @@ def figures(folder: Path, rows: list[dict[str, Any]]) -> list[Path]:
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=False)
         for ax, learner in zip(axes, ("a3c", "gpi")):
             mine = [r for r in rows if r["learner"] == learner]
-            for scheme in sorted({r["scheme"] for r in mine}, key=lambda s: SCHEME_ORDER.get(s.split("@")[0], 9)):
+            for scheme in sorted({r["scheme"] for r in mine}, key=_rank):
                 ns = sorted({r["workers"] for r in mine if r["scheme"] == scheme or r["workers"] == 1})
                 ys = [np.nanmean([float(r[metric]) for r in mine
                                   if r["workers"] == n and (r["scheme"] == scheme or n == 1)] or [np.nan])
@@ -229,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("targets", help="the per-run table of existing experiment folders")
     t.add_argument("folders", nargs="+")
     args = p.parse_args(argv)
-    from asynccorr.jaxcache import compilation_cache
+    from asynccorr.compile.cache import compilation_cache
 
     compilation_cache()
     return sweep(args) if args.command == "sweep" else targets(args)

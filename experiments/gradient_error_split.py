@@ -14,8 +14,8 @@ import sys
 
 import numpy as np
 
+from asynccorr.backends.registry import run
 from asynccorr.config import load_config, with_overrides
-from asynccorr.runs import train
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--after", type=int, default=50, help="the rest starts after this update")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    from asynccorr.jaxcache import compilation_cache
+    from asynccorr.compile.cache import compilation_cache
 
     compilation_cache()
     cfg = with_overrides(load_config(args.config),
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
           "| median |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for scheme in args.schemes:
-        m = train(cfg, scheme).metrics
+        m = run(cfg, scheme).metrics
         e = m["grad_error"]
         print(f"| {scheme} | {m['staleness'].mean():.2f} | {m['residual_staleness'].mean():.2f} | {e.mean():.4f} "
               f"| {e[:args.early].mean():.4f} | {e[args.after:].mean():.2e} | {np.median(e):.2e} |", flush=True)

@@ -120,7 +120,7 @@ def run_one(job: Job) -> str:
     """Train one run unless it finished already (its meta.json says completed or diverged)."""
     import json
 
-    from asynccorr.runs import train_run
+    from asynccorr.runs.run import train_run
 
     cfg = config_of(job)
     run_dir = OUT / job.folder / f"{job.scheme}-seed{job.seed}"
@@ -135,7 +135,7 @@ def run_one(job: Job) -> str:
 
 
 def _load(job: Job) -> dict[str, np.ndarray] | None:
-    from asynccorr.results import read_csv
+    from asynccorr.runs.files import read_csv
 
     path = OUT / job.folder / f"{job.scheme}-seed{job.seed}" / "metrics.csv"
     return read_csv(path) if path.exists() else None
@@ -143,7 +143,7 @@ def _load(job: Job) -> dict[str, np.ndarray] | None:
 
 def first_below(loss: np.ndarray, target: float) -> int | None:
     """The first update index whose SMOOTH-update mean loss (that update and the ones before) is below target."""
-    from asynccorr.regimes import smoothed_first_below
+    from asynccorr.studies.regimes import smoothed_first_below
 
     return smoothed_first_below(loss, target, SMOOTH)
 
@@ -189,7 +189,7 @@ def row_of(job: Job, m: dict[str, np.ndarray], target: float) -> dict[str, Any]:
 def server_cost(job: Job) -> float:
     """The server's simulated seconds per message (sync: per round) in the setting's cost model."""
     from asynccorr.backends.sim import costs
-    from asynccorr.schemes import get_scheme
+    from asynccorr.schemes.registry import get_scheme
 
     return costs(get_scheme(job.scheme), config_of(job)).server
 
@@ -201,7 +201,7 @@ def _fmt(x: float | None, digits: int = 3) -> str:
 
 
 def label_of(job: Job) -> str:
-    from asynccorr.schemes import label
+    from asynccorr.schemes.registry import label
 
     return f"{label(job.scheme)}, {job.tangent} tangent" if job.tangent else label(job.scheme)
 

@@ -13,9 +13,8 @@ import argparse
 import sys
 
 from asynccorr.api import load
-from asynccorr.plots import scheme_order
-from asynccorr.regimes import smoothed_first_below
-from asynccorr.schemes import label
+from asynccorr.schemes.registry import display_order, label
+from asynccorr.studies.regimes import smoothed_first_below
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| scheme | updates until the {args.smooth}-update mean loss < {args.target} (per seed) "
           "| simulated time then [s] |")
     print("| --- | --- | --- |")
-    for scheme in scheme_order([r.scheme for r in runs]):
+    for scheme in display_order([r.scheme for r in runs]):
         group = sorted((r for r in runs if r.scheme == scheme), key=lambda r: r.seed)
         hits = [(r, smoothed_first_below(r.metrics["policy_loss"], args.target, args.smooth)) for r in group]
         updates = " / ".join("never" if k is None else str(int(r.metrics["iteration"][k])) for r, k in hits)

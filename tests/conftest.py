@@ -19,7 +19,7 @@ if not (os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.environ.get("ASYNCCORR
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _SESSION_CACHE
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # The CLI calls of the suite are mostly runs of configs and schemes no earlier call ran: they keep no
-# programs (asynccorr.programs) and read the session's compilation cache instead, which makes them
+# programs (asynccorr.compile.programs) and read the session's compilation cache instead, which makes them
 # cheaper (a process that keeps programs reads no compilation cache). The tests of the programs
 # themselves turn this back on (tests/test_cli.py, tests/test_programs.py).
 os.environ.setdefault("ASYNCCORR_PROGRAMS", "off")
@@ -29,7 +29,7 @@ import pytest
 
 from asynccorr.config import LearnerConfig
 from asynccorr.envs import make
-from asynccorr.learner import make_learner
+from asynccorr.learners.gpi import make_learner
 
 # A shell that starts the suite in the background leaves SIGINT ignored, and an ignored signal
 # stays ignored across exec: the Ctrl-C tests' child processes would never see their Ctrl-C.

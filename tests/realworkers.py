@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from clitools import tiny_toml
 
+from asynccorr.backends.protocol import RunHooks
 from asynccorr.config import ExperimentConfig, with_overrides
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,7 +85,7 @@ def run_with_a_killed_and_a_hung_worker(run, backend: str):
             os.kill(first[0], signal.SIGKILL)
 
     cfg = tiny_config(backend, train={"iterations": 60, "eval_every": 20}, workers={"timeout": 2.0})
-    result = run(cfg, "async", on_chunk=on_chunk, on_event=on_event, hang=(1, 3))
+    result = run(cfg, "async", RunHooks(on_chunk=on_chunk), on_event=on_event, hang=(1, 3))
     assert_complete_async_run(result, 60)
     kinds = [(e["kind"], e["worker"]) for e in result.events]
     assert ("died", 0) in kinds and ("hung", 1) in kinds

@@ -10,9 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from asynccorr import a3c
+from asynccorr.backends.sequential import run_sequential
 from asynccorr.backends.sim import run_sim
-from asynccorr.build import build, make_any_learner
 from asynccorr.config import (
     A3CConfig,
     ConfigError,
@@ -22,9 +21,10 @@ from asynccorr.config import (
     with_overrides,
 )
 from asynccorr.envs import make
-from asynccorr.runs import train_run
-from asynccorr.schemes import SCHEMES
-from asynccorr.trainer import train_sequential
+from asynccorr.learners import a3c
+from asynccorr.learners.build import build, make_any_learner
+from asynccorr.runs.run import train_run
+from asynccorr.schemes.registry import SCHEMES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -191,7 +191,7 @@ ONE_WORKER = sorted(s for s in SCHEMES if not SCHEMES[s].pipelined
 @pytest.mark.parametrize("scheme", ONE_WORKER)
 def test_with_one_worker_every_scheme_equals_the_sequential_a3c_learner(scheme):
     cfg = a3c_config()
-    reference = train_sequential(cfg)
+    reference = run_sequential(cfg)
     result = run_sim(cfg, scheme)
     assert np.all(result.metrics["staleness"] == 0)
     np.testing.assert_allclose(result.params, reference.params, rtol=1e-5, atol=1e-6)
@@ -234,7 +234,7 @@ def test_the_correction_removes_most_of_the_a3c_gradient_error_at_the_default_st
 def test_the_sequential_a3c_learner_tracks_the_sine_within_its_budget():
     """docs/a3c.md: 0.10 m RMS lateral error on the fixed scenario within 600 updates."""
     cfg = load_config(REPO / "experiments" / "a3c.toml")
-    result = train_sequential(with_overrides(cfg, train={"iterations": 600, "eval_every": 300,
+    result = run_sequential(with_overrides(cfg, train={"iterations": 600, "eval_every": 300,
                                                          "checkpoint_every": 0}))
     initial, final = result.evals[0].summary, result.evals[-1].summary
     assert initial.left_road and not final.left_road

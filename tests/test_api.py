@@ -7,9 +7,9 @@ from clitools import tiny_toml
 
 from asynccorr import api
 from asynccorr.config import ConfigError, ExperimentConfig
-from asynccorr.results import RunExistsError
-from asynccorr.runs import RunFinished
-from asynccorr.stats import MeanStd
+from asynccorr.runs.files import RunExistsError
+from asynccorr.runs.run import RunFinished
+from asynccorr.runs.summary import MeanStd
 
 
 @pytest.fixture

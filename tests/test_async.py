@@ -9,15 +9,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from asynccorr import corrections
+from asynccorr.backends.sequential import run_sequential
 from asynccorr.backends.sim import run_sim
-from asynccorr.build import make_optimizer
+from asynccorr.backends.update import Shipped, init_server, make_update
 from asynccorr.config import ConfigError, ExperimentConfig, with_overrides
-from asynccorr.learner import Learner, Losses
-from asynccorr.runs import train_run
-from asynccorr.schemes import get_scheme, make_correction
-from asynccorr.server import Shipped, init_server, make_update
-from asynccorr.trainer import train_sequential
+from asynccorr.learners.base import Learner, Losses
+from asynccorr.learners.build import make_optimizer
+from asynccorr.runs.run import train_run
+from asynccorr.schemes import corrections
+from asynccorr.schemes.registry import get_scheme, make_correction
 
 
 def small_config(**sections) -> ExperimentConfig:
@@ -206,7 +206,7 @@ ONE_WORKER = ("async", "modify@server", "modify@deferred", "modify@look-ahead", 
 @pytest.mark.parametrize("scheme", ONE_WORKER)
 def test_with_one_worker_every_scheme_equals_the_sequential_trainer(scheme):
     cfg = small_config()
-    reference = train_sequential(cfg)
+    reference = run_sequential(cfg)
     result = run_sim(cfg, scheme)
     assert np.all(result.metrics["staleness"] == 0)
     np.testing.assert_allclose(result.params, reference.params, rtol=1e-5, atol=1e-6)
@@ -216,9 +216,9 @@ def test_with_one_worker_every_scheme_equals_the_sequential_trainer(scheme):
 def test_the_workers_are_set_up_in_blocks_exactly_as_one_batched_call_would_set_them_up():
     """Worker i's key stream and sampler are ``worker_stream(k_workers, i)`` and ``sampler_init`` of its
     sampler key, vmapped; set up in blocks of ``SETUP_BLOCK`` (one compiled shape for any N), bit for bit."""
-    from asynccorr.backends import sim
-    from asynccorr.backends.serving import ServerRole
-    from asynccorr.build import run_keys, worker_stream
+    from asynccorr.backends.registry import sim
+    from asynccorr.backends.server import ServerRole
+    from asynccorr.learners.build import run_keys, worker_stream
 
     n = sim.SETUP_BLOCK + 3  # two blocks, the second padded
     cfg = small_config(workers={"count": n})

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from clitools import run_cli, tiny_toml
 
-from asynccorr import locks
 from asynccorr.cli import main
+from asynccorr.runs import locks
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "experiments" / "paper.toml"

@@ -110,7 +110,7 @@ def test_a_repeated_run_loads_its_programs_and_gives_the_bits_of_a_run_without_a
 
 
 def test_the_cache_folder_is_the_env_override_else_the_user_cache_folder_and_off_turns_it_off(tmp_path):
-    from asynccorr.jaxcache import cache_folder
+    from asynccorr.compile.cache import cache_folder
 
     home = tmp_path / "home"
     assert cache_folder({}, home) == home / ".cache" / "asynccorr" / "jax"
@@ -121,7 +121,7 @@ def test_the_cache_folder_is_the_env_override_else_the_user_cache_folder_and_off
 
 
 def test_train_help_lists_every_registered_scheme_and_protocol(capsys):
-    from asynccorr.schemes import PROTOCOLS, SCHEMES, SEQUENTIAL
+    from asynccorr.schemes.registry import PROTOCOLS, SCHEMES, SEQUENTIAL
 
     code, out, _ = run_cli(capsys, "train", "--help")
     assert code == 0

@@ -176,7 +176,7 @@ def test_a_comparison_on_two_nodes_writes_here_what_the_local_one_writes_byte_fo
 
 def tasks_in_this_process(monkeypatch) -> None:
     """The cluster's transport replaced by this process: every task runs here, at once, in order."""
-    from asynccorr import cluster
+    from asynccorr.studies import cluster
 
     def run_tasks(address, fn, calls, on_result):
         for i, args in enumerate(calls):

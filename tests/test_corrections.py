@@ -15,9 +15,9 @@ import optax
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from asynccorr import corrections
 from asynccorr.config import ConfigError, ExperimentConfig, with_overrides
-from asynccorr.schemes import SCHEMES, correction_for, make_correction
+from asynccorr.schemes import corrections
+from asynccorr.schemes.registry import SCHEMES, correction_for, make_correction
 
 
 def apply(tx, g, state, theta_k, theta_i=None, staleness=None):

@@ -15,15 +15,19 @@ import numpy as np
 import pytest
 from clitools import run_cli, tiny_toml
 
-from asynccorr import locks, plots
+from asynccorr.backends.checkpoint import CheckpointError
+from asynccorr.backends.protocol import RunHooks, TrainingInterrupted, first_diverged_row
+from asynccorr.backends.registry import run
 from asynccorr.backends.sim import run_sim
-from asynccorr.checkpoint import CheckpointError, checkpoint_files, load_latest_checkpoint, read_checkpoint
 from asynccorr.cli import main
 from asynccorr.config import ExperimentConfig, with_overrides
-from asynccorr.results import CsvLog, csv_text, read_csv, write_csv, write_json
-from asynccorr.run_protocol import RunHooks, TrainingInterrupted, first_diverged_row
-from asynccorr.runs import aggregate, diverged_text, train, train_run
-from asynccorr.runs import config_record as runs_config_record
+from asynccorr.figures import experiment as plots
+from asynccorr.runs import locks
+from asynccorr.runs.checkpoints import checkpoint_files, load_latest_checkpoint, read_checkpoint
+from asynccorr.runs.files import CsvLog, csv_text, read_csv, write_csv, write_json
+from asynccorr.runs.run import config_record as runs_config_record
+from asynccorr.runs.run import train_run
+from asynccorr.runs.summary import diverged_text, per_scheme
 
 REPO = Path(__file__).resolve().parents[1]
 RESULT_FILES = ("params.npy", "metrics.csv", "eval.csv", "trajectory.csv")
@@ -74,7 +78,7 @@ def test_a_row_is_diverged_when_a_loss_or_norm_is_not_finite_or_a_loss_exceeds_t
 
 def test_a_diverging_sequential_run_stops_at_its_first_bad_update_with_the_parameters_before_it():
     cfg = tiny(**{**UNSTABLE, "optim": {"policy_lr": 0.3, "value_lr": 0.9}})
-    result = train(cfg, "sequential")
+    result = run(cfg, "sequential")
     assert result.status == "diverged"
     k = result.diverged_at
     assert 1 < k <= cfg.train.iterations
@@ -82,7 +86,7 @@ def test_a_diverging_sequential_run_stops_at_its_first_bad_update_with_the_param
     assert list(result.metrics["iteration"]) == list(range(1, k + 1))
     assert first_diverged_row(result.metrics, cfg.train.divergence_loss) == k - 1
     # the parameters are the trainer's before update k (found again inside the scan chunk), evaluated
-    before = train(with_overrides(cfg, train={"iterations": k - 1}), "sequential")
+    before = run(with_overrides(cfg, train={"iterations": k - 1}), "sequential")
     assert before.status == "completed"
     np.testing.assert_array_equal(result.params, before.params)
     assert result.evals[-1].iteration == k - 1 and result.evals[-1].summary == before.evals[-1].summary
@@ -127,7 +131,7 @@ count = 4
     metrics = read_csv(folder / "modify@server-seed0" / "metrics.csv")
     assert list(metrics["iteration"]) == list(range(1, k + 1))
     assert first_diverged_row(metrics, 1e6) == k - 1
-    before = train(with_overrides(tiny(**UNSTABLE), train={"iterations": k - 1}), "modify")
+    before = run(with_overrides(tiny(**UNSTABLE), train={"iterations": k - 1}), "modify")
     assert before.status == "completed"
     np.testing.assert_array_equal(np.load(folder / "modify@server-seed0" / "params.npy"), before.params)
     evals = read_csv(folder / "modify@server-seed0" / "eval.csv")
@@ -347,7 +351,7 @@ def test_ctrl_c_in_the_simulation_returns_everything_up_to_the_last_update():
 
 @pytest.mark.parametrize("scheme", ["async", "sequential"])
 def test_ctrl_c_writes_the_partial_run_and_exits_130_with_one_line(capsys, tmp_path, monkeypatch, scheme):
-    from asynccorr import runs
+    from asynccorr.runs import run as runs
 
     real, calls = runs.write_progress, []
 
@@ -391,7 +395,7 @@ def _summary_without_wall_time(folder: Path) -> list[dict[str, str]]:
 
 def test_compare_resume_reuses_finished_runs_continues_the_interrupted_one_and_trains_the_rest(
         capsys, tmp_path, monkeypatch):
-    from asynccorr import runs
+    from asynccorr.runs import run as runs
 
     config = tmp_path / "tiny.toml"
     config.write_text(COMPARE_TOML)
@@ -418,8 +422,8 @@ def test_compare_resume_reuses_finished_runs_continues_the_interrupted_one_and_t
         " ".join(err.split())
     assert {p.name: p.read_bytes() for p in (folder / "async-seed0").iterdir() if p.is_file()} == finished
     assert json.loads((folder / "async-seed1" / "meta.json").read_text())["resumed_from"] == 4
-    for run in ("async-seed0", "async-seed1", "sequential-seed0", "sequential-seed1"):
-        same_files(tmp_path / "ref" / "tiny" / run, folder / run)
+    for name in ("async-seed0", "async-seed1", "sequential-seed0", "sequential-seed1"):
+        same_files(tmp_path / "ref" / "tiny" / name, folder / name)
     assert _summary_without_wall_time(folder) == _summary_without_wall_time(tmp_path / "ref" / "tiny")
 
 
@@ -438,7 +442,8 @@ def test_compare_resume_refuses_runs_of_another_config_and_changes_nothing(capsy
 
 def test_resume_plan_restarts_unfinished_runs_that_cannot_continue(tmp_path):
     """No checkpoint yet (or a real backend, not reproducible from one): the partial run starts afresh."""
-    from asynccorr.runs import resume_plan, run_dir_for
+    from asynccorr.runs.run import run_dir_for
+    from asynccorr.studies.compare import resume_plan
 
     for cfg in (tiny(train={"checkpoint_every": 0}), tiny(workers={"backend": "mp"})):
         run_dir = run_dir_for(tmp_path, cfg, "async")
@@ -459,7 +464,7 @@ def test_scheme_means_leave_out_seeds_without_a_value_and_count_the_diverged_one
     for r in rows:
         r.update({k: 1.0 for k in ("grad_error_mean", "grad_error_final", "rms_lateral", "mean_staleness",
                                    "sim_time", "wall_time_s")})
-    [agg] = aggregate(rows)
+    [agg] = per_scheme(rows)
     assert agg["final_policy_loss"] == (3.0, 1.0, 2)  # mean, std, seeds with a value
     assert agg["diverged"] == 1 and diverged_text(agg) == "1/3 (at 9)"
 

@@ -162,7 +162,7 @@ def test_invalid_learner_config_is_rejected_naming_the_field(overrides, field):
 
 @pytest.mark.parametrize(("hidden", "activation"), [((3,), "tanh"), ((5, 7, 4), "relu"), ((64, 64), "tanh")])
 def test_feature_major_mlp_is_the_flax_module_on_the_transposed_batch(hidden, activation):
-    from asynccorr.networks import Policy, Value, mlp_apply_feature_major
+    from asynccorr.learners.networks import Policy, Value, mlp_apply_feature_major
 
     obs = jax.random.normal(jax.random.PRNGKey(0), (9, 13))  # batch-major: 9 observations of 13
     for module, squash in [(Policy(hidden, 2, activation), jnp.tanh), (Value(hidden, activation), None)]:

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from clitools import run_cli, tiny_toml
 
-from asynccorr import locks
-from asynccorr.results import write_json
+from asynccorr.runs import locks
+from asynccorr.runs.files import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -20,12 +20,12 @@ from realworkers import (  # noqa: F401
 )
 
 from asynccorr.backends.mp import SharedBlock, run_mp
-from asynccorr.build import make_optimizer
+from asynccorr.backends.update import Shipped, init_server, make_update
 from asynccorr.config import A3CConfig, ConfigError, ExperimentConfig, with_overrides
-from asynccorr.learner import Learner, Losses
-from asynccorr.runs import planned_runs
-from asynccorr.schemes import get_scheme, make_correction
-from asynccorr.server import Shipped, init_server, make_update
+from asynccorr.learners.base import Learner, Losses
+from asynccorr.learners.build import make_optimizer
+from asynccorr.schemes.registry import get_scheme, make_correction
+from asynccorr.studies.compare import planned_runs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -112,9 +112,9 @@ def test_the_server_applies_a_real_workers_message_exactly_on_a_quadratic(protoc
 
 def test_the_real_backends_server_stops_at_the_first_diverging_update_and_flushes_before():
     """As on sim: rows up to and including the bad update, the parameters before it, status diverged."""
-    from asynccorr.backends.serving import ServerRole
+    from asynccorr.backends.protocol import RunHooks
+    from asynccorr.backends.server import ServerRole
     from asynccorr.backends.worker import Message
-    from asynccorr.run_protocol import RunHooks
 
     cfg = tiny_config("mp", train={"iterations": 10, "eval_every": 2}, workers={"measure_grad_error": False})
     flushed: list[int] = []

@@ -10,18 +10,11 @@ import pytest
 from clitools import run_cli
 from matplotlib.collections import PolyCollection
 
-from asynccorr import plots
-from asynccorr.plots import (
-    FIGURES,
-    FORMATS,
-    PlotError,
-    experiment_folders,
-    load_runs,
-    plot_experiment,
-    plot_path,
-)
-from asynccorr.results import parse_run_dir_name, read_csv, run_dir_name, write_csv, write_json
-from asynccorr.schemes import DISPLAY_ORDER
+from asynccorr.figures import experiment as plots
+from asynccorr.figures.experiment import FIGURES, FORMATS, plot_experiment, plot_path
+from asynccorr.runs.files import parse_run_dir_name, read_csv, run_dir_name, write_csv, write_json
+from asynccorr.runs.read import ResultsError, experiment_folders, load_runs
+from asynccorr.schemes.registry import DISPLAY_ORDER
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -30,7 +23,7 @@ FRESH = ("sequential", "sync")
 
 def make_run(folder: Path, scheme: str, seed: int, n: int = 40, diverge_at: int | None = None,
              meta: dict | None = None) -> Path:
-    """A run directory in the layout ``asynccorr.runs`` writes, with plausible synthetic curves."""
+    """A run directory in the layout ``asynccorr.runs.run`` writes, with plausible synthetic curves."""
     rng = np.random.default_rng(seed + 17 * len(scheme))
     run = folder / run_dir_name(scheme, seed)
     it = np.arange(1, n + 1)
@@ -183,7 +176,7 @@ def test_several_seeds_give_a_min_to_max_band_and_one_seed_gives_none(tmp_path: 
 
 def test_the_band_spans_the_seeds_and_the_line_is_their_mean():
     x = np.arange(1.0, 6.0)
-    grid, mean, lo, hi, count = plots.aggregate([(x, np.full(5, 1.0)), (x, np.full(5, 3.0))])
+    grid, mean, lo, hi, count = plots.curve_band([(x, np.full(5, 1.0)), (x, np.full(5, 3.0))])
     np.testing.assert_allclose(grid, x)
     np.testing.assert_allclose(mean, 2.0)
     np.testing.assert_allclose(lo, 1.0)
@@ -193,7 +186,7 @@ def test_the_band_spans_the_seeds_and_the_line_is_their_mean():
 
 def test_a_seed_that_stops_early_only_counts_where_it_has_data():
     long, short = np.arange(1.0, 11.0), np.arange(1.0, 6.0)
-    _, mean, _, _, count = plots.aggregate([(long, np.full(10, 1.0)), (short, np.full(5, 3.0))])
+    _, mean, _, _, count = plots.curve_band([(long, np.full(10, 1.0)), (short, np.full(5, 3.0))])
     assert list(count) == [2] * 5 + [1] * 5
     np.testing.assert_allclose(mean, [2.0] * 5 + [1.0] * 5)
 
@@ -312,18 +305,18 @@ def test_a_run_that_stopped_early_is_diverged_when_its_meta_says_so(tmp_path: Pa
 
 
 def test_a_missing_folder_is_a_plot_error(tmp_path: Path):
-    with pytest.raises(PlotError, match="does not exist"):
+    with pytest.raises(ResultsError, match="does not exist"):
         plot_experiment(tmp_path / "nope")
 
 
 def test_a_file_instead_of_a_folder_is_a_plot_error(tmp_path: Path):
     (tmp_path / "file").write_text("x")
-    with pytest.raises(PlotError, match="not a directory"):
+    with pytest.raises(ResultsError, match="not a directory"):
         plot_experiment(tmp_path / "file")
 
 
 def test_an_empty_folder_is_a_plot_error(tmp_path: Path):
-    with pytest.raises(PlotError, match="no run directories"):
+    with pytest.raises(ResultsError, match="no run directories"):
         plot_experiment(tmp_path)
 
 
@@ -331,7 +324,7 @@ def test_a_folder_with_only_summary_files_is_a_plot_error(tmp_path: Path):
     write_csv(tmp_path / "summary.csv", {"scheme": ["async"], "seed": [0]})
     (tmp_path / "summary.md").write_text("# summary\n")
     (tmp_path / "figures").mkdir()
-    with pytest.raises(PlotError, match="no run directories"):
+    with pytest.raises(ResultsError, match="no run directories"):
         plot_experiment(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["figures", "summary.csv", "summary.md"]
 
@@ -340,14 +333,14 @@ def test_a_folder_with_only_summary_files_is_a_plot_error(tmp_path: Path):
 def test_a_run_with_an_empty_metrics_file_is_a_plot_error_naming_the_file(experiment: Path, content: str):
     metrics = experiment / "async-seed1" / "metrics.csv"
     metrics.write_text(content)
-    with pytest.raises(PlotError, match=r"async-seed1/metrics\.csv") as info:
+    with pytest.raises(ResultsError, match=r"async-seed1/metrics\.csv") as info:
         plot_experiment(experiment)
     assert "\n" not in str(info.value)
 
 
 def test_a_run_without_a_metrics_file_is_a_plot_error_naming_the_file(experiment: Path):
     (experiment / "sync-seed0" / "metrics.csv").unlink()
-    with pytest.raises(PlotError, match=r"sync-seed0/metrics\.csv is missing"):
+    with pytest.raises(ResultsError, match=r"sync-seed0/metrics\.csv is missing"):
         plot_experiment(experiment)
 
 
@@ -359,7 +352,7 @@ def test_a_run_without_a_metrics_file_is_a_plot_error_naming_the_file(experiment
 ], ids=["non-numeric", "ragged", "nul-bytes", "not-utf8"])
 def test_a_run_with_a_corrupt_metrics_file_is_a_plot_error_naming_the_file(experiment: Path, content: bytes):
     (experiment / "modify-seed0" / "metrics.csv").write_bytes(content)
-    with pytest.raises(PlotError, match=r"modify-seed0/metrics\.csv") as info:
+    with pytest.raises(ResultsError, match=r"modify-seed0/metrics\.csv") as info:
         plot_experiment(experiment)
     assert "\n" not in str(info.value)
     assert not (experiment / "figures").exists()
@@ -367,12 +360,12 @@ def test_a_run_with_a_corrupt_metrics_file_is_a_plot_error_naming_the_file(exper
 
 def test_a_metrics_file_without_the_loss_column_is_a_plot_error(experiment: Path):
     write_csv(experiment / "async-seed0" / "metrics.csv", {"iteration": [1, 2], "time": [0.1, 0.2]})
-    with pytest.raises(PlotError, match="lacks column"):
+    with pytest.raises(ResultsError, match="lacks column"):
         plot_experiment(experiment)
 
 
 def test_plot_error_is_a_value_error():
-    assert issubclass(PlotError, ValueError)
+    assert issubclass(ResultsError, ValueError)
 
 
 # ----------------------------------------------------------------------------- plot PATH: a root, an experiment, a run

@@ -1,4 +1,4 @@
-"""Compiled programs kept on disk (asynccorr.programs): what is kept, under which key, and that a run
+"""Compiled programs kept on disk (asynccorr.compile.programs): what is kept, under which key, and that a run
 that loads them is the run that compiled them, bit for bit."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from asynccorr import programs
-from asynccorr.build import build, run_keys
+from asynccorr.backends.sequential import init_state, initial_state
+from asynccorr.backends.update import init_server, initial_server
+from asynccorr.compile import programs
 from asynccorr.config import ExperimentConfig, with_overrides
-from asynccorr.schemes import SCHEMES, correction_for
-from asynccorr.server import init_server, initial_server
-from asynccorr.trainer import init_state, initial_state
+from asynccorr.learners.build import build, run_keys
+from asynccorr.schemes.registry import SCHEMES, correction_for
 
 
 def small_config(**sections) -> ExperimentConfig:
@@ -202,7 +202,7 @@ def test_a_program_two_runs_of_one_process_share_is_kept_under_both_scopes_witho
 @pytest.mark.parametrize("setting", [None, "off"])
 def test_the_cli_process_keeps_programs_and_reads_no_compilation_cache_unless_programs_are_off(
         tmp_path, monkeypatch, setting):
-    from asynccorr.jaxcache import compilation_cache
+    from asynccorr.compile.cache import compilation_cache
 
     saved = {name: getattr(jax.config, name) for name in ("jax_enable_compilation_cache", "jax_compilation_cache_dir")}
     monkeypatch.setenv("ASYNCCORR_JAX_CACHE", str(tmp_path))

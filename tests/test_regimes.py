@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from clitools import run_cli
 
+from asynccorr.backends.registry import run
 from asynccorr.config import ConfigError, ExperimentConfig, with_overrides
-from asynccorr.regimes import (
+from asynccorr.studies.regimes import (
     RegimeConfig,
     cells,
     load_regimes,
@@ -214,10 +215,9 @@ def test_a_reduced_grid_runs_end_to_end_and_its_numbers_follow_the_definitions(c
     two = [r for r in rows if r["workers"] == 2 and r["scheme"] != "sync"]
     assert all(r["mean_staleness"] > 0 for r in two)
     # the per-run loss curve gives the same final loss and target update as the table
-    from asynccorr.regimes import Cell, cell_config
-    from asynccorr.runs import train
+    from asynccorr.studies.regimes import Cell, cell_config
 
-    result = train(cell_config(study, Cell("homogeneous", 3e-4, 1e-3, 2), 1), "async")
+    result = run(cell_config(study, Cell("homogeneous", 3e-4, 1e-3, 2), 1), "async")
     loss = result.metrics["policy_loss"]
     (r,) = [r for r in rows if r["workers"] == 2 and r["scheme"] == "async" and r["seed"] == 1]
     assert r["final_loss"] == pytest.approx(float(loss[-1]))  # last 10 % of 8 updates = the last one
@@ -247,7 +247,7 @@ def test_on_a_cluster_every_run_is_one_task_and_the_study_is_written_here(capsys
     """``regimes --cluster``: every run goes through ``cluster.run_tasks`` (a one-CPU Ray task each) and
     its row comes back to this process, which writes the study. Here the tasks run in this process;
     a real two-node cluster is in test_cluster.py."""
-    from asynccorr import cluster
+    from asynccorr.studies import cluster
 
     submitted = []
 

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from test_async import _sgd, quadratic_learner, small_config
 
-from asynccorr import corrections
+from asynccorr.backends.sequential import run_sequential
 from asynccorr.backends.sim import costs, run_sim
+from asynccorr.backends.update import Shipped, init_server, make_update
 from asynccorr.config import ConfigError, with_overrides
-from asynccorr.schemes import PROTOCOLS, correction_for, get_scheme, make_correction, secant_window
-from asynccorr.server import Shipped, init_server, make_update
-from asynccorr.trainer import train_sequential
+from asynccorr.schemes import corrections
+from asynccorr.schemes.registry import PROTOCOLS, correction_for, get_scheme, make_correction, secant_window
 
 
 def _window(a: jax.Array, tangents: jax.Array, tx, theta: jax.Array):
@@ -150,7 +150,7 @@ def test_secant_is_a_realisable_protocol_with_one_fused_pass_per_job_and_no_prod
 @pytest.mark.parametrize("tangent", ["previous", "applied"])
 def test_with_one_worker_the_secant_protocol_equals_the_sequential_trainer(scheme, tangent):
     cfg = small_config(schemes={"secant_tangent": tangent})
-    reference = train_sequential(cfg)
+    reference = run_sequential(cfg)
     result = run_sim(cfg, scheme)
     assert np.all(result.metrics["staleness"] == 0)
     np.testing.assert_allclose(result.params, reference.params, rtol=1e-5, atol=1e-6)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from asynccorr.stats import MeanStd, final_window, mean_std, mean_std_text
+from asynccorr.runs.summary import MeanStd, final_window, mean_std, mean_std_text
 
 
 @pytest.mark.parametrize(("n", "fraction", "window"), [

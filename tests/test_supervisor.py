@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 from realworkers import tiny_config
 
-from asynccorr.backends.serving import ServerRole
+from asynccorr.backends.protocol import RunResult, TrainingInterrupted
+from asynccorr.backends.server import ServerRole
 from asynccorr.backends.supervisor import (
     START_FAILURES,
     Arrival,
@@ -29,7 +30,6 @@ from asynccorr.backends.supervisor import (
     supervise,
 )
 from asynccorr.backends.worker import Message, Ready, WorkerSpec
-from asynccorr.run_protocol import RunResult, TrainingInterrupted
 
 TIMEOUT = 5.0  # workers.timeout of every run here
 MAX_POLLS = 200  # a run that waits more often than this does not end

@@ -7,16 +7,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from asynccorr.build import build, make_optimizer
+from asynccorr.backends.sequential import run_sequential
 from asynccorr.config import ExperimentConfig, OptimConfig, TrainConfig, with_overrides
-from asynccorr.evaluation import (
+from asynccorr.learners.build import build, make_optimizer
+from asynccorr.learners.evaluation import (
     evaluate,
     evaluate_random_starts,
     rollout_random_starts,
     summarize,
     summarize_random_starts,
 )
-from asynccorr.trainer import train_sequential
 
 # docs/performance.md "Tracking threshold": 0.10 m RMS lateral error on the fixed scenario.
 RMS_THRESHOLD_M = 0.10
@@ -30,7 +30,7 @@ def _config(iterations: int, eval_every: int, seed: int = 0) -> ExperimentConfig
 
 @pytest.mark.slow
 def test_sequential_trainer_tracks_the_sine_within_the_iteration_budget():
-    result = train_sequential(_config(ITERATION_BUDGET, 250))
+    result = run_sequential(_config(ITERATION_BUDGET, 250))
     initial, final = result.evals[0].summary, result.evals[-1].summary
     assert initial.left_road  # the untrained policy cannot follow the road ...
     assert not final.left_road  # ... the trained one stays on it for the whole episode
@@ -40,9 +40,9 @@ def test_sequential_trainer_tracks_the_sine_within_the_iteration_budget():
 
 
 def test_training_is_deterministic_given_the_seed_and_differs_across_seeds():
-    a = train_sequential(_config(6, 3, seed=0))
-    b = train_sequential(_config(6, 3, seed=0))
-    c = train_sequential(_config(6, 3, seed=1))
+    a = run_sequential(_config(6, 3, seed=0))
+    b = run_sequential(_config(6, 3, seed=0))
+    c = run_sequential(_config(6, 3, seed=1))
     np.testing.assert_array_equal(a.params, b.params)
     for name in a.metrics:
         np.testing.assert_array_equal(a.metrics[name], b.metrics[name])
@@ -50,7 +50,7 @@ def test_training_is_deterministic_given_the_seed_and_differs_across_seeds():
 
 
 def test_metrics_have_one_row_per_iteration_and_evaluations_at_the_interval():
-    result = train_sequential(_config(7, 3))
+    result = run_sequential(_config(7, 3))
     assert list(result.metrics["iteration"]) == list(range(1, 8))
     assert [e.iteration for e in result.evals] == [0, 3, 6, 7]
     for name, values in result.metrics.items():

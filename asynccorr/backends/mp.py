@@ -36,19 +36,18 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing import connection, shared_memory
 from typing import Any
 
 import numpy as np
 
-from asynccorr.backends.serving import ServerRole
+from asynccorr.backends.protocol import NO_HOOKS, RunHooks, RunResult
+from asynccorr.backends.server import ServerRole
 from asynccorr.backends.supervisor import Arrival, Death, OnEvent, Transport, WorkerStartError, supervise
 from asynccorr.backends.worker import Message, Ready, WorkerCompute, WorkerSpec, worker_env
 from asynccorr.config import ExperimentConfig
-from asynccorr.evaluation import EvalRecord
-from asynccorr.run_protocol import RunHooks, RunResult
 
 __all__ = ["Processes", "SharedBlock", "WorkerStartError", "run_mp"]
 
@@ -331,8 +330,7 @@ class Processes(Transport):
         self.block.close()
 
 
-def run_mp(config: ExperimentConfig, scheme_name: str, on_chunk: Callable[[int, EvalRecord], None] | None = None,
-           hooks: RunHooks | None = None, on_event: OnEvent | None = None,
+def run_mp(config: ExperimentConfig, scheme_name: str, hooks: RunHooks = NO_HOOKS, on_event: OnEvent | None = None,
            hang: tuple[int, int] | None = None) -> RunResult:
     """Train ``config.train.iterations`` server updates of ``scheme_name`` with worker processes.
 
@@ -340,5 +338,5 @@ def run_mp(config: ExperimentConfig, scheme_name: str, on_chunk: Callable[[int, 
     ``hung``, each with ``pid``). ``hang = (worker, job)`` is a test hook: the
     first process of that worker hangs forever on that job.
     """
-    role = ServerRole(config, scheme_name, hooks or RunHooks(on_chunk=on_chunk))
+    role = ServerRole(config, scheme_name, hooks)
     return supervise(role, Processes(role.count, role.params.size, role.wants_replies), on_event, hang)

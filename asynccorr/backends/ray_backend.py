@@ -31,19 +31,18 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from asynccorr.backends.serving import ServerRole
+from asynccorr.backends.protocol import NO_HOOKS, RunHooks, RunResult
+from asynccorr.backends.server import ServerRole
 from asynccorr.backends.supervisor import Arrival, Death, OnEvent, Transport, supervise
 from asynccorr.backends.worker import Message, Ready, WorkerCompute, WorkerSpec, worker_env
 from asynccorr.config import ConfigError, ExperimentConfig
-from asynccorr.evaluation import EvalRecord
-from asynccorr.run_protocol import RunHooks, RunResult
 
 DEPTH = 2  # asynchronous schemes: jobs queued per actor, so it pulls its next job's parameters itself, at once
 
@@ -101,7 +100,7 @@ class ParameterStore:
 def runtime_env(address: str) -> dict[str, Any]:
     """Thread limits for every Ray worker process (one CPU each), and this copy of ``asynccorr``
     importable there: shipped with ``py_modules`` to a cluster, on ``PYTHONPATH`` for a local Ray.
-    The study runner on a cluster (``asynccorr.cluster``) uses the same."""
+    The study runner on a cluster (``asynccorr.studies.cluster``) uses the same."""
     package = Path(__file__).resolve().parents[1]
     env = worker_env({k: v for k, v in os.environ.items() if k == "XLA_FLAGS"})
     if address:
@@ -261,13 +260,12 @@ class Actors(Transport):
         return self.params_ref[1], version
 
 
-def run_ray(config: ExperimentConfig, scheme_name: str, on_chunk: Callable[[int, EvalRecord], None] | None = None,
-            hooks: RunHooks | None = None, on_event: OnEvent | None = None,
+def run_ray(config: ExperimentConfig, scheme_name: str, hooks: RunHooks = NO_HOOKS, on_event: OnEvent | None = None,
             hang: tuple[int, int] | None = None) -> RunResult:
     """Train ``config.train.iterations`` server updates of ``scheme_name`` with Ray actors.
 
     ``on_event`` and ``hang`` as in ``mp.run_mp`` (``ready``, ``died`` and ``hung`` events carry
     the actor's pid once it is ready).
     """
-    role = ServerRole(config, scheme_name, hooks or RunHooks(on_chunk=on_chunk))
+    role = ServerRole(config, scheme_name, hooks)
     return supervise(role, Actors.start(config, role.scheme.synchronous), on_event, hang)

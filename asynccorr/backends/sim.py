@@ -51,8 +51,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asynccorr import programs
-from asynccorr.backends.serving import ServerRole
+from asynccorr.backends.checkpoint import Checkpoint, restore_run, run_checkpoint
+from asynccorr.backends.delays import DelayModel
+from asynccorr.backends.protocol import NO_HOOKS, RunHooks, RunResult, TrainingInterrupted
+from asynccorr.backends.server import ServerRole
+from asynccorr.backends.update import ServerState, init_server
 from asynccorr.backends.worker import (
     Message,
     WorkerOps,
@@ -64,15 +67,12 @@ from asynccorr.backends.worker import (
     step_scale,
     worker_ops,
 )
-from asynccorr.build import run_keys, worker_stream
-from asynccorr.checkpoint import Checkpoint, restore_run, run_checkpoint
+from asynccorr.compile import programs
 from asynccorr.config import ExperimentConfig
-from asynccorr.delays import DelayModel
-from asynccorr.evaluation import EvalRecord
-from asynccorr.learner import Batch, SamplerState
-from asynccorr.run_protocol import RunHooks, RunResult, TrainingInterrupted
-from asynccorr.schemes import PULL, Scheme, secant_window
-from asynccorr.server import ServerState, init_server
+from asynccorr.learners.base import Batch, SamplerState
+from asynccorr.learners.build import run_keys, worker_stream
+from asynccorr.learners.evaluation import EvalRecord
+from asynccorr.schemes.registry import PULL, Scheme, secant_window
 
 Array = jax.Array
 
@@ -233,8 +233,8 @@ def _templates(sim: Sim) -> tuple[ServerState, Worker, tuple[Array, Batch, Array
 
 
 def _template_parts(sim: Sim, key: Array) -> tuple[ServerState, Worker, tuple[Array, Batch, Array]]:
-    from asynccorr.build import build
-    from asynccorr.schemes import correction_for
+    from asynccorr.learners.build import build
+    from asynccorr.schemes.registry import correction_for
 
     _, optimizer = build(sim.config)
     k_params, k_workers = jax.random.split(key)
@@ -289,14 +289,8 @@ def state_from_checkpoint(sim: Sim, ckpt: Checkpoint) -> SimState:
     )
 
 
-def run_sim(
-    config: ExperimentConfig,
-    scheme_name: str,
-    on_chunk: Callable[[int, EvalRecord], None] | None = None,
-    hooks: RunHooks | None = None,
-) -> RunResult:
+def run_sim(config: ExperimentConfig, scheme_name: str, hooks: RunHooks = NO_HOOKS) -> RunResult:
     """Simulate ``config.train.iterations`` server updates of ``scheme_name`` (from ``hooks.resume`` if given)."""
-    hooks = hooks or RunHooks(on_chunk=on_chunk)
     role = ServerRole(config, scheme_name, hooks, measure=True, diagnose=True)
     sim = setup(role)
     state = state_from_checkpoint(sim, hooks.resume) if hooks.resume is not None else init_state(sim, role)

@@ -52,10 +52,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from asynccorr.backends.serving import ServerRole, log
+from asynccorr.backends.protocol import RunResult, TrainingInterrupted
+from asynccorr.backends.server import ServerRole, log
 from asynccorr.backends.worker import Message, Ready, WorkerSpec
 from asynccorr.config import to_dict
-from asynccorr.run_protocol import RunResult, TrainingInterrupted
 
 STARTUP_TIMEOUT = 300.0  # seconds a new worker may take to start, import JAX and compile before it counts as hung
 START_FAILURES = 3  # a worker that dies this many times in a row before getting ready aborts the run

@@ -51,7 +51,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from asynccorr.schemes import PULL
+from asynccorr.schemes.registry import PULL
 
 # Per-process thread limits: N workers should use N cores, not N x all cores.
 WORKER_ENV = {
@@ -122,7 +122,7 @@ class WorkerOps:
     """The worker role's jitted functions for one learner (shared by all of a process's workers)."""
 
     def __init__(self, learner: Any) -> None:
-        from asynccorr import programs
+        from asynccorr.compile import programs
 
         self.learner = learner
         self.sample = programs.jit(learner.sample, "worker.sample")
@@ -238,9 +238,9 @@ class WorkerCompute:
     def __init__(self, spec: WorkerSpec) -> None:
         import jax
 
-        from asynccorr.build import build, run_keys, worker_stream
         from asynccorr.config import ExperimentConfig, from_dict
-        from asynccorr.schemes import get_scheme, resolve
+        from asynccorr.learners.build import build, run_keys, worker_stream
+        from asynccorr.schemes.registry import get_scheme, resolve
 
         self.spec = spec
         config = from_dict(ExperimentConfig, spec.config)

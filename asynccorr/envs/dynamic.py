@@ -230,11 +230,6 @@ class Dynamic2DOF(Environment):
     def transition(self, state: DynamicState, action: Array, params: DynamicParams) -> DynamicState:
         return _transition(state, _frame(state, params), action, params)
 
-    def _errors(self, state: DynamicState, params: DynamicParams) -> tuple[Array, Array]:
-        """(dy, dphi): unwrapped, as GOPS measures them."""
-        f = _frame(state, params)
-        return f.dy, f.dphi
-
     def tracking(self, state: DynamicState, params: DynamicParams) -> Tracking:
         f = _frame(state, params)
         return Tracking(

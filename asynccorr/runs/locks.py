@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from asynccorr.results import RunExistsError
+from asynccorr.runs.files import RunExistsError
 
 
 class RunLockedError(RunExistsError):

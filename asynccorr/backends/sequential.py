@@ -17,13 +17,21 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from asynccorr import programs
-from asynccorr.build import build, run_keys, worker_stream
-from asynccorr.checkpoint import Checkpoint, restore_run, run_checkpoint
+from asynccorr.backends.checkpoint import Checkpoint, restore_run, run_checkpoint
+from asynccorr.backends.protocol import (
+    BASE_COLUMNS,
+    NO_HOOKS,
+    Recorder,
+    RunHooks,
+    RunResult,
+    TrainingInterrupted,
+)
+from asynccorr.compile import programs
 from asynccorr.config import ExperimentConfig
-from asynccorr.evaluation import EvalRecord
-from asynccorr.learner import Learner, SamplerState
-from asynccorr.run_protocol import BASE_COLUMNS, Recorder, RunHooks, RunResult, TrainingInterrupted
+from asynccorr.learners.base import Learner, SamplerState
+from asynccorr.learners.build import build, run_keys, worker_stream
+from asynccorr.learners.evaluation import EvalRecord
+from asynccorr.schemes.registry import SEQUENTIAL
 
 Array = jax.Array
 
@@ -119,11 +127,7 @@ def _sequential_restore(ckpt: Checkpoint, template: TrainState
     return trees["state"], metrics, evals
 
 
-def train_sequential(
-    config: ExperimentConfig,
-    on_chunk: Callable[[int, EvalRecord], None] | None = None,
-    hooks: RunHooks | None = None,
-) -> RunResult:
+def run_sequential(config: ExperimentConfig, scheme_name: str = SEQUENTIAL, hooks: RunHooks = NO_HOOKS) -> RunResult:
     """Train with always-fresh directions for ``config.train.iterations`` updates.
 
     Runs ``lax.scan`` chunks between evaluation points and hands each chunk's metrics to
@@ -132,7 +136,7 @@ def train_sequential(
     and the parameters the trainer held before it (after k - 1 updates: the chunk is
     replayed from its start for the rows before k).
     """
-    hooks = hooks or RunHooks(on_chunk=on_chunk)
+    assert scheme_name == SEQUENTIAL, scheme_name
     learner, optimizer = build(config)
     seed = config.train.seed
     run = chunk_runner(learner, optimizer)

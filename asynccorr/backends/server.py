@@ -7,7 +7,7 @@ computed with the same worker code, at the simulated moment the server takes eac
 off its queue (``receive(msg, at=...)``), and its synchronous rounds to
 ``apply_round``. The role owns the parameter server's state (``server.ServerState``)
 and its version ``k``, measures each message's staleness ``k - i`` and residual
-staleness, applies the scheme's rule (``asynccorr.server.make_update``), records one
+staleness, applies the scheme's rule (``asynccorr.backends.update.make_update``), records one
 metric row per update and, at every evaluation point, hands the rows to the run
 protocol's ``Recorder`` (divergence, evaluation, checkpoint, flush).
 
@@ -29,15 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asynccorr.backends.worker import Message
-from asynccorr.build import build
-from asynccorr.checkpoint import Checkpoint
-from asynccorr.config import ExperimentConfig
-from asynccorr.evaluation import EvalRecord
-from asynccorr.learner import Losses
-from asynccorr.run_protocol import BASE_COLUMNS, Columns, Recorder, RunHooks, RunResult, is_eval_point
-from asynccorr.schemes import check_scheme_fits, correction_for, get_scheme, resolve
-from asynccorr.server import (
+from asynccorr.backends.checkpoint import Checkpoint
+from asynccorr.backends.protocol import BASE_COLUMNS, Columns, Recorder, RunHooks, RunResult, is_eval_point
+from asynccorr.backends.update import (
     ServerState,
     Shipped,
     UpdateMetrics,
@@ -45,6 +39,12 @@ from asynccorr.server import (
     make_round_update,
     make_update,
 )
+from asynccorr.backends.worker import Message
+from asynccorr.config import ExperimentConfig
+from asynccorr.learners.base import Losses
+from asynccorr.learners.build import build
+from asynccorr.learners.evaluation import EvalRecord
+from asynccorr.schemes.registry import check_scheme_fits, correction_for, get_scheme, resolve
 
 log = logging.getLogger("asynccorr.backends")
 

@@ -1,12 +1,12 @@
 """Compiled programs kept on disk between processes, so that a repeated run starts without tracing.
 
-The persistent compilation cache (``asynccorr.jaxcache``) skips XLA's compile, but a process still
+The persistent compilation cache (``asynccorr.compile.cache``) skips XLA's compile, but a process still
 traces and lowers every jitted function before it can look its compile up: for a short run that is
 most of the start-up (about 4 s of the default experiment's 6 s before its first update, measured
 with cProfile). ``jit`` here keeps a function's *executable* (``jax.experimental.serialize_executable``)
 in ``<cache folder>/programs`` under a key of everything that determines it:
 
-* the run's **scope** (``scope(config, scheme)``, entered by ``asynccorr.runs.train``): every program
+* the run's **scope** (``scope(config, scheme)``, entered by ``asynccorr.backends.registry.run``): every program
   a run jits is a function of its experiment config, its scheme and the code. The seed and the run's
   length are left out (no program captures them: they enter as arguments or as static chunk lengths,
   which are part of the signature), so the runs of a study share their programs;
@@ -17,7 +17,7 @@ in ``<cache folder>/programs`` under a key of everything that determines it:
 
 A process with the same key loads the executable instead of tracing, lowering and compiling: the same
 machine code, so bit-identical results. A process that keeps programs should not read JAX's compilation
-cache (``asynccorr.jaxcache`` turns it off there): on jax 0.10 (CPU), once a process has loaded an
+cache (``asynccorr.compile.cache`` turns it off there): on jax 0.10 (CPU), once a process has loaded an
 executable from that cache, what it compiles afterwards can serialise without some of its kernels. Every
 program is therefore read back before it is written, and kept only if it gives the same bits. Outside a scope (a learner built by hand, the tests' direct
 calls), or with no folder (``enable`` not called, or ``ASYNCCORR_JAX_CACHE=off``), ``jit`` is

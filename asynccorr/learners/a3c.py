@@ -42,8 +42,8 @@ import numpy as np
 
 from asynccorr.config import LearnerConfig
 from asynccorr.envs import Environment
-from asynccorr.learner import Learner, Losses, SamplerState, flat_params, jvp_forms
-from asynccorr.networks import GaussianPolicy, Value
+from asynccorr.learners.base import Learner, Losses, SamplerState, flat_params, jvp_forms
+from asynccorr.learners.networks import GaussianPolicy, Value
 
 Array = jax.Array
 LOG_2PI = math.log(2.0 * math.pi)

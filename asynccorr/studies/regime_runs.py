@@ -1,12 +1,12 @@
-"""Running a regime study (``asynccorr.regimes``) and writing its outputs.
+"""Running a regime study (``asynccorr.studies.regimes``) and writing its outputs.
 
 Runs go to a ``spawn`` process pool (``jobs`` processes, each single-threaded
 XLA) in bundles that share compiled code, longest first; the simulation is
 deterministic, so the numbers do not depend on ``jobs`` (up to XLA's threading).
 After every run ``regimes.csv`` is rewritten, so an interrupted study keeps what it
-did; at the end ``render`` writes ``regimes.md`` (``asynccorr.regimes``) and the heat
-maps (``asynccorr.regime_plots``). With ``cluster`` (a Ray address) every run is one
-Ray task there instead (``asynccorr.cluster``), submitted in the same bundle order so
+did; at the end ``write_outputs`` writes ``regimes.md`` (``asynccorr.studies.regimes``); the heat
+maps are the figures layer's (``asynccorr.figures.regimes``, drawn by ``api.regimes``). With ``cluster`` (a Ray address) every run is one
+Ray task there instead (``asynccorr.studies.cluster``), submitted in the same bundle order so
 that a node's worker process tends to reuse what it compiled; the rows come back here.
 """
 
@@ -20,9 +20,10 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from asynccorr.backends.registry import run
 from asynccorr.config import ConfigError
-from asynccorr.regime_plots import plot_study
-from asynccorr.regimes import (
+from asynccorr.runs.files import RunExistsError
+from asynccorr.studies.regimes import (
     RegimeConfig,
     Task,
     plan,
@@ -32,15 +33,13 @@ from asynccorr.regimes import (
     write_rows,
     write_table,
 )
-from asynccorr.results import RunExistsError
-from asynccorr.runs import train
 
 SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
 def _run_task(study: RegimeConfig, task: Task) -> dict[str, Any]:
     start = time.perf_counter()
-    result = train(task.config, task.scheme)
+    result = run(task.config, task.scheme)
     row = {"delay": task.cell.delay, "policy_lr": task.cell.policy_lr, "value_lr": task.cell.value_lr,
            "workers": task.cell.workers, "scheme": task.scheme, "seed": task.seed, **run_metrics(study, result),
            "sync_final_loss": float("nan"), "reaches_sync": False}
@@ -78,7 +77,7 @@ def run_study(study: RegimeConfig, results_root: Path, jobs: int = 1, overwrite:
               on_run: Callable[[int, int, dict[str, Any]], None] | None = None,
               cluster: str | None = None) -> tuple[Path, list[dict[str, Any]]]:
     """Run every cell x scheme x seed (in ``jobs`` processes, or as Ray tasks on ``cluster``), write
-    ``regimes.csv``, ``regimes.md`` and the heat maps."""
+    ``regimes.csv`` and ``regimes.md``."""
     if jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs!r}")
     if cluster is not None and jobs > 1:
@@ -89,7 +88,7 @@ def run_study(study: RegimeConfig, results_root: Path, jobs: int = 1, overwrite:
     tasks = plan(study)
     if cluster is None:
         return _run_tasks(study, folder, tasks, jobs, on_run, None)
-    from asynccorr import cluster as on_cluster
+    from asynccorr.studies import cluster as on_cluster
 
     on_cluster.check_runs([(t.scheme, t.config) for t in tasks])
     with on_cluster.connected(cluster):  # before anything of an earlier study is removed
@@ -112,7 +111,7 @@ def _run_tasks(study: RegimeConfig, folder: Path, tasks: Sequence[Task], jobs: i
             on_run(len(rows), len(tasks), row)
 
     if cluster is not None:
-        from asynccorr.cluster import run_tasks
+        from asynccorr.studies.cluster import run_tasks
 
         ordered = [t for b in bundles(tasks) for t in b]
         run_tasks(cluster, _run_task, [(study, t) for t in ordered], lambda i, row, node: done(row))
@@ -133,11 +132,13 @@ def _run_tasks(study: RegimeConfig, folder: Path, tasks: Sequence[Task], jobs: i
                 os.environ.pop("XLA_FLAGS", None)
             else:
                 os.environ["XLA_FLAGS"] = previous
-    return folder, render(study, folder, rows)
+    return folder, write_outputs(study, folder, rows)
 
 
-def render(study: RegimeConfig, folder: Path, rows: Sequence[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """(Re)write ``regimes.csv``, ``regimes.md`` and the heat maps from ``rows`` (default: ``regimes.csv``).
+def write_outputs(study: RegimeConfig, folder: Path, rows: Sequence[dict[str, Any]] | None = None
+                  ) -> list[dict[str, Any]]:
+    """(Re)write ``regimes.csv`` and ``regimes.md`` from ``rows`` (default: ``regimes.csv``); the rows, in
+    the study's order.
 
     Cells or runs missing from the rows (an interrupted study) are shown as missing.
     """
@@ -149,5 +150,4 @@ def render(study: RegimeConfig, folder: Path, rows: Sequence[dict[str, Any]] | N
     rows = study_rows(study, rows)
     write_rows(folder / "regimes.csv", study, rows)
     write_table(folder / "regimes.md", study, rows)
-    plot_study(study, rows, folder / "figures")
     return rows

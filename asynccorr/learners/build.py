@@ -20,7 +20,8 @@ import optax
 
 from asynccorr.config import ExperimentConfig, LearnerConfig, OptimConfig, from_dict, to_dict
 from asynccorr.envs import make
-from asynccorr.learner import Learner, make_learner
+from asynccorr.learners.base import Learner
+from asynccorr.learners.gpi import make_learner
 
 Array = jax.Array
 
@@ -62,7 +63,7 @@ def _build(key: str) -> tuple[Learner, optax.GradientTransformation]:
 def make_any_learner(env: Any, env_params: Any, config: LearnerConfig, dtype: Any = jnp.float32) -> Learner:
     """The learner ``config.kind`` names: GPI through the model, or model-free A3C."""
     if config.kind == "a3c":
-        from asynccorr.a3c import make_a3c_learner
+        from asynccorr.learners.a3c import make_a3c_learner
 
         return make_a3c_learner(env, env_params, config, dtype)
     return make_learner(env, env_params, config, dtype)

@@ -36,9 +36,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from asynccorr import corrections, programs
-from asynccorr.learner import Batch, Learner
-from asynccorr.schemes import Scheme
+from asynccorr.compile import programs
+from asynccorr.learners.base import Batch, Learner
+from asynccorr.schemes import corrections
+from asynccorr.schemes.registry import Scheme
 
 Array = jax.Array
 
@@ -113,7 +114,7 @@ def initial_server(learner: Learner, optimizer: optax.GradientTransformation,
                    correction: optax.GradientTransformationExtraArgs) -> Callable[[Array], ServerState]:
     """The jitted ``seed -> init_server(learner.init(run_keys(seed)[0]), ...)``: the server before its
     first update as one program (op by op it costs start-up in dispatches; the same values)."""
-    from asynccorr.build import run_keys
+    from asynccorr.learners.build import run_keys
 
     return programs.jit(lambda seed: init_server(learner.init(run_keys(seed)[0]), optimizer, correction),
                         "server.init")

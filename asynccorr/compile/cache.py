@@ -1,5 +1,5 @@
 """The persistent JAX compilation cache every entry point (the CLI, the study scripts) shares, and the
-folder of whole compiled programs inside it (``asynccorr.programs``)."""
+folder of whole compiled programs inside it (``asynccorr.compile.programs``)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def cache_folder(environ: Mapping[str, str], home: Path) -> Path | None:
 
 def compilation_cache(enabled: bool = True) -> Path | None:
     """Keep each run's whole compiled programs in the cache folder's ``programs/``, so that a repeated
-    run neither traces nor compiles them again (``asynccorr.programs``), and give the worker processes
+    run neither traces nor compiles them again (``asynccorr.compile.programs``), and give the worker processes
     (``mp``, ``ray``; through the environment) a persistent JAX compilation cache in the folder itself,
     so that N workers compile once; the folder is ``cache_folder``'s. ``enabled=False`` turns both off
     as ``ASYNCCORR_JAX_CACHE=off`` does. ``ASYNCCORR_PROGRAMS=off`` keeps no programs and lets this
@@ -31,7 +31,7 @@ def compilation_cache(enabled: bool = True) -> Path | None:
     traces again; the test suite, whose CLI calls are mostly new scopes, runs so)."""
     import jax
 
-    from asynccorr import programs
+    from asynccorr.compile import programs
 
     if not enabled:
         os.environ["ASYNCCORR_JAX_CACHE"] = OFF

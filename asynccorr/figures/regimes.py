@@ -1,4 +1,4 @@
-"""Heat maps of a regime study (rows of ``asynccorr.regimes``), PNG and PDF.
+"""Heat maps of a regime study (rows of ``asynccorr.studies.regimes``), PNG and PDF.
 
 Per delay model and metric, one figure with a panel per scheme: x = workers N,
 y = policy learning rate, colour = the metric's mean over seeds, each cell
@@ -31,9 +31,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from asynccorr.plots import scheme_colors, write_figures
-from asynccorr.regimes import RegimeConfig, group, summarize_cell
-from asynccorr.stats import mean_std_text
+from asynccorr.figures.experiment import scheme_colors, write_figures
+from asynccorr.runs.summary import mean_std_text
+from asynccorr.studies.regimes import RegimeConfig, group, summarize_cell
 
 METRICS = {  # name -> (summary key, title, colour map, log scale, format)
     "reach": ("reached", "fraction of seeds reaching sync's final loss (text: final loss)", "RdYlGn", False, ".2f"),

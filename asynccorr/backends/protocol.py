@@ -27,10 +27,10 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from asynccorr.checkpoint import Checkpoint
+from asynccorr.backends.checkpoint import Checkpoint
 from asynccorr.config import ExperimentConfig
-from asynccorr.evaluation import EvalRecord, Trajectory, evaluate
-from asynccorr.learner import Learner
+from asynccorr.learners.base import Learner
+from asynccorr.learners.evaluation import EvalRecord, Trajectory, evaluate
 
 Columns = dict[str, np.ndarray]
 
@@ -89,6 +89,9 @@ class RunHooks(NamedTuple):
     resume: Checkpoint | None = None
 
 
+NO_HOOKS = RunHooks()  # a run with no progress, no files and no resume (runs in memory)
+
+
 # ----------------------------------------------------------------------------- divergence
 
 DIVERGENCE_COLUMNS = ("policy_loss", "value_loss", "direction_norm", "update_norm")
@@ -112,6 +115,12 @@ def first_diverged_row(columns: Mapping[str, Any], bound: float) -> int | None:
             with np.errstate(invalid="ignore"):
                 bad |= np.abs(np.asarray(columns[name], np.float64)) > bound
     return int(np.argmax(bad)) if bad.any() else None
+
+
+def diverged(status: str | None, columns: Mapping[str, Any], bound: float) -> bool:
+    """The one reading of "diverged", in memory and on disk: the run stopped as diverged
+    (``status``), or one of its metric rows is what ``first_diverged_row`` flags."""
+    return status == "diverged" or first_diverged_row(columns, bound) is not None
 
 
 # ----------------------------------------------------------------------------- metric columns

@@ -13,7 +13,7 @@ runs three such products per layer per rollout step.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -21,18 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from asynccorr import config
+
 ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu, "elu": nn.elu, "gelu": nn.gelu, "swish": nn.swish}
-
-
-def check_hidden(name: str, hidden: Sequence[int]) -> tuple[int, ...]:
-    """Validate hidden-layer sizes: at least one layer, every width a positive int."""
-    hidden = tuple(hidden)
-    if len(hidden) == 0:
-        raise ValueError(f"{name} must list at least one hidden layer width, got an empty network")
-    for h in hidden:
-        if isinstance(h, bool) or not isinstance(h, int) or h <= 0:
-            raise ValueError(f"{name} widths must be positive integers, got {list(hidden)!r}")
-    return hidden
+assert tuple(ACTIVATIONS) == config.ACTIVATIONS, "config.ACTIVATIONS"
 
 
 class MLP(nn.Module):

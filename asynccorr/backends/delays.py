@@ -12,21 +12,22 @@ reproducible from its seed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
-DelayKind = Literal["homogeneous", "heterogeneous", "stragglers"]
-DELAY_KINDS = ("homogeneous", "heterogeneous", "stragglers")
+from asynccorr.config import DELAY_KINDS
 
 
 @dataclass(frozen=True)
 class DelayModel:
-    kind: DelayKind = "homogeneous"
+    kind: str = "homogeneous"
     jitter: float = 0.1  # lognormal sigma of every job's duration
     speed_spread: float = 4.0  # heterogeneous: slowest worker is this many times slower than the fastest
     straggler_prob: float = 0.05  # stragglers: probability that a job straggles
     straggler_tail: float = 1.5  # stragglers: Pareto shape of the extra slowdown (smaller = heavier)
+
+    def __post_init__(self) -> None:
+        assert self.kind in DELAY_KINDS, self.kind
 
     def worker_speeds(self, count: int) -> np.ndarray:
         """Fixed slowness factor per worker (1 = fastest); geometric spread when heterogeneous."""

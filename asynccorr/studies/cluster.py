@@ -40,11 +40,14 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from asynccorr import locks
-from asynccorr.checkpoint import KEEP, Checkpoint, checkpoint_files
+from asynccorr.backends.checkpoint import Checkpoint
+from asynccorr.backends.registry import backend_for
 from asynccorr.config import ConfigError, ExperimentConfig
-from asynccorr.results import atomic_write_bytes, prepare_run_dir, write_json
-from asynccorr.runs import PlannedRun, run_backend, run_dir_for, train_run
+from asynccorr.runs import locks
+from asynccorr.runs.checkpoints import prune
+from asynccorr.runs.files import atomic_write_bytes, prepare_run_dir, write_json
+from asynccorr.runs.run import run_dir_for, train_run
+from asynccorr.studies.compare import PlannedRun
 
 
 class ClusterError(ConfigError):
@@ -74,10 +77,10 @@ def check_address(address: str) -> tuple[str, int] | None:
 def check_runs(configs: Sequence[tuple[str, ExperimentConfig]]) -> None:
     """Every run can be one task on one CPU: it trains on ``sim`` (or is the sequential reference)."""
     for scheme, config in configs:
-        backend = run_backend(config, scheme)
-        if backend not in ("sim", "sequential"):
+        backend = backend_for(config, scheme)
+        if not backend.in_process:
             raise ClusterError(f"--cluster runs each run as a one-CPU Ray task on the sim backend; "
-                               f"workers.backend = {backend!r} cannot be (use --address for a ray-backend run)")
+                               f"workers.backend = {backend.name!r} cannot be (use --address for a ray-backend run)")
 
 
 def check_reachable(address: str) -> None:
@@ -139,7 +142,7 @@ def _on_node(fn: Callable[..., Any], args: tuple) -> tuple[Any, str]:
     """Inside a task: ``fn(*args)`` with the node's JAX compilation cache; (its value, the node id)."""
     import ray
 
-    from asynccorr.jaxcache import compilation_cache
+    from asynccorr.compile.cache import compilation_cache
 
     compilation_cache()
     return fn(*args), ray.get_runtime_context().get_node_id()
@@ -167,7 +170,7 @@ def run_tasks(address: str, fn: Callable[..., Any], calls: Sequence[tuple],
                     ray.cancel(ref, force=True)
 
 
-def train_files(config: ExperimentConfig, scheme: str, checkpoint: Checkpoint | None = None) -> RunFiles:
+def run_into_files(config: ExperimentConfig, scheme: str, checkpoint: Checkpoint | None = None) -> RunFiles:
     """Train one run into a temporary directory of this node (resumed from ``checkpoint`` if given)
     and return its files."""
     with tempfile.TemporaryDirectory(prefix="asynccorr-run-") as tmp:
@@ -178,21 +181,20 @@ def train_files(config: ExperimentConfig, scheme: str, checkpoint: Checkpoint | 
 
 def write_files(run_dir: Path, files: dict[str, bytes], meta_extra: dict[str, Any]) -> None:
     """A run's files into ``run_dir`` (prepared by the caller), atomically each, ``meta.json`` last
-    with ``meta_extra`` added; only the ``KEEP`` newest checkpoints stay (as ``save_checkpoint`` does)."""
+    with ``meta_extra`` added; only the newest checkpoints stay (``checkpoints.prune``)."""
     for name, data in files.items():
         if name != "meta.json":
             atomic_write_bytes(run_dir / name, data)
-    for old in checkpoint_files(run_dir)[KEEP:]:
-        old.unlink(missing_ok=True)
+    prune(run_dir)
     write_json(run_dir / "meta.json", {**json.loads(files["meta.json"]), **meta_extra})
 
 
 # ---------------------------------------------------------------------------------------------- compare
 
 
-def train_planned(address: str, results: Path, planned: Sequence[PlannedRun], overwrite: bool,
+def run_planned(address: str, results: Path, planned: Sequence[PlannedRun], overwrite: bool,
                   on_done: Callable[[PlannedRun], None] | None = None) -> list[dict[str, Any]]:
-    """Every planned run of a comparison (``runs.PlannedRun``: train, restart and resume on the cluster,
+    """Every planned run of a comparison (``studies.compare.PlannedRun``: train, restart and resume on the cluster,
     reuse as it is); returns the summary rows in plan order.
 
     The run directories' locks are taken before anything is submitted and held until the end, so
@@ -225,7 +227,7 @@ def train_planned(address: str, results: Path, planned: Sequence[PlannedRun], ov
                 on_done(run)
 
         calls = [(planned[i].config, planned[i].scheme, planned[i].checkpoint) for i in todo]
-        run_tasks(address, train_files, calls, arrived)
+        run_tasks(address, run_into_files, calls, arrived)
     return [row for row in rows if row is not None]
 
 

@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asynccorr import programs
-from asynccorr.learner import Learner
+from asynccorr.compile import programs
+from asynccorr.learners.base import Learner
 
 Array = jax.Array
 

@@ -11,7 +11,7 @@ here and nowhere else:
     (``stats.final_window``: rounded down, at least one).
 ``diverged``
     the run diverged as every run does (``RunResult.status``, or a metric row that
-    ``run_protocol.first_diverged_row`` flags with the experiment's
+    ``backends.protocol.first_diverged_row`` flags with the experiment's
     ``train.divergence_loss``), a parameter is not finite, or, the study's stricter
     rule (``ran_away``), the policy loss ran away: ``|J| > blowup_loss`` or ``J < 0`` at
     some update (``max_abs_loss``, ``min_loss``). ``J`` sums non-negative utilities
@@ -34,8 +34,8 @@ here and nowhere else:
 Outputs in ``<results>/<name>/``: ``regimes.csv`` (one row per cell x scheme x
 seed, rewritten after every run, so an interrupted study keeps what it did),
 ``regimes.md`` (per cell x scheme, mean ± std over seeds, and each scheme's
-staleness tolerance) and the heat maps in ``figures/`` (``asynccorr.regime_plots``);
-``asynccorr.regime_runs`` runs the study and writes them.
+staleness tolerance) and the heat maps in ``figures/`` (``asynccorr.figures.regimes``);
+``asynccorr.studies.regime_runs`` runs the study and writes them.
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,11 +50,11 @@ from typing import Any
 
 import numpy as np
 
-from asynccorr.config import ConfigError, ExperimentConfig, from_dict, with_overrides
-from asynccorr.results import atomic_write_text, write_csv
-from asynccorr.run_protocol import first_diverged_row
-from asynccorr.schemes import NAMES, names_help, resolve
-from asynccorr.stats import FINAL_FRACTION, final_window, mean_std, mean_std_text
+from asynccorr.backends.protocol import diverged as run_diverged
+from asynccorr.config import DELAY_KINDS, ConfigError, ExperimentConfig, from_dict, read_toml, with_overrides
+from asynccorr.runs.files import atomic_write_text, write_csv
+from asynccorr.runs.summary import FINAL_FRACTION, final_window, mean_std, mean_std_text
+from asynccorr.schemes.registry import NAMES, names_help, resolve
 
 ROW_FIELDS = (
     "delay", "policy_lr", "value_lr", "workers", "scheme", "seed", "iterations", "dropped", "diverged",
@@ -92,8 +91,6 @@ class RegimeConfig:
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)  # base of every cell
 
     def __post_init__(self) -> None:
-        from asynccorr.delays import DELAY_KINDS
-
         ExperimentConfig(name=self.name)  # same rule for the folder name
         for axis in ("workers", "learning_rates", "delays", "schemes", "seeds"):
             values = getattr(self, axis)
@@ -123,21 +120,10 @@ class RegimeConfig:
         _require(math.isfinite(self.reach_tolerance) and self.reach_tolerance >= 0, "regimes.reach_tolerance",
                  "must be a finite number >= 0", self.reach_tolerance)
 
-    @property
-    def folder_name(self) -> str:
-        return self.name
-
 
 def load_regimes(path: str | Path) -> RegimeConfig:
     """Load and validate a study TOML (unknown keys, wrong types, bad values: ``ConfigError``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"malformed TOML in {path}: {exc}") from None
-    return from_dict(RegimeConfig, data, prefix="regimes.")
+    return from_dict(RegimeConfig, read_toml(path, "study file"), prefix="regimes.")
 
 
 # ---------------------------------------------------------------------------------------------- the grid
@@ -177,8 +163,8 @@ def cell_config(study: RegimeConfig, cell: Cell, seed: int) -> ExperimentConfig:
 
 def plan(study: RegimeConfig) -> list[Task]:
     """Every run of the study, validated up front (e.g. modify-dense on a large net), longest first."""
-    from asynccorr.build import build
-    from asynccorr.schemes import check_scheme_fits, get_scheme
+    from asynccorr.learners.build import build
+    from asynccorr.schemes.registry import check_scheme_fits, get_scheme
 
     learner, _ = build(study.experiment)
     schemes = study.schemes
@@ -216,8 +202,8 @@ def run_metrics(study: RegimeConfig, result: Any) -> dict[str, Any]:
     with np.errstate(invalid="ignore"):
         max_abs = float(np.max(np.abs(loss))) if n else float("nan")
         lowest = float(np.min(loss)) if n else float("nan")
-    diverged = (getattr(result, "status", "completed") == "diverged"
-                or first_diverged_row(m, study.experiment.train.divergence_loss) is not None
+    # the study counts as diverged a run that diverged (``protocol.diverged``) or ran away
+    diverged = (run_diverged(getattr(result, "status", "completed"), m, study.experiment.train.divergence_loss)
                 or not np.all(np.isfinite(result.params)) or ran_away(study, max_abs, lowest))
     tail = final_window(n, study.tail_fraction)
     hit = None if diverged else smoothed_first_below(loss, study.target_loss, study.smooth)

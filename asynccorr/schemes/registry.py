@@ -1,6 +1,6 @@
 """The registry of schemes and protocols: how the server turns a (stale) direction into an update.
 
-A scheme names a correction (``asynccorr.corrections``), what the worker must
+A scheme names a correction (``asynccorr.schemes.corrections``), what the worker must
 compute for it (plain direction, linearisation for an HVP, a dense Jacobian, or
 only a batch of states), whether the server waits for all workers (``sync``), and
 so what its compute costs on the simulated clock.
@@ -42,14 +42,14 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import optax
 
-from asynccorr import corrections
 from asynccorr.errors import ConfigError
+from asynccorr.schemes import corrections
 
 Compute = Literal["direction", "jvp", "dense", "sample"]
 
@@ -97,7 +97,7 @@ class Scheme:
     summary: str
     compute: Compute  # what a worker evaluates per job
     synchronous: bool
-    correction: Callable[..., optax.GradientTransformationExtraArgs]  # a factory of asynccorr.corrections
+    correction: Callable[..., optax.GradientTransformationExtraArgs]  # a factory of asynccorr.schemes.corrections
     knobs: tuple[tuple[str, str], ...] = ()  # (SchemesConfig field, the factory's argument) it takes
     drops_stale: bool = False  # the backend discards messages staler than schemes.staleness_bound
     protocol: str | None = None  # linearising schemes: how the product is obtained (PROTOCOLS)
@@ -217,6 +217,18 @@ NAMES = (SEQUENTIAL, *SCHEMES, *LINEARISING)  # what a user may name (a bare lin
 def resolve(name: str, protocol: str) -> str:
     """The registered name of a user's scheme name: ``modify`` -> ``modify@<protocol>``."""
     return f"{name}@{protocol}" if name in LINEARISING else name
+
+
+def realisable(name: str) -> bool:
+    """Whether a run under this name is a result a real cluster can produce (every name but an
+    ``@oracle`` one: the sequential reference and names this registry does not know are runs too)."""
+    return name not in SCHEMES or SCHEMES[name].realisable
+
+
+def display_order(names: Iterable[str]) -> list[str]:
+    """Distinct names: the known ones in ``DISPLAY_ORDER``, then the others alphabetically."""
+    present = set(names)
+    return [s for s in DISPLAY_ORDER if s in present] + sorted(present - set(DISPLAY_ORDER))
 
 
 def label(name: str) -> str:

@@ -1,4 +1,4 @@
-"""Figures of one experiment folder (``results/<experiment>/``; layout in ``asynccorr.runs``).
+"""Figures of one experiment folder (``results/<experiment>/``; layout in ``asynccorr.runs.run``).
 
 ``plot_experiment`` reads every ``<scheme>-seed<k>/`` run directory (read only)
 and writes five figures, each as PNG and PDF, into ``<experiment>/figures/``:
@@ -20,12 +20,8 @@ never sets the axis limits.
 
 from __future__ import annotations
 
-import csv
 import io
-import json
-import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +35,18 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import LogFormatter
 
-from asynccorr import locks
-from asynccorr.results import atomic_write_bytes, parse_run_dir_name, read_csv
-from asynccorr.run_protocol import first_diverged_row
-from asynccorr.schemes import DISPLAY_ORDER
+from asynccorr.runs import locks
+from asynccorr.runs.files import atomic_write_bytes, parse_run_dir_name
+from asynccorr.runs.read import (
+    UNFINISHED,
+    ResultsError,
+    Run,
+    experiment_folders,
+    is_run_dir,
+    load_run,
+    load_runs,
+)
+from asynccorr.schemes.registry import DISPLAY_ORDER, display_order, realisable
 
 _PALETTE = ("#7f7f7f", "#1f77b4", "#ff7f0e", "#17becf", "#9edae5", "#8c564b", "#d62728", "#2ca02c",
             "#98df8a", "#bcbd22", "#dbdb8d", "#c49c94", "#9467bd", "#c5b0d5", "#e7969c", "#f7b6d2", "#ad494a",
@@ -54,136 +58,38 @@ MAX_POINTS = 2000  # points per plotted curve (long runs are resampled after smo
 DPI = 150
 
 
-class PlotError(ValueError):
-    """The experiment folder or one of its runs cannot be plotted."""
 
 
-@dataclass(frozen=True, eq=False)
-class Run:
-    """One run directory, loaded (columns as float arrays; missing optional files as empty dicts).
-
-    Compared by identity: its fields hold arrays.
-    """
-
-    scheme: str
-    seed: int
-    path: Path
-    metrics: dict[str, np.ndarray]
-    evals: dict[str, np.ndarray] = field(default_factory=dict)
-    trajectory: dict[str, np.ndarray] = field(default_factory=dict)
-    meta: dict[str, Any] = field(default_factory=dict)
-    config: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def rows(self) -> int:
-        return len(self.metrics["iteration"])
-
-    @property
-    def diverged_at(self) -> int | None:
-        """The server update at which the run was declared diverged (``meta.json``), if any."""
-        value = self.meta.get("diverged_at")
-        if self.meta.get("status") == "diverged" and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        return None
-
-    @property
-    def divergence_bound(self) -> float:
-        """The run's ``train.divergence_loss`` (``config.json``); no bound if it does not say."""
-        train = self.config.get("train")
-        value = train.get("divergence_loss") if isinstance(train, dict) else None
-        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.inf
-
-    @property
-    def valid_rows(self) -> int:
-        """Rows before the divergence point: before the first row that ``first_diverged_row`` flags
-        (with the run's own bound) and before the update ``diverged_at`` (all rows if neither)."""
-        bad = first_diverged_row(self.metrics, self.divergence_bound)
-        n = self.rows if bad is None else bad
-        if self.diverged_at is not None:
-            past = self.metrics["iteration"] >= self.diverged_at
-            n = min(n, int(np.argmax(past))) if past.any() else n
-        return n
-
-    @property
-    def diverged(self) -> bool:
-        return (self.meta.get("status") == "diverged" or self.meta.get("diverged") is True
-                or self.valid_rows < self.rows)
 
 
 # ---------------------------------------------------------------------------------------------- loading
 
 
-def load_runs(folder: Path) -> list[Run]:
-    """Every ``<scheme>-seed<k>`` directory of ``folder``, in scheme order then seed."""
-    folder = Path(folder)
-    if not folder.exists():
-        raise PlotError(f"experiment folder {folder} does not exist")
-    if not folder.is_dir():
-        raise PlotError(f"{folder} is not a directory")
-    runs = [_load_run(p, *name) for p in sorted(folder.iterdir())
-            if p.is_dir() and not p.name.startswith(".") and (name := parse_run_dir_name(p.name))]
-    if not runs:
-        raise PlotError(f"no run directories (<scheme>-seed<k>/) in {folder}")
-    rank = {s: i for i, s in enumerate(scheme_order([r.scheme for r in runs]))}
-    return sorted(runs, key=lambda r: (rank[r.scheme], r.seed))
 
 
-def _load_run(path: Path, scheme: str, seed: int) -> Run:
-    metrics = _read_table(path / "metrics.csv", required=True)
-    if not metrics or len(next(iter(metrics.values()))) == 0:
-        raise PlotError(f"{path / 'metrics.csv'} has no rows")
-    missing = [c for c in ("iteration", "policy_loss") if c not in metrics]
-    if missing:
-        raise PlotError(f"{path / 'metrics.csv'} lacks column(s) {', '.join(missing)}")
-    return Run(scheme, seed, path, metrics, _read_table(path / "eval.csv"), _read_table(path / "trajectory.csv"),
-               _read_json(path / "meta.json"), _read_json(path / "config.json"))
 
 
-def _read_table(path: Path, required: bool = False) -> dict[str, np.ndarray]:
-    if not path.is_file() or path.stat().st_size == 0:
-        if required:
-            raise PlotError(f"{path} is {'empty' if path.is_file() else 'missing'}")
-        return {}
-    try:
-        return read_csv(path)
-    except (ValueError, OSError, csv.Error) as e:
-        raise PlotError(f"{path} is corrupt: {_one_line(e)}") from e
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (ValueError, OSError) as e:
-        raise PlotError(f"{path} is corrupt: {_one_line(e)}") from e
-    return data if isinstance(data, dict) else {}
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 # ---------------------------------------------------------------------------------------------- styling
 
 
-def scheme_order(schemes: Sequence[str]) -> list[str]:
-    """Distinct schemes: the known ones in ``schemes.DISPLAY_ORDER``, then the others alphabetically."""
-    present = set(schemes)
-    return [s for s in DISPLAY_ORDER if s in present] + sorted(present - set(DISPLAY_ORDER))
 
 
 def scheme_colors(schemes: Sequence[str]) -> dict[str, str]:
     """A fixed colour per known scheme; unknown ones get the extra colours in alphabetical order."""
     colors = dict(zip(DISPLAY_ORDER, _PALETTE))
-    others = [s for s in scheme_order(schemes) if s not in colors]
+    others = [s for s in display_order(schemes) if s not in colors]
     colors.update({s: _EXTRA_PALETTE[i % len(_EXTRA_PALETTE)] for i, s in enumerate(others)})
-    return {s: colors[s] for s in scheme_order(schemes)}
+    return {s: colors[s] for s in display_order(schemes)}
 
 
 def _by_scheme(runs: Sequence[Run]) -> dict[str, list[Run]]:
-    return {s: [r for r in runs if r.scheme == s] for s in scheme_order([r.scheme for r in runs])}
+    return {s: [r for r in runs if r.scheme == s] for s in display_order([r.scheme for r in runs])}
 
 
 def _same_metrics(a: Sequence[Run], b: Sequence[Run]) -> bool:
@@ -220,9 +126,6 @@ def _label(scheme: str, group: Sequence[Run], same_as: str | None = None) -> str
     return f"{scheme} ({'; '.join(notes)})" if notes else scheme
 
 
-def realisable(scheme: str) -> bool:
-    """False for a run under the oracle protocol (drawn dashed, labelled an upper bound)."""
-    return not scheme.endswith("@oracle")
 
 
 def _style(scheme: str) -> str:
@@ -357,7 +260,7 @@ def _grid(curves: Sequence[tuple[np.ndarray, np.ndarray]], uniform: bool) -> np.
     return np.unique(np.concatenate([base, ends]))
 
 
-def aggregate(curves: Sequence[tuple[np.ndarray, np.ndarray]], uniform: bool = False
+def curve_band(curves: Sequence[tuple[np.ndarray, np.ndarray]], uniform: bool = False
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(grid, mean, min, max, count) over the curves on a common grid; each curve counts only within its range."""
     grid = _grid(curves, uniform)
@@ -375,7 +278,7 @@ def aggregate(curves: Sequence[tuple[np.ndarray, np.ndarray]], uniform: bool = F
 def _draw_mean_band(ax: Axes, curves: Sequence[tuple[np.ndarray, np.ndarray]], color: str, label: str,
                     uniform: bool = False, linestyle: str = "-", lw: float = 1.8) -> np.ndarray:
     """Mean line and (with >= 2 curves) a min..max band; returns the plotted mean."""
-    grid, mean, lo, hi, count = aggregate(curves, uniform)
+    grid, mean, lo, hi, count = curve_band(curves, uniform)
     ax.plot(grid, mean, color=color, lw=lw, ls=linestyle, label=label)
     if len(curves) > 1:
         ax.fill_between(grid, lo, hi, where=count > 1, color=color, alpha=0.15, lw=0)
@@ -725,41 +628,28 @@ def _plot_runs(runs: Sequence[Run], out: Path, smooth: int | None,
     return write_figures(((name, make(runs, smooth)) for name, make in FIGURES.items()), out)
 
 
-UNFINISHED = ("interrupted", "running", "dead")  # statuses of a run drawn only as far as it got
 
 
-def _is_run_dir(path: Path) -> bool:
-    return path.is_dir() and parse_run_dir_name(path.name) is not None and (path / "metrics.csv").is_file()
 
 
-def experiment_folders(root: Path) -> list[Path]:
-    """The folders at or beneath ``root`` that hold run directories (``<scheme>-seed<k>/``), sorted."""
-    root = Path(root)
-    found = []
-    for folder in sorted([root, *(p for p in root.rglob("*") if p.is_dir())]):
-        if any(part.startswith(".") or part == "figures" for part in folder.relative_to(root).parts):
-            continue
-        if not _is_run_dir(folder) and any(_is_run_dir(p) for p in folder.iterdir()):
-            found.append(folder)
-    return found
 
 
 def plot_path(path: Path, out_dir: Path | None = None, smooth: int | None = None,
               on_note: Callable[[str], None] | None = None) -> list[Path]:
     """Plot what ``path`` holds: one run directory (figures of that run), an experiment folder, or a
     results root (every experiment folder beneath it; with ``out_dir``, each into
-    ``out_dir/<its path under the root>``). A ``PlotError`` when nothing there is plottable."""
+    ``out_dir/<its path under the root>``). A ``ResultsError`` when nothing there is plottable."""
     path = Path(path)
     if not path.exists():
-        raise PlotError(f"results path {path} does not exist")
+        raise ResultsError(f"results path {path} does not exist")
     if not path.is_dir():
-        raise PlotError(f"{path} is not a directory")
-    if _is_run_dir(path):
+        raise ResultsError(f"{path} is not a directory")
+    if is_run_dir(path):
         out = Path(out_dir) if out_dir is not None else path / "figures"
-        return _plot_runs([_load_run(path, *parse_run_dir_name(path.name))], out, smooth, on_note)
+        return _plot_runs([load_run(path, *parse_run_dir_name(path.name))], out, smooth, on_note)
     folders = experiment_folders(path)
     if not folders:
-        raise PlotError(f"no run directories (<scheme>-seed<k>/) in {path} or beneath it")
+        raise ResultsError(f"no run directories (<scheme>-seed<k>/) in {path} or beneath it")
     paths: list[Path] = []
     for folder in folders:
         out = None if out_dir is None else Path(out_dir) / folder.relative_to(path)

@@ -9,7 +9,7 @@ staleness, mean residual staleness and mean gradient error, and whether the prot
 rank the same by gradient error on both. Target (issue 12): staleness and residual
 staleness within 20 %, the same ranking.
 
-    python -m asynccorr.calibrate [--iterations 300] [--out results/sim-vs-mp]      (or: make sim-vs-mp)
+    python -m asynccorr.studies.calibrate [--iterations 300] [--out results/sim-vs-mp]      (or: make sim-vs-mp)
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from asynccorr.backends.registry import run
 from asynccorr.config import ExperimentConfig, load_config, with_overrides
-from asynccorr.results import atomic_write_text
-from asynccorr.runs import train
-from asynccorr.schemes import get_scheme
+from asynccorr.runs.files import atomic_write_text
+from asynccorr.schemes.registry import get_scheme
 
 SCHEMES = ("async", "modify@server", "modify@deferred", "modify@pull-first", "modify@look-ahead", "learner")
 SETTINGS = (("N=2", 2, ()), ("N=4", 4, ()), ("N=2, straggler x3", 2, (1.0, 3.0)),
@@ -87,11 +87,11 @@ def sim_vs_mp(base: ExperimentConfig, iterations: int, settings: Sequence = SETT
                                       "measure_grad_error": True})
         direction_time = cfg.workers.direction_time
         for scheme in schemes:
-            real = train(with_overrides(cfg, workers={"backend": "mp"}), scheme)
+            real = run(with_overrides(cfg, workers={"backend": "mp"}), scheme)
             timing = real.timing or {}
             direction_time = timing.get("direction", direction_time)
             sim_cfg = calibrated(cfg, scheme, timing, direction_time, real.metrics["compute_time"])
-            simulated = train(sim_cfg, scheme)
+            simulated = run(sim_cfg, scheme)
             row = {"setting": label, "scheme": scheme, **{f"mp_{k}": v for k, v in _summary(real).items()},
                    **{f"sim_{k}": v for k, v in _summary(simulated).items()},
                    "phases": " ".join(f"{k}={1e3 * v:.1f}ms" for k, v in timing.items())}
@@ -116,7 +116,7 @@ def rankings(rows: list[dict[str, Any]]) -> dict[str, tuple[list[str], list[str]
 
 def table_markdown(rows: list[dict[str, Any]], iterations: int) -> str:
     lines = [f"# sim vs mp ({iterations} updates of the default experiment per run, seed 0)", "",
-             ("Regenerate: `make sim-vs-mp` (python -m asynccorr.calibrate). sim is calibrated with each mp run's "
+             ("Regenerate: `make sim-vs-mp` (python -m asynccorr.studies.calibrate). sim is calibrated with each mp run's "
               "measured phase times, server time per message and job-time jitter (asynccorr/calibrate.py). "
               f"Target: staleness and residual staleness within {TOLERANCE:.0%} (relative to max(mp, 1)), the "
               "protocols ranked the same by gradient error."), "",
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, default=300, help="server updates per run")
     p.add_argument("--out", default="results/sim-vs-mp", help="folder for table.md and table.csv")
     args = p.parse_args(argv)
-    from asynccorr.jaxcache import compilation_cache
+    from asynccorr.compile.cache import compilation_cache
 
     compilation_cache()  # the workers of 24 runs compile once
     base = load_config(args.config)

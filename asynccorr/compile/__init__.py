@@ -1,0 +1,2 @@
+"""Compiled programs: XLA's persistent compilation cache (``cache``) and whole compiled
+programs kept on disk between processes (``programs``)."""
