@@ -216,7 +216,7 @@ def test_with_one_worker_every_scheme_equals_the_sequential_trainer(scheme):
 def test_the_workers_are_set_up_in_blocks_exactly_as_one_batched_call_would_set_them_up():
     """Worker i's key stream and sampler are ``worker_stream(k_workers, i)`` and ``sampler_init`` of its
     sampler key, vmapped; set up in blocks of ``SETUP_BLOCK`` (one compiled shape for any N), bit for bit."""
-    from asynccorr.backends.registry import sim
+    from asynccorr.backends import sim
     from asynccorr.backends.server import ServerRole
     from asynccorr.learners.build import run_keys, worker_stream
 

@@ -55,7 +55,7 @@ def test_the_cli_help_lists_every_backend_with_its_summary():
 def test_a_backend_that_refuses_a_compute_kind_is_told_apart_and_names_the_backends_that_can():
     dense = [name for name, s in SCHEMES.items() if s.compute == "dense"]
     assert dense
-    for backend in BACKENDS.values():
+    for backend in (b for b in BACKENDS.values() if b.workers):
         for scheme in dense:
             if backend.supports(scheme):
                 check_backend_runs(backend.name, scheme)

@@ -295,7 +295,7 @@ def test_a_run_is_cut_at_the_first_row_the_divergence_rule_flags_with_its_own_bo
 
 def test_a_run_that_stopped_early_is_diverged_when_its_meta_says_so(tmp_path: Path):
     folder = tmp_path / "exp"
-    make_run(folder, "async", 0, n=12, meta={"diverged": True})
+    make_run(folder, "async", 0, n=12, meta={"status": "diverged"})
     (run,) = load_runs(folder)
     assert run.diverged and run.valid_rows == 12
     assert "async (diverged)" in legend_texts(plots.loss_vs_iteration([run]))

@@ -117,7 +117,7 @@ def rankings(rows: list[dict[str, Any]]) -> dict[str, tuple[list[str], list[str]
 def table_markdown(rows: list[dict[str, Any]], iterations: int) -> str:
     lines = [f"# sim vs mp ({iterations} updates of the default experiment per run, seed 0)", "",
              ("Regenerate: `make sim-vs-mp` (python -m asynccorr.studies.calibrate). sim is calibrated with each mp run's "
-              "measured phase times, server time per message and job-time jitter (asynccorr/calibrate.py). "
+              "measured phase times, server time per message and job-time jitter (asynccorr/studies/calibrate.py). "
               f"Target: staleness and residual staleness within {TOLERANCE:.0%} (relative to max(mp, 1)), the "
               "protocols ranked the same by gradient error."), "",
              "| setting | scheme | staleness mp | sim | diff | residual mp | sim | diff | grad error mp | sim |",
