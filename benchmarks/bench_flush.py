@@ -1,5 +1,5 @@
-"""Cost of flushing a training run's metrics: appended rows (``results.CsvLog``) against
-rewriting the whole table at every evaluation point (``results.write_csv``).
+"""Cost of flushing a training run's metrics: appended rows (``runs.files.CsvLog``) against
+rewriting the whole table at every evaluation point (``runs.files.write_csv``).
 
 A run's metrics are flushed at every evaluation point (``train.eval_every`` updates).
 This times the flushes of synthetic metric columns in the layout of a ``sim`` run (12

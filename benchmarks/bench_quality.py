@@ -4,9 +4,9 @@ sequential learner's tracking over random starts falls below stated thresholds.
 The sequential learner (one always-fresh worker: the reference every asynchronous scheme is
 compared with) trains on ``env = dynamic`` with the default experiment's learner and optimizer
 (64x64 nets, batch 256, horizon 20, SGD), with the trainer's own jitted chunk
-(``trainer.chunk_runner``, from the initial state ``trainer.initial_state``: what ``asynccorr train
+(``backends.sequential.chunk_runner``, from the initial state ``backends.sequential.initial_state``: what ``asynccorr train
 --scheme sequential`` runs, its compiled programs kept and reused as the CLI's are). Every ``--every`` updates, and before the first, the deterministic
-policy drives 50 random-start episodes (``evaluation.evaluate_random_starts``: ``env.reset``
+policy drives 50 random-start episodes (``learners.evaluation.evaluate_random_starts``: ``env.reset``
 states, random reference phase, dy ~ U(-1, 1) m, dphi ~ U(-0.3, 0.3) rad; the same 50 starts at
 every evaluation; 20 s episodes) and the RMS lateral error is taken over all on-road steps and
 over the steps 5 s or more into their episode. Printed: the wall seconds since the process

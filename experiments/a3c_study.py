@@ -58,7 +58,7 @@ def per_update(config: dict[str, Any], scheme: str) -> tuple[int, int, int, int]
 
 
 def run_row(run: Any) -> dict[str, Any]:
-    """One run's row of the table (``run``: ``plots.Run``)."""
+    """One run's row of the table (``run``: ``runs.read.Run``)."""
     from asynccorr.schemes.registry import label
 
     config, m, evals = run.config, run.metrics, run.evals

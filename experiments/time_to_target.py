@@ -2,7 +2,7 @@
 
 The figures the README quotes for "time to the loss plateau": the first update k at
 which the mean policy loss of updates k-19..k is below the target (the regime study's
-rule, ``regimes.smoothed_first_below``), and the simulated time of that update.
+rule, ``studies.regimes.smoothed_first_below``), and the simulated time of that update.
 
     python experiments/time_to_target.py results/paper [--target 2.5] [--smooth 20]
 """

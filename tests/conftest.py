@@ -21,7 +21,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # The CLI calls of the suite are mostly runs of configs and schemes no earlier call ran: they keep no
 # programs (asynccorr.compile.programs) and read the session's compilation cache instead, which makes them
 # cheaper (a process that keeps programs reads no compilation cache). The tests of the programs
-# themselves turn this back on (tests/test_cli.py, tests/test_programs.py).
+# themselves turn this back on (tests/test_cli.py, tests/compile/test_programs.py).
 os.environ.setdefault("ASYNCCORR_PROGRAMS", "off")
 
 import jax
@@ -40,7 +40,7 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 
 # The modules whose tests start real worker processes, Ray or a two-node cluster, or time a kill or
 # a Ctrl-C: under pytest-xdist (``make test``) they form one group, run in order by one worker.
-REAL_MODULES = {"test_mp.py", "test_ray.py", "test_cluster.py", "test_hardening.py", "test_locks.py"}
+REAL_MODULES = {"test_mp.py", "test_ray.py", "test_cluster.py", "test_hardening.py", "test_locks.py"}  # file names
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,4 +1,4 @@
-"""Helpers shared by the specifications of the real backends (test_mp.py, test_ray.py)."""
+"""Helpers shared by the specifications of the real backends (backends/test_mp.py, backends/test_ray.py)."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ serial and in parallel mode). ``mp`` and ``ray`` hand every ``worker.Message`` t
 receive to ``ServerRole.receive``; ``sim`` hands it the messages its simulated workers
 computed with the same worker code, at the simulated moment the server takes each one
 off its queue (``receive(msg, at=...)``), and its synchronous rounds to
-``apply_round``. The role owns the parameter server's state (``server.ServerState``)
+``apply_round``. The role owns the parameter server's state (``update.ServerState``)
 and its version ``k``, measures each message's staleness ``k - i`` and residual
 staleness, applies the scheme's rule (``asynccorr.backends.update.make_update``), records one
 metric row per update and, at every evaluation point, hands the rows to the run

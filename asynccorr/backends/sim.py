@@ -3,15 +3,15 @@
 One process, one simulated clock, and **the same worker and server code** as the real
 backends (Sample Factory's serial mode): each simulated worker runs its scheme's job
 phases with the worker role's functions (``worker.pre_pull`` / ``post_pull``, ``aim``)
-and ships the same ``Message``; the server role (``serving.ServerRole``) applies it.
+and ships the same ``Message``; the server role (``server.ServerRole``) applies it.
 Only the clock is simulated, and it times every phase:
 
 * a worker job: ``sample``, then its compute phases (``Scheme.phases``: direction,
   fused direction + product, linearise / apply, dense), each costing
   ``workers.direction_time`` x its ratio (``workers.*_cost_ratio``, measured by
   ``benchmarks/bench_phases.py``) x the worker's speed x the job's jitter and straggle
-  (``delays.DelayModel``, one draw per job; ``workers.slowdown`` makes worker i's
-  phases f times slower, as on ``mp``). A mid-job pull (``schemes.PULL``) reads
+  (``backends.delays.DelayModel``, one draw per job; ``workers.slowdown`` makes worker i's
+  phases f times slower, as on ``mp``). A mid-job pull (``schemes.registry.PULL``) reads
   the parameters published *at that simulated moment*;
 * the server is a timed resource and a FIFO queue: each message costs it
   ``server_apply_cost_ratio`` and, per scheme, the server-side product (``server``

@@ -33,7 +33,7 @@ The loop, in one place:
   A worker that dies ``START_FAILURES`` times in a row before it is ready aborts the
   run with ``WorkerStartError`` (a bug or a broken environment, not a fault to heal).
 * **Ctrl-C**: ``KeyboardInterrupt`` anywhere in the loop stops the run and raises
-  ``run_protocol.TrainingInterrupted`` carrying every update recorded so far.
+  ``protocol.TrainingInterrupted`` carrying every update recorded so far.
 * **cleanup**: whatever ends the run (completion, divergence, Ctrl-C, an error),
   ``Transport.close`` stops every worker still running and releases what the
   transport holds.

@@ -12,7 +12,7 @@ worker sent -- at the server's current parameters ``theta_k``:
   on the shipped batch now (the paper's Fig. 2; its cost is the server's);
 * ``secant`` protocol: ``G`` and the message's pair (tangent, its product) into the
   server's window; the correction is the window's least-squares fit of the gap
-  (``corrections.secant_correction``), no product at the server;
+  (``schemes.corrections.secant_correction``), no product at the server;
 * ``oracle`` (sim only): ``G`` and the product evaluated here against ``theta_k`` for
   free -- the upper bound;
 * ``learner``: the fresh direction ``F(theta_k, batch)`` on the shipped states;

@@ -28,7 +28,7 @@ A worker loops: pull ``(theta_i, i)``; then it runs its scheme's **phases**
 * ``linearise`` then ``apply``: ``jax.linearize`` at ``theta_i``, the map applied
   to the gap later (``deferred``);
 * ``dense``: G and the dense Jacobian (``modify-dense``, sim only);
-* ``schemes.PULL``: read the newest ``(theta_k', k')`` mid-job. ``target`` is
+* ``schemes.registry.PULL``: read the newest ``(theta_k', k')`` mid-job. ``target`` is
   ``theta_k'``, or for ``look-ahead`` the point the server is expected to reach when
   the message lands (``aim``).
 

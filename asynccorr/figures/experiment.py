@@ -12,7 +12,7 @@ and writes five figures, each as PNG and PDF, into ``<experiment>/figures/``:
 Curves are the mean over seeds of a centred moving average, the band spans the
 seeds' minimum to maximum. Each scheme keeps its colour in every figure. A run
 that diverged (``"status": "diverged"`` with ``"diverged_at": k`` in ``meta.json``,
-or a row that ``run_protocol.first_diverged_row`` flags, with the run's own
+or a row that ``backends.protocol.first_diverged_row`` flags, with the run's own
 ``train.divergence_loss``) is drawn up to the update before its divergence point, marked
 with an ``x`` at update k on the loss and gradient-error figures; its diverged tail
 never sets the axis limits.
@@ -142,11 +142,7 @@ def _experiment(runs: Sequence[Run]) -> str:
 
 
 def _workers(runs: Sequence[Run]) -> int | None:
-    for r in runs:
-        count = (r.config.get("workers") or {}).get("count") if isinstance(r.config.get("workers"), dict) else None
-        if r.scheme != "sequential" and isinstance(count, int):
-            return count
-    return None
+    return next((r.workers for r in runs if r.workers is not None), None)
 
 
 def _title(fig: Figure, runs: Sequence[Run], what: str) -> None:
@@ -586,7 +582,7 @@ FIGURES: dict[str, Callable[[Sequence[Run], int | None], Figure]] = {
 
 def save_figure(fig: Figure, path: Path) -> None:
     """Render in the format of the suffix (a PDF without a creation date, so it is reproducible)
-    and write it with ``results.atomic_write_bytes``."""
+    and write it with ``runs.files.atomic_write_bytes``."""
     fmt = path.suffix.lstrip(".")
     buf = io.BytesIO()
     fig.savefig(buf, format=fmt, dpi=DPI, metadata={"CreationDate": None} if fmt == "pdf" else None)

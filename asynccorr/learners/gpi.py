@@ -45,7 +45,7 @@ def make_learner(env: Environment, env_params: Any, config: LearnerConfig, dtype
 
     observe = jax.vmap(env.observation, in_axes=(0, None))
     # Inside the model rollout observations and actions are feature-major,
-    # (features, batch): see ``networks.mlp_apply_feature_major`` for why.
+    # (features, batch): see ``learners.networks.mlp_apply_feature_major`` for why.
     observe_fm = jax.vmap(env.observation, in_axes=(0, None), out_axes=1)
     utility = jax.vmap(env.utility, in_axes=(0, 1, None))
     transition = jax.vmap(env.transition, in_axes=(0, 1, None))

@@ -20,7 +20,7 @@ import numpy as np
 
 from asynccorr.backends.protocol import diverged, first_diverged_row
 from asynccorr.runs.files import parse_run_dir_name, read_csv
-from asynccorr.schemes.registry import display_order
+from asynccorr.schemes.registry import SEQUENTIAL, display_order
 
 
 class ResultsError(ValueError):
@@ -46,6 +46,14 @@ class Run:
     @property
     def rows(self) -> int:
         return len(self.metrics["iteration"])
+
+    @property
+    def workers(self) -> int | None:
+        """The experiment's worker count (``workers.count`` of ``config.json``); None for the sequential
+        reference, which trains one worker whatever the config says, or when the config does not say."""
+        section = self.config.get("workers")
+        count = section.get("count") if isinstance(section, dict) else None
+        return count if isinstance(count, int) and self.scheme != SEQUENTIAL else None
 
     @property
     def diverged_at(self) -> int | None:

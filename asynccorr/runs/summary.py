@@ -117,7 +117,7 @@ def summarize_run(scheme: str, config: ExperimentConfig, result: RunResult, wall
 
 
 def per_scheme(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per scheme: each numeric summary field over seeds (``stats.MeanStd``), and counts.
+    """Per scheme: each numeric summary field over seeds (``runs.summary.MeanStd``), and counts.
 
     Means are over the seeds with a finite value: a diverged run has no final loss,
     and the ``diverged`` count says how many seeds are left out."""

@@ -31,7 +31,7 @@ and against which parameters. Each is its own registered scheme, ``<scheme>@<pro
                message, returned in the reply it waits for); the server fits the true gap
                theta_k - theta_i by least squares on the last ``schemes.secant_window``
                messages' tangents and corrects with their products (O(window P), no
-               product at the server; ``corrections.secant_correction``). Residual
+               product at the server; ``schemes.corrections.secant_correction``). Residual
                staleness 0 (the gap is exact), but the fit is an approximation: its
                coverage of the gap is recorded per update
 =============  =====================================================================

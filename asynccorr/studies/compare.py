@@ -15,7 +15,7 @@ from asynccorr.runs import locks
 from asynccorr.runs.checkpoints import load_latest_checkpoint
 from asynccorr.runs.files import RunExistsError
 from asynccorr.runs.run import FINISHED, ResumeError, check_same_run, run_dir_for
-from asynccorr.schemes.registry import SEQUENTIAL, check_scheme_fits, get_scheme, resolve
+from asynccorr.schemes.registry import check_scheme_fits, get_scheme, resolve
 
 
 def planned_runs(config: ExperimentConfig, schemes: Sequence[str], seeds: Sequence[int]) -> list[tuple[str, ExperimentConfig]]:
@@ -26,7 +26,7 @@ def planned_runs(config: ExperimentConfig, schemes: Sequence[str], seeds: Sequen
     if repeated:
         raise ConfigError(f"schemes.compare names {repeated[0]} twice (a bare modify is modify@<schemes.protocol>)")
     for scheme in schemes:
-        if scheme != SEQUENTIAL:
+        if backend_for(config, scheme).workers:  # (the sequential reference is no scheme of the registry)
             check_scheme_fits(get_scheme(scheme), learner.num_params, config.schemes)
             check_backend_runs(config.workers.backend, scheme)
     return [(s, with_overrides(config, train={"seed": seed})) for s in schemes for seed in seeds]
@@ -40,7 +40,7 @@ class PlannedRun(NamedTuple):
     action: Literal["train", "reuse", "resume", "restart"]
     row: dict[str, Any] | None = None  # reuse: the finished run's summary row (from its meta.json)
     checkpoint: Checkpoint | None = None  # resume: where it continues from
-    status: str | None = None  # an existing run's status as read (``locks.run_status``: "dead" if its owner is gone)
+    status: str | None = None  # an existing run's status as read (``runs.locks.run_status``: "dead" if its owner is gone)
 
 
 def resume_plan(results_root: Path, plan: Sequence[tuple[str, ExperimentConfig]],
@@ -85,7 +85,7 @@ def resume_plan(results_root: Path, plan: Sequence[tuple[str, ExperimentConfig]]
 
 def check_unlocked(results_root: Path, plan: Sequence[tuple[str, ExperimentConfig]], take_over: bool) -> None:
     """Before anything trains: no run of the plan is owned by a live process, and a stale lock is
-    only taken over when asked (``--resume``, ``--overwrite``); ``locks.RunLockedError`` otherwise."""
+    only taken over when asked (``--resume``, ``--overwrite``); ``runs.locks.RunLockedError`` otherwise."""
     for scheme, cfg in plan:
         locks.check_free(run_dir_for(results_root, cfg, scheme), take_over)
 

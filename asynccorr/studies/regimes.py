@@ -8,7 +8,7 @@ here and nowhere else:
 
 ``final_loss``
     mean policy loss over the last ``tail_fraction`` of the run's updates
-    (``stats.final_window``: rounded down, at least one).
+    (``runs.summary.final_window``: rounded down, at least one).
 ``diverged``
     the run diverged as every run does (``RunResult.status``, or a metric row that
     ``backends.protocol.first_diverged_row`` flags with the experiment's
@@ -303,7 +303,7 @@ def group(rows: Sequence[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
 
 def summarize_cell(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Per cell x scheme: counts over seeds, and each metric over the seeds where it has a value
-    (``stats.MeanStd``)."""
+    (``runs.summary.MeanStd``)."""
     out: dict[str, Any] = {"seeds": len(runs), "reached": sum(r["reaches_sync"] for r in runs),
                            "diverged": sum(r["diverged"] for r in runs)}
     for k in ("final_loss", "iters_to_target", "time_to_target", "rms_lateral", "mean_staleness", "dropped"):

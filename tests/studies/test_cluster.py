@@ -1,5 +1,5 @@
 """Specification of studies on a Ray cluster (``--cluster``): every run of ``compare`` (and of
-``regimes``: ``test_regimes.py``) is a one-CPU Ray task on a running cluster, its files written
+``regimes``: ``studies/test_regimes.py``) is a one-CPU Ray task on a running cluster, its files written
 where the driver runs, byte for byte what the same study writes locally (``meta.json`` records
 where and when).
 
@@ -35,7 +35,7 @@ import pytest
 from clitools import run_cli, tiny_toml
 from realworkers import tagged_processes
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RAY = Path(sys.executable).with_name("ray")
 
 # what a run's meta.json records of the machine and the moment (and, on a cluster, of the node);

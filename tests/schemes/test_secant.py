@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_async import _sgd, quadratic_learner, small_config
+from small import quadratic_learner, sgd, small_config
 
 from asynccorr.backends.sequential import run_sequential
 from asynccorr.backends.sim import costs, run_sim
@@ -114,7 +114,7 @@ def test_the_secant_rule_accepts_any_pytree_like_every_correction():
 
 def test_the_server_update_applies_the_fit_on_shipped_pairs_and_reports_its_diagnostics():
     learner, a, b = quadratic_learner()
-    optimizer, scheme = _sgd(learner), get_scheme("modify@secant")
+    optimizer, scheme = sgd(learner), get_scheme("modify@secant")
     correction = make_correction(scheme.name, secant_window=2)
     update = make_update(learner, optimizer, scheme, correction, True, True)
     theta_i = jax.random.normal(jax.random.PRNGKey(1), (6,))

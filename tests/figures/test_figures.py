@@ -16,7 +16,7 @@ from asynccorr.runs.files import parse_run_dir_name, read_csv, run_dir_name, wri
 from asynccorr.runs.read import ResultsError, experiment_folders, load_runs
 from asynccorr.schemes.registry import DISPLAY_ORDER
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FRESH = ("sequential", "sync")
 

@@ -29,12 +29,12 @@ from asynccorr.runs.run import config_record as runs_config_record
 from asynccorr.runs.run import train_run
 from asynccorr.runs.summary import diverged_text, per_scheme
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RESULT_FILES = ("params.npy", "metrics.csv", "eval.csv", "trajectory.csv")
 
 
 def tiny(**sections) -> ExperimentConfig:
-    """The small network of tests/test_async.py (shares its compiled code), 3 workers."""
+    """The small network of tests/backends/test_sim.py (shares its compiled code), 3 workers."""
     base = with_overrides(
         ExperimentConfig(),
         name="hard",

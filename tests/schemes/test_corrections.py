@@ -192,8 +192,8 @@ def test_a_correction_given_jvp_calls_it_on_the_pytree_gap():
 
 def _readme_example() -> str:
     """The README's "Corrections on your own model" code block."""
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = text.split("### Corrections on your own model", 1)[1]
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = text.split("## Corrections on your own model", 1)[1]
     return section.split("```python\n", 1)[1].split("```", 1)[0]
 
 

@@ -26,7 +26,7 @@ from asynccorr.learners.build import build, make_any_learner
 from asynccorr.runs.run import train_run
 from asynccorr.schemes.registry import SCHEMES
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def small_a3c(env_name: str = "kinematic", dtype=jnp.float32, hidden=(8,), **knobs):

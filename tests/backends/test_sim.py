@@ -8,57 +8,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from small import quadratic_learner, sgd, small_config
 
 from asynccorr.backends.sequential import run_sequential
 from asynccorr.backends.sim import run_sim
 from asynccorr.backends.update import Shipped, init_server, make_update
 from asynccorr.config import ConfigError, ExperimentConfig, with_overrides
-from asynccorr.learners.base import Learner, Losses
+from asynccorr.learners.base import Losses
 from asynccorr.learners.build import make_optimizer
 from asynccorr.runs.run import train_run
 from asynccorr.schemes import corrections
 from asynccorr.schemes.registry import get_scheme, make_correction
 
-
-def small_config(**sections) -> ExperimentConfig:
-    base = with_overrides(
-        ExperimentConfig(),
-        name="spec",
-        learner={"policy_hidden": (8,), "value_hidden": (8,), "rollout_states": 8, "reset_states": 8, "horizon": 5},
-        train={"iterations": 6, "eval_every": 3},
-        workers={"count": 1},
-    )
-    return with_overrides(base, **sections)
-
-
 # ----------------------------------------------------------------------------- a quadratic objective
 
 
-def quadratic_learner(dim: int = 6, seed: int = 0) -> tuple[Learner, jax.Array, jax.Array]:
-    """A real learner whose direction field is the gradient of a quadratic: F(p) = A p - b."""
-    ka, kb = jax.random.split(jax.random.PRNGKey(seed))
-    m = jax.random.normal(ka, (dim, dim))
-    a = m @ m.T / dim + jnp.eye(dim)
-    b = jax.random.normal(kb, (dim,))
-
-    def direction(p, batch):
-        del batch
-        return a @ p - b, Losses(0.5 * p @ a @ p - b @ p, jnp.zeros(()))
-
-    def direction_jvp(p, batch, tangent):
-        (f, loss), (jf, _) = jax.jvp(lambda q: direction(q, batch), (p,), (tangent,))
-        return f, jf, loss
-
-    learner = Learner(env=None, env_params=None, config=None, num_policy=dim // 2, num_value=dim - dim // 2,
-                      init=None, unravel=None, act=None, value=None, returns=None, losses=None,
-                      direction=direction, direction_jvp=direction_jvp, linearize=None,
-                      sampler_init=lambda key: jnp.zeros(()), sample=lambda key, sampler, p: (jnp.zeros(3), sampler))
-    return learner, a, b
 
 
-def _sgd(learner):
-    return make_optimizer(ExperimentConfig().optim.__class__(name="sgd", policy_lr=0.01, value_lr=0.01),
-                          learner.num_policy, learner.num_value)
 
 
 def _drifted(staleness):
@@ -84,7 +50,7 @@ def _shipped(learner, scheme, theta_i, target, batch=None):
 def test_the_server_side_protocols_apply_exactly_the_fresh_gradient_on_a_quadratic_at_any_staleness(
         protocol, staleness):
     learner, a, b = quadratic_learner()
-    optimizer, scheme = _sgd(learner), get_scheme(f"modify@{protocol}")
+    optimizer, scheme = sgd(learner), get_scheme(f"modify@{protocol}")
     correction = make_correction(scheme.name)
     update = make_update(learner, optimizer, scheme, correction, True)
     theta_i, theta_k = _drifted(staleness)
@@ -100,7 +66,7 @@ def test_the_server_side_protocols_apply_exactly_the_fresh_gradient_on_a_quadrat
 @pytest.mark.parametrize("protocol", ["deferred", "pull-first", "look-ahead"])
 def test_a_worker_side_product_is_exact_when_it_aimed_at_theta_k_and_misses_by_what_it_could_not_see(protocol):
     learner, _, _ = quadratic_learner()
-    optimizer, scheme = _sgd(learner), get_scheme(f"modify@{protocol}")
+    optimizer, scheme = sgd(learner), get_scheme(f"modify@{protocol}")
     correction = make_correction(scheme.name)
     update = make_update(learner, optimizer, scheme, correction, True)
     theta_i, theta_k = _drifted(7)
@@ -113,7 +79,7 @@ def test_a_worker_side_product_is_exact_when_it_aimed_at_theta_k_and_misses_by_w
 
 def test_the_learner_applies_the_fresh_direction_at_theta_k_from_the_shipped_states():
     learner, a, b = quadratic_learner()
-    optimizer, scheme = _sgd(learner), get_scheme("learner")
+    optimizer, scheme = sgd(learner), get_scheme("learner")
     update = make_update(learner, optimizer, scheme, make_correction("learner"), True)
     theta_i, theta_k = _drifted(7)
     server = init_server(theta_k, optimizer, make_correction("learner"))
@@ -195,7 +161,7 @@ def test_modify_dense_refuses_networks_above_its_stated_size():
 
 
 # every scheme and every protocol (modify-safe's protocols are modify's with another correction)
-# Every scheme's one-worker equivalence runs on the A3C learner (tests/test_a3c.py): the schemes,
+# Every scheme's one-worker equivalence runs on the A3C learner (tests/learners/test_a3c.py): the schemes,
 # the server and the simulation are learner-agnostic. Here, on GPI, one scheme per distinct
 # compute path: the plain direction, each protocol's product, a rule reading theta_i, a dense
 # Jacobian, the actor-learner split and a synchronous round.
@@ -335,7 +301,7 @@ def test_on_the_default_experiment_modify_has_a_smaller_gradient_error_than_asyn
     """The paper's figure (b), shortened: the same 8 workers, the first 150 updates."""
     from asynccorr.config import load_config
 
-    cfg = with_overrides(load_config(Path(__file__).resolve().parents[1] / "experiments" / "paper.toml"),
+    cfg = with_overrides(load_config(Path(__file__).resolve().parents[2] / "experiments" / "paper.toml"),
                          train={"iterations": 150, "eval_every": 150})
     naive = run_sim(cfg, "async").metrics
     corrected = run_sim(cfg, "modify").metrics  # the server protocol: the product at application

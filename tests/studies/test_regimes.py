@@ -25,7 +25,7 @@ from asynccorr.studies.regimes import (
     staleness_tolerance,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 REDUCED = """
 name = "reduced"
@@ -244,9 +244,9 @@ def test_a_reduced_grid_runs_end_to_end_and_its_numbers_follow_the_definitions(c
 
 @pytest.mark.slow  # cheap after the end-to-end test above, whose compiled code it reuses
 def test_on_a_cluster_every_run_is_one_task_and_the_study_is_written_here(capsys, tmp_path, monkeypatch):
-    """``regimes --cluster``: every run goes through ``cluster.run_tasks`` (a one-CPU Ray task each) and
+    """``regimes --cluster``: every run goes through ``studies.cluster.run_tasks`` (a one-CPU Ray task each) and
     its row comes back to this process, which writes the study. Here the tasks run in this process;
-    a real two-node cluster is in test_cluster.py."""
+    a real two-node cluster is in studies/test_cluster.py."""
     from asynccorr.studies import cluster
 
     submitted = []

@@ -16,7 +16,7 @@ from clitools import run_cli, tiny_toml
 from asynccorr.runs import locks
 from asynccorr.runs.files import write_json
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 

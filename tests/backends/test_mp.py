@@ -27,7 +27,7 @@ from asynccorr.learners.build import make_optimizer
 from asynccorr.schemes.registry import get_scheme, make_correction
 from asynccorr.studies.compare import planned_runs
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # ----------------------------------------------------------------------------- shared memory
 
@@ -184,7 +184,7 @@ def test_the_secant_protocol_runs_on_real_workers_and_its_applied_tangent_comes_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scheme", ["modify@deferred"])  # the server protocol: tests/test_ray.py
+@pytest.mark.parametrize("scheme", ["modify@deferred"])  # the server protocol: tests/backends/test_ray.py
 def test_the_a3c_learner_runs_on_real_workers_with_its_corrections(scheme):
     """The model-free learner on mp, unchanged: its rollouts are the workers' own, the worker
     corrects, and every update logs how off-policy its batch was at theta_k."""
@@ -249,7 +249,7 @@ def test_ctrl_c_on_an_mp_run_stops_within_5_s_keeps_its_metrics_and_leaves_no_pr
 
 @pytest.mark.parametrize("command", ["train", "compare"])
 def test_train_and_compare_take_backend_and_address_and_reject_an_unknown_backend(capsys, tmp_path, command):
-    from test_cli import run_cli
+    from clitools import run_cli
 
     code, _, err = run_cli(capsys, command, "--backend", "mpi", "--address", "auto", "--results", str(tmp_path))
     assert code == 2
