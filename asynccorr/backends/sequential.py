@@ -1,4 +1,4 @@
-"""The plain sequential trainer: one worker, always-fresh directions.
+"""The sequential backend: the plain reference trainer, one worker, always-fresh directions.
 
 This is the reference every asynchronous scheme is compared with: each server
 update applies ``F(params, batch)`` computed at the current parameters. A

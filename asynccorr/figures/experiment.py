@@ -1,6 +1,6 @@
 """Figures of one experiment folder (``results/<experiment>/``; layout in ``asynccorr.runs.run``).
 
-``plot_experiment`` reads every ``<scheme>-seed<k>/`` run directory (read only)
+``plot_experiment`` reads every ``<scheme>-seed<k>/`` run directory (``runs.read``, read only)
 and writes five figures, each as PNG and PDF, into ``<experiment>/figures/``:
 
 * ``loss_vs_iteration``           policy loss vs server update
@@ -11,9 +11,9 @@ and writes five figures, each as PNG and PDF, into ``<experiment>/figures/``:
 
 Curves are the mean over seeds of a centred moving average, the band spans the
 seeds' minimum to maximum. Each scheme keeps its colour in every figure. A run
-that diverged (``"status": "diverged"`` with ``"diverged_at": k`` in ``meta.json``,
-or a row that ``backends.protocol.first_diverged_row`` flags, with the run's own
-``train.divergence_loss``) is drawn up to the update before its divergence point, marked
+that diverged (``runs.read.Run.diverged``: ``"status": "diverged"`` with ``"diverged_at": k``
+in ``meta.json``, or a row that ``backends.protocol.first_diverged_row`` flags, with the
+run's own ``train.divergence_loss``) is drawn up to the update before its divergence point, marked
 with an ``x`` at update k on the loss and gradient-error figures; its diverged tail
 never sets the axis limits.
 """

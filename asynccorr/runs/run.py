@@ -1,6 +1,6 @@
-"""Run training jobs and leave their results on disk.
+"""One run on disk: train it on its backend (``backends.registry.run``) into its run directory.
 
-The glue between the trainers (pure computation) and the results layout::
+The glue between the backends (pure computation) and the results layout::
 
     results/<experiment>/<scheme>-seed<k>/
         config.json     resolved experiment config (with the scheme and seed of this run)
@@ -18,7 +18,7 @@ The glue between the trainers (pure computation) and the results layout::
 Every file is replaced atomically, so a crash leaves complete files and loses at
 most one evaluation interval of metrics; a run killed outright is continued from
 its latest checkpoint with ``train --resume``; an interrupted comparison is
-completed with ``compare --resume`` (``resume_plan``).
+completed with ``compare --resume`` (``studies.compare.resume_plan``).
 """
 
 from __future__ import annotations
