@@ -24,24 +24,26 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from asynccorr.backends.checkpoint import Checkpoint
-from asynccorr.backends.protocol import RunResult
+from asynccorr.backends.protocol import OnChunk, RunResult
 from asynccorr.config import ExperimentConfig, load_config, with_overrides
-from asynccorr.learners.evaluation import EvalRecord
 from asynccorr.runs.read import Run, load_runs
 from asynccorr.runs.run import resume_checkpoint, run_dir_for, train_run
-from asynccorr.runs.summary import per_scheme, write_summary
-from asynccorr.studies.compare import (
-    PlannedRun,
-    check_no_existing_runs,
-    check_unlocked,
+from asynccorr.studies.compare import (  # the comparison's operations are the API's (api.plan_compare, ...)
+    Comparison,
+    ComparisonPlan,
+    check_writable,
+    plan_compare,
     planned_runs,
-    resume_plan,
+    run_compare,
 )
 
+__all__ = [
+    "Comparison", "ComparisonPlan", "ExperimentConfig", "Results", "TrainPlan", "TrainedRun", "compare",
+    "experiment", "load", "plan_compare", "plan_train", "redraw_regimes", "regime_study", "regimes",
+    "run_compare", "run_train", "train",
+]
+
 DEFAULT_CONFIG = Path("experiments/paper.toml")
-
-OnChunk = Callable[[int, EvalRecord], None]
-
 
 def experiment(config: str | Path | ExperimentConfig | None = None, **sections: dict[str, Any]
                ) -> ExperimentConfig:
@@ -82,18 +84,12 @@ def plan_train(config: ExperimentConfig, scheme: str = "modify", results: str | 
         raise ValueError("resume and overwrite exclude each other (overwrite starts the run afresh)")
     results = Path(results)
     [(scheme, config)] = planned_runs(config, [scheme], [config.train.seed])
-    _check_writable(results, [(scheme, config)], overwrite, resume)
+    check_writable(results, [(scheme, config)], overwrite, resume)
     checkpoint = resume_checkpoint(run_dir_for(results, config, scheme), config, scheme,
                                         on_skip=on_warning) if resume else None
     return TrainPlan(scheme, config, results, overwrite, checkpoint)
 
 
-def _check_writable(results: Path, plan: list[tuple[str, ExperimentConfig]], overwrite: bool, resume: bool) -> None:
-    """No live process owns a run of ``plan`` (a stale lock only with ``resume`` or ``overwrite``), and,
-    unless one of those is given, no earlier run is there."""
-    check_unlocked(results, plan, take_over=resume or overwrite)
-    if not (resume or overwrite):
-        check_no_existing_runs(results, plan)
 
 
 def run_train(plan: TrainPlan, on_chunk: OnChunk | None = None) -> TrainedRun:
@@ -109,79 +105,14 @@ def train(config: ExperimentConfig, scheme: str = "modify", results: str | Path 
     return run_train(plan_train(config, scheme, results, overwrite, resume, on_warning), on_chunk)
 
 
-class Comparison(NamedTuple):
-    folder: Path  # results/<experiment>/ with summary.csv and summary.md
-    rows: list[dict[str, Any]]  # one per run
-    table: list[dict[str, Any]]  # per scheme: mean ± std over seeds (``runs.summary.MeanStd`` values)
 
 
-class ComparisonPlan(NamedTuple):
-    """A comparison's runs, checked and decided (``plan_compare``)."""
-
-    config: ExperimentConfig
-    results: Path
-    overwrite: bool
-    runs: list[Any]  # ``studies.compare.PlannedRun``: train, reuse, resume or restart
-    cluster: str | None = None  # Ray cluster address: each run a Ray task there (``asynccorr.studies.cluster``)
 
 
-def plan_compare(config: ExperimentConfig, schemes: Sequence[str] | None = None,
-                 seeds: Sequence[int] | None = None, results: str | Path = "results", overwrite: bool = False,
-                 resume: bool = False, on_warning: Callable[[str], None] | None = None,
-                 cluster: str | None = None) -> ComparisonPlan:
-    """Every scheme on every seed (default: the config's ``[schemes]``), checked before anything
-    trains; ``resume`` decides how each run of an interrupted comparison is completed
-    (``studies.compare.resume_plan``). With ``cluster`` (a Ray address) the runs are to be Ray tasks there,
-    so each must train on ``sim`` (or be the sequential reference)."""
-    if resume and overwrite:
-        raise ValueError("resume and overwrite exclude each other (overwrite starts every run afresh)")
-    results = Path(results)
-    config = with_overrides(config, schemes={k: tuple(v) for k, v in (("compare", schemes), ("seeds", seeds))
-                                             if v is not None})
-    plan = planned_runs(config, config.schemes.compare, config.schemes.seeds)
-    if cluster is not None:
-        from asynccorr.studies import cluster as on_cluster
-
-        on_cluster.check_runs(plan)
-        on_cluster.check_reachable(cluster)
-    _check_writable(results, plan, overwrite, resume)
-    planned = (resume_plan(results, plan, on_skip=on_warning) if resume
-               else [PlannedRun(scheme, cfg, "train") for scheme, cfg in plan])
-    return ComparisonPlan(config, results, overwrite, planned, cluster)
 
 
-def run_compare(plan: ComparisonPlan, on_run: Callable[[Any], OnChunk | None] | None = None,
-                on_done: Callable[[Any], None] | None = None) -> Comparison:
-    """Train (or reuse) every planned run, then write summary.csv and summary.md. ``on_run(run)`` is
-    called as each run starts and may return its progress callback, ``on_done(run)`` as it ends.
-    On a cluster (``plan.cluster``) the runs train there at once and ``on_run`` is not called (a
-    task reports no progress); the summary is the same."""
-    if plan.cluster is not None:
-        from asynccorr.studies.cluster import run_planned
-
-        rows = run_planned(plan.cluster, plan.results, plan.runs, plan.overwrite, on_done)
-        return _summarize(plan, rows)
-    rows = []
-    for run in plan.runs:
-        on_chunk = on_run(run) if on_run is not None else None
-        if run.action == "reuse":
-            rows.append(run.row)
-        else:
-            rows.append(train_run(run.config, run.scheme, plan.results, on_chunk=on_chunk,
-                                       overwrite=plan.overwrite or run.action == "restart",
-                                       resume=run.checkpoint if run.action == "resume" else False)[2])
-        if on_done is not None:
-            on_done(run)
-    return _summarize(plan, rows)
 
 
-def _summarize(plan: ComparisonPlan, rows: list[dict[str, Any]]) -> Comparison:
-    """summary.csv and summary.md of the comparison's rows (in plan order)."""
-    cfg = plan.config
-    folder = plan.results / cfg.name
-    write_summary(folder, rows, f"{cfg.name}: {cfg.workers.count} workers ({cfg.workers.delay}), "
-                                     f"{cfg.train.iterations} updates")
-    return Comparison(folder, rows, per_scheme(rows))
 
 
 def compare(config: ExperimentConfig, schemes: Sequence[str] | None = None, seeds: Sequence[int] | None = None,

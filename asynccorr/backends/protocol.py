@@ -72,6 +72,9 @@ class TrainingInterrupted(Exception):
         self.result = result
 
 
+OnChunk = Callable[[int, EvalRecord], None]  # progress: (updates done, the evaluation at that point)
+
+
 class RunHooks(NamedTuple):
     """How a backend reports to the runs layer while it trains (every field optional).
 
@@ -83,7 +86,7 @@ class RunHooks(NamedTuple):
     * ``resume``: a checkpoint to continue from instead of starting afresh.
     """
 
-    on_chunk: Callable[[int, EvalRecord], None] | None = None
+    on_chunk: OnChunk | None = None
     on_flush: Callable[[Columns, list[EvalRecord]], None] | None = None
     on_checkpoint: Callable[[Checkpoint], None] | None = None
     resume: Checkpoint | None = None

@@ -28,12 +28,12 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
 from asynccorr.backends.checkpoint import Checkpoint, CheckpointError
-from asynccorr.backends.protocol import RunHooks, RunResult, TrainingInterrupted
+from asynccorr.backends.protocol import OnChunk, RunHooks, RunResult, TrainingInterrupted
 from asynccorr.backends.registry import BACKENDS, backend_for, run
 from asynccorr.config import ExperimentConfig, to_dict
 from asynccorr.learners.evaluation import EvalRecord, TrackingSummary
@@ -72,6 +72,17 @@ class RunInterrupted(KeyboardInterrupt):
 
 
 
+
+
+class PlannedRun(NamedTuple):
+    """One run of a resumed comparison and how ``compare --resume`` completes it."""
+
+    scheme: str
+    config: ExperimentConfig
+    action: Literal["train", "reuse", "resume", "restart"]
+    row: dict[str, Any] | None = None  # reuse: the finished run's summary row (from its meta.json)
+    checkpoint: Checkpoint | None = None  # resume: where it continues from
+    status: str | None = None  # an existing run's status as read (``runs.locks.run_status``: "dead" if its owner is gone)
 
 def run_dir_for(results_root: Path, config: ExperimentConfig, scheme: str) -> Path:
     return Path(results_root) / config.name / run_dir_name(scheme, config.train.seed)
@@ -188,7 +199,7 @@ def train_run(
     scheme: str,
     results_root: Path,
     overwrite: bool = False,
-    on_chunk: Callable[[int, EvalRecord], None] | None = None,
+    on_chunk: OnChunk | None = None,
     resume: bool | Checkpoint = False,
 ) -> tuple[Path, RunResult, dict[str, Any]]:
     """Train one run and write its directory; returns (run dir, result, summary row).
@@ -213,7 +224,7 @@ def train_run(
 
 
 def _train_owned(run_dir: Path, backend: str, config: ExperimentConfig, scheme: str, overwrite: bool,
-                 on_chunk: Callable[[int, EvalRecord], None] | None, resume: bool | Checkpoint
+                 on_chunk: OnChunk | None, resume: bool | Checkpoint
                  ) -> tuple[Path, RunResult, dict[str, Any]]:
     """``train_run`` once this process owns the run directory."""
     if isinstance(resume, Checkpoint):

@@ -46,8 +46,7 @@ from asynccorr.config import ConfigError, ExperimentConfig
 from asynccorr.runs import locks
 from asynccorr.runs.checkpoints import prune
 from asynccorr.runs.files import atomic_write_bytes, prepare_run_dir, write_json
-from asynccorr.runs.run import run_dir_for, train_run
-from asynccorr.studies.compare import PlannedRun
+from asynccorr.runs.run import PlannedRun, run_dir_for, train_run
 
 
 class ClusterError(ConfigError):
@@ -194,7 +193,7 @@ def write_files(run_dir: Path, files: dict[str, bytes], meta_extra: dict[str, An
 
 def run_planned(address: str, results: Path, planned: Sequence[PlannedRun], overwrite: bool,
                   on_done: Callable[[PlannedRun], None] | None = None) -> list[dict[str, Any]]:
-    """Every planned run of a comparison (``studies.compare.PlannedRun``: train, restart and resume on the cluster,
+    """Every planned run of a comparison (``runs.run.PlannedRun``: train, restart and resume on the cluster,
     reuse as it is); returns the summary rows in plan order.
 
     The run directories' locks are taken before anything is submitted and held until the end, so

@@ -1,20 +1,23 @@
 """A comparison: every scheme x seed of one experiment, planned and validated before anything
-trains, and how ``compare --resume`` completes an interrupted one."""
+trains (``plan_compare``; ``resume_plan``: how ``compare --resume`` completes an interrupted
+one), trained run by run or on a Ray cluster (``run_compare``), and its summary files."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
-from asynccorr.backends.checkpoint import Checkpoint, CheckpointError
+from asynccorr.backends.checkpoint import CheckpointError
+from asynccorr.backends.protocol import OnChunk
 from asynccorr.backends.registry import backend_for, check_backend_runs
 from asynccorr.config import ConfigError, ExperimentConfig, with_overrides
 from asynccorr.learners.build import build
 from asynccorr.runs import locks
 from asynccorr.runs.checkpoints import load_latest_checkpoint
 from asynccorr.runs.files import RunExistsError
-from asynccorr.runs.run import FINISHED, ResumeError, check_same_run, run_dir_for
+from asynccorr.runs.run import FINISHED, PlannedRun, ResumeError, check_same_run, run_dir_for, train_run
+from asynccorr.runs.summary import per_scheme, write_summary
 from asynccorr.schemes.registry import check_scheme_fits, get_scheme, resolve
 
 
@@ -32,15 +35,6 @@ def planned_runs(config: ExperimentConfig, schemes: Sequence[str], seeds: Sequen
     return [(s, with_overrides(config, train={"seed": seed})) for s in schemes for seed in seeds]
 
 
-class PlannedRun(NamedTuple):
-    """One run of a resumed comparison and how ``compare --resume`` completes it."""
-
-    scheme: str
-    config: ExperimentConfig
-    action: Literal["train", "reuse", "resume", "restart"]
-    row: dict[str, Any] | None = None  # reuse: the finished run's summary row (from its meta.json)
-    checkpoint: Checkpoint | None = None  # resume: where it continues from
-    status: str | None = None  # an existing run's status as read (``runs.locks.run_status``: "dead" if its owner is gone)
 
 
 def resume_plan(results_root: Path, plan: Sequence[tuple[str, ExperimentConfig]],
@@ -95,3 +89,86 @@ def check_no_existing_runs(results_root: Path, plan: Sequence[tuple[str, Experim
         d = run_dir_for(results_root, cfg, scheme)
         if d.exists() and any(d.iterdir()):
             raise RunExistsError(f"run directory {d} already exists (pass --overwrite to replace it)")
+
+
+def check_writable(results: Path, plan: list[tuple[str, ExperimentConfig]], overwrite: bool, resume: bool) -> None:
+    """No live process owns a run of ``plan`` (a stale lock only with ``resume`` or ``overwrite``), and,
+    unless one of those is given, no earlier run is there."""
+    check_unlocked(results, plan, take_over=resume or overwrite)
+    if not (resume or overwrite):
+        check_no_existing_runs(results, plan)
+
+
+class Comparison(NamedTuple):
+    folder: Path  # results/<experiment>/ with summary.csv and summary.md
+    rows: list[dict[str, Any]]  # one per run
+    table: list[dict[str, Any]]  # per scheme: mean ± std over seeds (``runs.summary.MeanStd`` values)
+
+
+class ComparisonPlan(NamedTuple):
+    """A comparison's runs, checked and decided (``plan_compare``)."""
+
+    config: ExperimentConfig
+    results: Path
+    overwrite: bool
+    runs: list[PlannedRun]  # train, reuse, resume or restart
+    cluster: str | None = None  # Ray cluster address: each run a Ray task there (``asynccorr.studies.cluster``)
+
+
+def plan_compare(config: ExperimentConfig, schemes: Sequence[str] | None = None,
+                 seeds: Sequence[int] | None = None, results: str | Path = "results", overwrite: bool = False,
+                 resume: bool = False, on_warning: Callable[[str], None] | None = None,
+                 cluster: str | None = None) -> ComparisonPlan:
+    """Every scheme on every seed (default: the config's ``[schemes]``), checked before anything
+    trains; ``resume`` decides how each run of an interrupted comparison is completed
+    (``studies.compare.resume_plan``). With ``cluster`` (a Ray address) the runs are to be Ray tasks there,
+    so each must train on ``sim`` (or be the sequential reference)."""
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other (overwrite starts every run afresh)")
+    results = Path(results)
+    config = with_overrides(config, schemes={k: tuple(v) for k, v in (("compare", schemes), ("seeds", seeds))
+                                             if v is not None})
+    plan = planned_runs(config, config.schemes.compare, config.schemes.seeds)
+    if cluster is not None:
+        from asynccorr.studies import cluster as on_cluster
+
+        on_cluster.check_runs(plan)
+        on_cluster.check_reachable(cluster)
+    check_writable(results, plan, overwrite, resume)
+    planned = (resume_plan(results, plan, on_skip=on_warning) if resume
+               else [PlannedRun(scheme, cfg, "train") for scheme, cfg in plan])
+    return ComparisonPlan(config, results, overwrite, planned, cluster)
+
+
+def run_compare(plan: ComparisonPlan, on_run: Callable[[Any], OnChunk | None] | None = None,
+                on_done: Callable[[Any], None] | None = None) -> Comparison:
+    """Train (or reuse) every planned run, then write summary.csv and summary.md. ``on_run(run)`` is
+    called as each run starts and may return its progress callback, ``on_done(run)`` as it ends.
+    On a cluster (``plan.cluster``) the runs train there at once and ``on_run`` is not called (a
+    task reports no progress); the summary is the same."""
+    if plan.cluster is not None:
+        from asynccorr.studies.cluster import run_planned
+
+        rows = run_planned(plan.cluster, plan.results, plan.runs, plan.overwrite, on_done)
+        return _summarize(plan, rows)
+    rows = []
+    for run in plan.runs:
+        on_chunk = on_run(run) if on_run is not None else None
+        if run.action == "reuse":
+            rows.append(run.row)
+        else:
+            rows.append(train_run(run.config, run.scheme, plan.results, on_chunk=on_chunk,
+                                       overwrite=plan.overwrite or run.action == "restart",
+                                       resume=run.checkpoint if run.action == "resume" else False)[2])
+        if on_done is not None:
+            on_done(run)
+    return _summarize(plan, rows)
+
+
+def _summarize(plan: ComparisonPlan, rows: list[dict[str, Any]]) -> Comparison:
+    """summary.csv and summary.md of the comparison's rows (in plan order)."""
+    cfg = plan.config
+    folder = plan.results / cfg.name
+    write_summary(folder, rows, f"{cfg.name}: {cfg.workers.count} workers ({cfg.workers.delay}), "
+                                     f"{cfg.train.iterations} updates")
+    return Comparison(folder, rows, per_scheme(rows))
