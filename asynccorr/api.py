@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from asynccorr.backends.checkpoint import Checkpoint
 from asynccorr.backends.protocol import OnChunk, RunResult
@@ -36,6 +36,9 @@ from asynccorr.studies.compare import (  # the comparison's operations are the A
     planned_runs,
     run_compare,
 )
+
+if TYPE_CHECKING:
+    from asynccorr.studies.regimes import RegimeConfig
 
 __all__ = [
     "Comparison", "ComparisonPlan", "ExperimentConfig", "Results", "TrainPlan", "TrainedRun", "compare",
@@ -90,8 +93,6 @@ def plan_train(config: ExperimentConfig, scheme: str = "modify", results: str | 
     return TrainPlan(scheme, config, results, overwrite, checkpoint)
 
 
-
-
 def run_train(plan: TrainPlan, on_chunk: OnChunk | None = None) -> TrainedRun:
     """Train a planned run into ``results/<experiment>/<scheme>-seed<k>/``."""
     return TrainedRun(*train_run(plan.config, plan.scheme, plan.results, overwrite=plan.overwrite,
@@ -103,16 +104,6 @@ def train(config: ExperimentConfig, scheme: str = "modify", results: str | Path 
           on_warning: Callable[[str], None] | None = None) -> TrainedRun:
     """``plan_train`` then ``run_train``: one run, checked, trained and written."""
     return run_train(plan_train(config, scheme, results, overwrite, resume, on_warning), on_chunk)
-
-
-
-
-
-
-
-
-
-
 
 
 def compare(config: ExperimentConfig, schemes: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
@@ -138,14 +129,14 @@ def load(folder: str | Path) -> Results:
     return Results(folder, load_runs(folder), read_text_csv(summary_path) if summary_path.is_file() else {})
 
 
-def regime_study(config: str | Path) -> Any:
-    """A regime study's config (``studies.regimes.RegimeConfig``) from its TOML."""
+def regime_study(config: str | Path) -> RegimeConfig:
+    """A regime study's config from its TOML (validated; ``ConfigError`` otherwise)."""
     from asynccorr.studies.regimes import load_regimes
 
     return load_regimes(config)
 
 
-def regimes(study: Any, results: str | Path = "results", jobs: int = 1, overwrite: bool = False,
+def regimes(study: RegimeConfig, results: str | Path = "results", jobs: int = 1, overwrite: bool = False,
             on_run: Callable[[int, int, dict[str, Any]], None] | None = None,
             cluster: str | None = None) -> tuple[Path, list[dict[str, Any]]]:
     """Run a regime study (``studies.regime_runs.run_study``) and draw its heat maps; returns its folder
@@ -157,7 +148,7 @@ def regimes(study: Any, results: str | Path = "results", jobs: int = 1, overwrit
     return folder, rows
 
 
-def redraw_regimes(study: Any, results: str | Path = "results") -> tuple[Path, list[dict[str, Any]]]:
+def redraw_regimes(study: RegimeConfig, results: str | Path = "results") -> tuple[Path, list[dict[str, Any]]]:
     """Rewrite a finished (or interrupted) study's regimes.md and heat maps from its regimes.csv."""
     from asynccorr.studies.regime_runs import study_dir, write_outputs
 
@@ -167,7 +158,7 @@ def redraw_regimes(study: Any, results: str | Path = "results") -> tuple[Path, l
     return folder, rows
 
 
-def _draw_regimes(study: Any, folder: Path, rows: list[dict[str, Any]]) -> None:
+def _draw_regimes(study: RegimeConfig, folder: Path, rows: list[dict[str, Any]]) -> None:
     from asynccorr.figures.regimes import plot_study
 
     plot_study(study, rows, folder / "figures")

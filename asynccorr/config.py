@@ -27,7 +27,6 @@ DELAY_KINDS = ("homogeneous", "heterogeneous", "stragglers")  # workers.delay: `
 ACTIVATIONS = ("tanh", "relu", "elu", "gelu", "swish")  # learner.activation: ``learners.networks``
 
 
-
 def check_hidden(name: str, hidden: Sequence[int]) -> tuple[int, ...]:
     """Validate hidden-layer sizes: at least one layer, every width a positive int."""
     hidden = tuple(hidden)
@@ -37,6 +36,7 @@ def check_hidden(name: str, hidden: Sequence[int]) -> tuple[int, ...]:
         if isinstance(h, bool) or not isinstance(h, int) or h <= 0:
             raise ValueError(f"{name} widths must be positive integers, got {list(hidden)!r}")
     return hidden
+
 
 def _require(cond: bool, name: str, message: str, value: Any) -> None:
     if not cond:

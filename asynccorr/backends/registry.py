@@ -112,4 +112,3 @@ def backend_help() -> str:
     """One line for the CLI's ``--backend`` option, from the registry."""
     return "Execution backend (overrides workers.backend): " + ", ".join(
         f"{b.name} ({b.summary})" for b in BACKENDS.values() if b.workers) + "."
-

@@ -58,26 +58,7 @@ MAX_POINTS = 2000  # points per plotted curve (long runs are resampled after smo
 DPI = 150
 
 
-
-
-
-
-# ---------------------------------------------------------------------------------------------- loading
-
-
-
-
-
-
-
-
-
-
-
-
 # ---------------------------------------------------------------------------------------------- styling
-
-
 
 
 def scheme_colors(schemes: Sequence[str]) -> dict[str, str]:
@@ -124,8 +105,6 @@ def _label(scheme: str, group: Sequence[Run], same_as: str | None = None) -> str
     if bad:
         notes.append("diverged" if bad == len(group) else f"diverged: {bad} of {len(group)} seeds")
     return f"{scheme} ({'; '.join(notes)})" if notes else scheme
-
-
 
 
 def _style(scheme: str) -> str:
@@ -622,12 +601,6 @@ def _plot_runs(runs: Sequence[Run], out: Path, smooth: int | None,
             why = " (meta.json says running; no live process owns it)" if status == "dead" else ""
             on_note(f"{run.path} is {status}{why}: drawn up to update {int(run.metrics['iteration'][-1])}")
     return write_figures(((name, make(runs, smooth)) for name, make in FIGURES.items()), out)
-
-
-
-
-
-
 
 
 def plot_path(path: Path, out_dir: Path | None = None, smooth: int | None = None,

@@ -69,11 +69,6 @@ class RunInterrupted(KeyboardInterrupt):
         self.run_dir = run_dir
 
 
-
-
-
-
-
 class PlannedRun(NamedTuple):
     """One run of a resumed comparison and how ``compare --resume`` completes it."""
 
@@ -86,12 +81,6 @@ class PlannedRun(NamedTuple):
 
 def run_dir_for(results_root: Path, config: ExperimentConfig, scheme: str) -> Path:
     return Path(results_root) / config.name / run_dir_name(scheme, config.train.seed)
-
-
-
-
-
-
 
 
 def write_eval(run_dir: Path, evals: Sequence[EvalRecord]) -> None:
@@ -269,21 +258,3 @@ def _finish(run_dir: Path, config: ExperimentConfig, scheme: str, backend: str, 
     })
     write_run(run_dir, config, scheme, result, meta)
     return summary
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-

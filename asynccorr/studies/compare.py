@@ -35,8 +35,6 @@ def planned_runs(config: ExperimentConfig, schemes: Sequence[str], seeds: Sequen
     return [(s, with_overrides(config, train={"seed": seed})) for s in schemes for seed in seeds]
 
 
-
-
 def resume_plan(results_root: Path, plan: Sequence[tuple[str, ExperimentConfig]],
                 on_skip: Callable[[str], None] | None = None) -> list[PlannedRun]:
     """Decide, before anything trains, how each run of ``plan`` is completed:

@@ -23,10 +23,6 @@ from asynccorr.schemes.registry import get_scheme, make_correction
 # ----------------------------------------------------------------------------- a quadratic objective
 
 
-
-
-
-
 def _drifted(staleness):
     """theta_i, and theta_k after `staleness` server steps (a random walk) away from it."""
     worker_params = jax.random.normal(jax.random.PRNGKey(staleness + 1), (6,))

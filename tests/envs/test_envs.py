@@ -536,7 +536,6 @@ def test_params_can_be_vmapped_over_a_batch_of_amplitudes(name):
                                    _state_array(st_i), rtol=1e-5, atol=1e-6)
 
 
-
 @pytest.mark.parametrize("name", ENV_NAMES)
 @pytest.mark.parametrize(("field", "value", "says"), [
     ("amplitude", "big", "must be a number"),

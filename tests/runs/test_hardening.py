@@ -283,8 +283,6 @@ def _wait_for_checkpoint(proc: subprocess.Popen, run_dir: Path, past: int, timeo
     raise AssertionError("no checkpoint appeared in time")
 
 
-
-
 def killable(checkpoint_every: int) -> str:
     return tiny_toml("killed", iterations=400, workers=3, checkpoint_every=checkpoint_every)
 

@@ -19,7 +19,6 @@ from asynccorr.runs.files import write_json
 REPO = Path(__file__).resolve().parents[2]
 
 
-
 def locked_toml(iterations: int) -> str:
     return tiny_toml("locked", iterations, workers=3, checkpoint_every=0)
 
