@@ -214,6 +214,21 @@ class TrainConfig:
                  self.divergence_loss)
 
 
+@dataclass(frozen=True)
+class ReportConfig:
+    """How ``compare`` summarises its runs: an analysis choice, not part of what a run computes, so a
+    run's identity (``--resume``) leaves it out and changing it re-summarises without retraining."""
+
+    target_loss: float = 2.5  # time to target: the first update whose moving-mean policy loss is below this
+    target_window: int = 20  # updates in that moving mean (the update and the window - 1 before it)
+
+    def __post_init__(self) -> None:
+        _check_types(self, "report.")
+        _require(math.isfinite(self.target_loss), "report.target_loss", "must be a finite number",
+                 self.target_loss)
+        _require(self.target_window >= 1, "report.target_window", "must be >= 1", self.target_window)
+
+
 # The most workers a run may have, on every backend. ``sim`` holds every worker's sampler state and
 # job (batch, parameters) and starts each one's first job before the first update: ~1 ms and
 # ~0.1 MB per worker on the 2-core reference machine (benchmarks/bench_workers.py), so 16,384
@@ -330,6 +345,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     schemes: SchemesConfig = field(default_factory=SchemesConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
     def __post_init__(self) -> None:
         _check_types(self, "")
@@ -422,6 +438,22 @@ def with_overrides(config: ExperimentConfig, **section_fields: Any) -> Experimen
         elif values:
             changes[section] = dataclasses.replace(getattr(config, section), **values)
     return dataclasses.replace(config, **changes)
+
+
+LEARNER_NAMES = {"gpi": "model-based GPI", "a3c": "model-free A3C"}
+
+
+def describe(record: dict[str, Any]) -> str:
+    """What tells experiments apart, in words, from a config record (``to_dict`` or a run's
+    config.json; missing fields take the defaults): learner, optimizer and step sizes, workers, delays.
+
+    e.g. ``model-based GPI, SGD step 0.0003 (value 0.001), N = 8 workers, homogeneous delays``."""
+    learner, optim, workers = ({**to_dict(default), **record.get(key, {})} for key, default in
+                               (("learner", LearnerConfig()), ("optim", OptimConfig()), ("workers", WorkersConfig())))
+    kind = LEARNER_NAMES.get(learner["kind"], str(learner["kind"]))
+    step = f"{optim['name'].upper() if optim['name'] == 'sgd' else optim['name'].capitalize()} step " \
+           f"{optim['policy_lr']:g} (value {optim['value_lr']:g})"
+    return f"{kind}, {step}, N = {workers['count']} workers, {workers['delay']} delays"
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -143,7 +143,7 @@ def _load(job: Job) -> dict[str, np.ndarray] | None:
 
 def first_below(loss: np.ndarray, target: float) -> int | None:
     """The first update index whose SMOOTH-update mean loss (that update and the ones before) is below target."""
-    from asynccorr.studies.regimes import smoothed_first_below
+    from asynccorr.runs.summary import smoothed_first_below
 
     return smoothed_first_below(loss, target, SMOOTH)
 

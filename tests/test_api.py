@@ -54,3 +54,19 @@ def test_a_results_folder_loads_back_into_runs_and_the_summary(tmp_path, config)
     assert [(r.scheme, r.seed) for r in res.runs] == [("async", 0), ("async", 1)]
     assert len(res.runs[0].metrics["grad_error"]) == 4
     assert res.summary["scheme"] == ["async", "async"] and res.summary["status"] == ["completed", "completed"]
+
+
+def test_compare_reports_time_to_target_and_a_new_target_resummarises_without_retraining(tmp_path, config):
+    first = api.compare(config, schemes=["sync"], seeds=[0], results=tmp_path)
+    loss = first.rows[0]  # a target above every loss is reached at the first full window
+    high = api.experiment(config, report={"target_loss": 1e9, "target_window": 2})
+    meta = (first.folder / "sync-seed0" / "meta.json").read_bytes()
+    again = api.compare(high, schemes=["sync"], seeds=[0], results=tmp_path, resume=True)
+    assert (first.folder / "sync-seed0" / "meta.json").read_bytes() == meta  # reused, not retrained
+    assert again.rows[0]["updates_to_target"] == 2 and again.rows[0]["target_loss"] == 1e9
+    assert loss["target_loss"] == 2.5
+    text = (first.folder / "summary.md").read_text()
+    assert "| updates to loss < 1e+09 (per seed) | sim time then [s] |" in text
+    assert "| sync | 1 | 0/1 |" in text and " 2 (1/1) | " in text
+    csv = api.load(first.folder).summary
+    assert csv["updates_to_target"] == ["2"] and float(csv["time_to_target"][0]) > 0

@@ -122,6 +122,12 @@ def config_record(config: ExperimentConfig, scheme: str) -> dict[str, Any]:
     return json.loads(json.dumps({"scheme": scheme, **to_dict(config)}))
 
 
+def _identity(record: dict[str, Any]) -> dict[str, Any]:
+    """What makes two runs the same run: the config record without its ``report`` section (how a
+    comparison summarises runs, not what a run computes)."""
+    return {k: v for k, v in record.items() if k != "report"}
+
+
 def first_difference(stored: Any, current: Any, prefix: str = "") -> str | None:
     """Dotted name of the first field where two config records differ (in the current record's order)."""
     if isinstance(stored, dict) and isinstance(current, dict):
@@ -150,7 +156,7 @@ def check_same_run(run_dir: Path, config: ExperimentConfig, scheme: str) -> dict
     if stored is None:
         raise ResumeError(f"no run to resume in {run_dir} (no readable config.json)")
     current = config_record(config, scheme)
-    if (field := first_difference(stored, current)) is not None:
+    if (field := first_difference(_identity(stored), _identity(current))) is not None:
         raise ResumeError(f"cannot resume {run_dir}: the config differs in {field} "
                           f"(stored {_lookup(stored, field)!r}, now {_lookup(current, field)!r})")
     return _read_json_dict(run_dir / "meta.json") or {}

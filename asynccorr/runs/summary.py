@@ -3,6 +3,9 @@
 * ``summarize_run``: one run's row (``SUMMARY_FIELDS``), kept in its ``meta.json``;
 * ``per_scheme``: each numeric field over seeds, per scheme (``mean_std``), and counts;
 * ``write_summary``: ``summary.csv`` and ``summary.md`` of an experiment folder;
+* ``analysis_fields``: what a row derives from the metrics under the config's ``report`` section
+  (time to the target loss, the gradient error after the first 10 % of updates), recomputed
+  when a finished run is reused, so a changed target re-summarises without retraining;
 * ``final_window``: how many of a run's last updates its final values (final loss,
   final gradient error) average over;
 * ``mean_std``: a quantity over seeds, as mean and (population) standard deviation of
@@ -25,12 +28,14 @@ import numpy as np
 
 from asynccorr.backends.protocol import RunResult
 from asynccorr.backends.registry import run_workers
-from asynccorr.config import ExperimentConfig
+from asynccorr.config import ExperimentConfig, ReportConfig
 from asynccorr.learners.evaluation import TrackingSummary
 from asynccorr.runs.files import atomic_write_text, write_csv
 from asynccorr.schemes.registry import label, realisable
 
 FINAL_FRACTION = 0.1  # final values average over the last 10 % of a run's updates
+DEFAULT_REPORT = ReportConfig()
+WARMUP_FRACTION = 0.1  # "after the first 10 %": the gradient error without its first updates, which dominate the mean
 
 
 def final_window(n: int, fraction: float = FINAL_FRACTION) -> int:
@@ -73,14 +78,49 @@ def mean_std_text(stat: MeanStd, fmt: str, sep: str = " ± ", missing: str = "�
 SUMMARY_FIELDS = (
     "scheme", "seed", "status", "diverged_at", "workers", "iterations", "sim_time", "mean_staleness",
     "mean_residual_staleness",
-    "max_staleness", "final_policy_loss", "grad_error_mean", "grad_error_final", "stale_grad_error_mean",
-    "rms_lateral", "left_road", "finite", "wall_time_s",
+    "max_staleness", "final_policy_loss", "target_loss", "updates_to_target", "time_to_target", "grad_error_mean",
+    "grad_error_after_warmup", "grad_error_final", "stale_grad_error_mean", "rms_lateral", "left_road", "finite",
+    "wall_time_s",
 )
 
 
 def _mean(values: np.ndarray) -> float:
     """Mean, NaN for no values (a run interrupted before its first update)."""
     return float(np.mean(values)) if len(values) else float("nan")
+
+
+def smoothed_first_below(loss: np.ndarray, target: float, window: int) -> int | None:
+    """0-based index k of the first update with ``mean(loss[k-window+1 : k+1]) < target`` (``None``: never)."""
+    loss = np.asarray(loss, np.float64)
+    if len(loss) < window:
+        return None
+    csum = np.concatenate([[0.0], np.cumsum(loss)])
+    means = (csum[window:] - csum[:-window]) / window  # means[j] covers loss[j : j+window]
+    below = np.flatnonzero(np.isfinite(means) & (means < target))
+    return int(below[0]) + window - 1 if below.size else None
+
+
+def analysis_fields(metrics: dict[str, np.ndarray], diverged_at: int | None, report: ReportConfig) -> dict[str, Any]:
+    """The row's fields that ``report`` decides, from the metrics columns (computed in float64, so the
+    metrics read back from ``metrics.csv`` give the same values as the ones in memory).
+
+    ``updates_to_target`` / ``time_to_target``: the server update (and its simulated time) at which
+    the ``report.target_window``-update moving mean of the policy loss first falls below
+    ``report.target_loss``; NaN when it never does (a diverged run: before ``diverged_at``).
+    ``grad_error_after_warmup``: the mean gradient error over the updates after the first 10 %.
+    """
+    n = len(metrics["iteration"]) if "iteration" in metrics else 0
+    loss = np.asarray(metrics.get("policy_loss", np.zeros(n)), np.float64)
+    if diverged_at is not None:  # the rows from the diverging update on are the blow-up itself
+        loss = loss[: int(np.searchsorted(np.asarray(metrics["iteration"]), diverged_at))]
+    hit = smoothed_first_below(loss, report.target_loss, report.target_window)
+    errors = np.asarray(metrics.get("grad_error", np.zeros(n)), np.float64)
+    return {
+        "target_loss": report.target_loss,
+        "updates_to_target": float("nan") if hit is None else int(metrics["iteration"][hit]),
+        "time_to_target": float("nan") if hit is None or "time" not in metrics else float(metrics["time"][hit]),
+        "grad_error_after_warmup": _mean(errors[math.floor(round(WARMUP_FRACTION * n, 9)):]),
+    }
 
 
 def summarize_run(scheme: str, config: ExperimentConfig, result: RunResult, wall: float) -> dict[str, Any]:
@@ -108,12 +148,22 @@ def summarize_run(scheme: str, config: ExperimentConfig, result: RunResult, wall
         "final_policy_loss": _mean(m["policy_loss"][-tail:]) if n and result.status != "diverged" else float("nan"),
         "grad_error_mean": _mean(grad_error),
         "grad_error_final": _mean(grad_error[-tail:]),
+        **analysis_fields(m, result.diverged_at if result.status == "diverged" else None, config.report),
         "stale_grad_error_mean": _mean(stale_error),
         "rms_lateral": final.rms_lateral,
         "left_road": final.left_road,
         "finite": bool(np.all(np.isfinite(result.params))),
         "wall_time_s": round(wall, 3),
     }
+
+
+def _number(value: Any) -> float:
+    return float("nan") if value is None or value == "" else float(value)
+
+
+def per_seed_text(values: Sequence[float], fmt: str, never: str = "never") -> str:
+    """Per-seed values as ``39 / 67 / never``."""
+    return " / ".join(never if not math.isfinite(v) else format(v, fmt) for v in values)
 
 
 def per_scheme(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -125,9 +175,14 @@ def per_scheme(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for scheme in dict.fromkeys(r["scheme"] for r in rows):
         group = [r for r in rows if r["scheme"] == scheme]
         agg: dict[str, Any] = {"scheme": scheme, "seeds": len(group)}
-        for key in ("final_policy_loss", "grad_error_mean", "grad_error_final", "rms_lateral", "mean_staleness",
-                    "mean_residual_staleness", "sim_time", "wall_time_s"):
+        for key in ("final_policy_loss", "grad_error_mean", "grad_error_after_warmup", "grad_error_final",
+                    "rms_lateral", "mean_staleness", "mean_residual_staleness", "sim_time", "wall_time_s",
+                    "updates_to_target", "time_to_target"):
             agg[key] = mean_std(r.get(key, float("nan")) for r in group)
+        # per seed, in the rows' order: when each seed reached the target (NaN: never)
+        agg["updates_per_seed"] = [_number(r.get("updates_to_target")) for r in group]
+        agg["time_per_seed"] = [_number(r.get("time_to_target")) for r in group]
+        agg["reached"] = sum(math.isfinite(t) for t in agg["updates_per_seed"])
         agg["left_road"] = sum(bool(r["left_road"]) for r in group)
         agg["diverged"] = sum(r.get("status") == "diverged" for r in group)
         agg["diverged_at"] = [r["diverged_at"] for r in group if r.get("status") == "diverged"]
@@ -142,14 +197,16 @@ def diverged_text(agg: dict[str, Any]) -> str:
     return text + f" (at {', '.join(map(str, agg['diverged_at']))})" if agg["diverged"] else text
 
 
-def write_summary(folder: Path, rows: Sequence[dict[str, Any]], title: str) -> None:
+def write_summary(folder: Path, rows: Sequence[dict[str, Any]], title: str,
+                  report: ReportConfig = DEFAULT_REPORT) -> None:
     """summary.csv (one row per run) and summary.md (per scheme, mean ± std over seeds)."""
     write_csv(folder / "summary.csv", {k: ["" if r.get(k) is None else r.get(k) for r in rows]
                                        for k in SUMMARY_FIELDS})
-    lines = [f"# {title}", "",
-             ("| scheme | seeds | diverged | final policy loss | gradient error (mean) | gradient error (last 10%) "
-              "| RMS lateral [m] | left road | mean staleness | residual staleness | time [s] |"),
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    target = report.target_loss
+    head = ("scheme", "seeds", "diverged", "final policy loss", f"updates to loss < {target:g} (per seed)",
+            "sim time then [s]", "gradient error (mean, all updates)", "gradient error (after the first 10%)",
+            "RMS lateral [m]", "left road", "mean staleness", "residual staleness", "sim time [s]")
+    lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
 
     def pm(a: dict[str, Any], key: str, fmt: str) -> str:
         return mean_std_text(a[key], fmt, missing="nan")
@@ -157,10 +214,19 @@ def write_summary(folder: Path, rows: Sequence[dict[str, Any]], title: str) -> N
     for a in per_scheme(rows):
         lines.append(f"| {label(a['scheme'])} | {a['seeds']} | {diverged_text(a)} | "
                      f"{pm(a, 'final_policy_loss', '.3f')} | "
-                     f"{pm(a, 'grad_error_mean', '.3g')} | {pm(a, 'grad_error_final', '.3g')} | "
+                     f"{per_seed_text(a['updates_per_seed'], '.0f')} ({a['reached']}/{a['seeds']}) | "
+                     f"{per_seed_text(a['time_per_seed'], '.2f', never='–')} | "
+                     f"{pm(a, 'grad_error_mean', '.3g')} | {pm(a, 'grad_error_after_warmup', '.3g')} | "
                      f"{pm(a, 'rms_lateral', '.4f')} | {a['left_road']}/{a['seeds']} | "
                      f"{pm(a, 'mean_staleness', '.2f')} | {pm(a, 'mean_residual_staleness', '.2f')} | "
                      f"{pm(a, 'sim_time', '.2f')} |")
+    lines += ["", (f"Time to target: the first server update at which the mean policy loss of the last "
+                   f"{report.target_window} updates is below {target:g} (`[report]` in the config), and the simulated "
+                   "time of that update, per seed. Simulated time is the modelled compute and communication "
+                   "time of every party (`[workers]` cost model), not this machine's wall clock. The "
+                   "gradient error is |applied direction - fresh gradient| / |fresh gradient|; its mean over all "
+                   "updates weighs the first ones, where it is largest, as much as the rest: the next column "
+                   "leaves out the first 10 % of updates.")]
     if any(not realisable(a["scheme"]) for a in per_scheme(rows)):
         lines += ["", ("An oracle row is not a result of any realisable scheme: its product is evaluated against "
                        "theta_k at the instant of application, for free (an upper bound).")]

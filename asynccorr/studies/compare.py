@@ -11,13 +11,13 @@ from typing import Any, NamedTuple
 from asynccorr.backends.checkpoint import CheckpointError
 from asynccorr.backends.protocol import OnChunk
 from asynccorr.backends.registry import backend_for, check_backend_runs
-from asynccorr.config import ConfigError, ExperimentConfig, with_overrides
+from asynccorr.config import ConfigError, ExperimentConfig, describe, to_dict, with_overrides
 from asynccorr.learners.build import build
 from asynccorr.runs import locks
 from asynccorr.runs.checkpoints import load_latest_checkpoint
-from asynccorr.runs.files import RunExistsError
+from asynccorr.runs.files import RunExistsError, read_csv
 from asynccorr.runs.run import FINISHED, PlannedRun, ResumeError, check_same_run, run_dir_for, train_run
-from asynccorr.runs.summary import per_scheme, write_summary
+from asynccorr.runs.summary import analysis_fields, per_scheme, write_summary
 from asynccorr.schemes.registry import check_scheme_fits, get_scheme, resolve
 
 
@@ -62,6 +62,7 @@ def resume_plan(results_root: Path, plan: Sequence[tuple[str, ExperimentConfig]]
             row = meta.get("summary")
             if not isinstance(row, dict):
                 raise ResumeError(f"cannot reuse {run_dir}: its meta.json has no summary")
+            row = {**row, **_analysis_of(run_dir, row, cfg)}
             planned.append(PlannedRun(scheme, cfg, "reuse", row=row, status=status))
             continue
         try:
@@ -73,6 +74,17 @@ def resume_plan(results_root: Path, plan: Sequence[tuple[str, ExperimentConfig]]
         else:
             planned.append(PlannedRun(scheme, cfg, "resume", checkpoint=checkpoint, status=status))
     return planned
+
+
+def _analysis_of(run_dir: Path, row: dict[str, Any], config: ExperimentConfig) -> dict[str, Any]:
+    """A reused run's ``runs.summary.analysis_fields`` under this config's ``report`` section, from its
+    metrics.csv (the same values as when it trained, whatever target it was summarised with then)."""
+    try:
+        metrics = read_csv(run_dir / "metrics.csv")
+    except (OSError, ValueError) as exc:
+        raise ResumeError(f"cannot reuse {run_dir}: unreadable metrics.csv ({exc})") from None
+    diverged_at = row.get("diverged_at") if row.get("status") == "diverged" else None
+    return analysis_fields(metrics, diverged_at, config.report)
 
 
 def check_unlocked(results_root: Path, plan: Sequence[tuple[str, ExperimentConfig]], take_over: bool) -> None:
@@ -167,6 +179,5 @@ def _summarize(plan: ComparisonPlan, rows: list[dict[str, Any]]) -> Comparison:
     """summary.csv and summary.md of the comparison's rows (in plan order)."""
     cfg = plan.config
     folder = plan.results / cfg.name
-    write_summary(folder, rows, f"{cfg.name}: {cfg.workers.count} workers ({cfg.workers.delay}), "
-                                     f"{cfg.train.iterations} updates")
+    write_summary(folder, rows, f"{cfg.name}: {describe(to_dict(cfg))}, {cfg.train.iterations} updates", cfg.report)
     return Comparison(folder, rows, per_scheme(rows))

@@ -53,7 +53,7 @@ import numpy as np
 from asynccorr.backends.protocol import diverged as run_diverged
 from asynccorr.config import DELAY_KINDS, ConfigError, ExperimentConfig, from_dict, read_toml, with_overrides
 from asynccorr.runs.files import atomic_write_text, write_csv
-from asynccorr.runs.summary import FINAL_FRACTION, final_window, mean_std, mean_std_text
+from asynccorr.runs.summary import FINAL_FRACTION, final_window, mean_std, mean_std_text, smoothed_first_below
 from asynccorr.schemes.registry import NAMES, names_help, resolve
 
 ROW_FIELDS = (
@@ -176,17 +176,6 @@ def plan(study: RegimeConfig) -> list[Task]:
 
 
 # ---------------------------------------------------------------------------------------------- metrics
-
-
-def smoothed_first_below(loss: np.ndarray, target: float, window: int) -> int | None:
-    """0-based index k of the first update with ``mean(loss[k-window+1 : k+1]) < target`` (``None``: never)."""
-    loss = np.asarray(loss, np.float64)
-    if len(loss) < window:
-        return None
-    csum = np.concatenate([[0.0], np.cumsum(loss)])
-    means = (csum[window:] - csum[:-window]) / window  # means[j] covers loss[j : j+window]
-    below = np.flatnonzero(np.isfinite(means) & (means < target))
-    return int(below[0]) + window - 1 if below.size else None
 
 
 def ran_away(study: RegimeConfig, max_abs_loss: float, min_loss: float) -> bool:

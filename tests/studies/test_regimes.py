@@ -21,7 +21,6 @@ from asynccorr.studies.regimes import (
     mark_reaches_sync,
     read_rows,
     run_metrics,
-    smoothed_first_below,
     staleness_tolerance,
 )
 
@@ -69,16 +68,6 @@ def test_the_shipped_study_is_the_default_experiment_on_a_grid_with_the_protocol
 
 
 # ----------------------------------------------------------------------------- metrics, on literal numbers
-
-
-def test_the_target_is_the_first_update_whose_moving_mean_is_below_it():
-    loss = np.array([5.0, 4.0, 3.0, 2.0, 1.0, 9.0])
-    # 3-update means: [4, 3, 2, 4] ending at updates (0-based) 2, 3, 4, 5; first < 2.5 ends at index 4
-    assert smoothed_first_below(loss, 2.5, 3) == 4
-    assert smoothed_first_below(loss, 3.5, 3) == 3
-    assert smoothed_first_below(loss, 1.0, 3) is None
-    assert smoothed_first_below(loss, 100.0, 7) is None  # shorter than the window
-    assert smoothed_first_below(np.array([1.0, np.nan, 1.0]), 2.0, 2) is None
 
 
 def fake_result(loss, params_finite=True, status="completed"):
