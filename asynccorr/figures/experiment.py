@@ -6,11 +6,18 @@ and writes five figures, each as PNG and PDF, into ``<experiment>/figures/``:
 * ``loss_vs_iteration``           policy loss vs server update
 * ``gradient_error_vs_iteration`` relative error of the applied direction (and of the stale one)
 * ``tracking``                    final policies on the fixed scenario: path and lateral error
-* ``loss_vs_time``                policy loss vs simulated wall-clock time
-* ``staleness``                   histogram of the staleness of applied updates
+* ``loss_vs_time``                policy loss vs simulated time (log axis: the early seconds, where
+                                  the schemes differ, are as readable as the long tails)
+* ``staleness``                   distribution of the staleness of applied updates (integer bins)
+* ``residual_staleness``          the staleness a correction could not see: distribution, and over
+                                  training (what tells the protocols apart)
 
-Curves are the mean over seeds of a centred moving average, the band spans the
-seeds' minimum to maximum. Each scheme keeps its colour in every figure. A run
+Curves are the mean over seeds of a centred moving average, drawn only where every seed
+has data (beyond, each remaining seed is drawn thin on its own); the band spans the
+seeds' minimum to maximum. Each scheme keeps its style in every figure (``figures.style``:
+colour = family, line = protocol, marker = scheme), and a non-realisable upper bound is
+drawn thin and dotted on top, its legend entry saying so. Titles name the learner,
+optimizer, step sizes, N and delay model. A run
 that diverged (``runs.read.Run.diverged``: ``"status": "diverged"`` with ``"diverged_at": k``
 in ``meta.json``, or a row that ``backends.protocol.first_diverged_row`` flags, with the
 run's own ``train.divergence_loss``) is drawn up to the update before its divergence point, marked
@@ -21,6 +28,8 @@ never sets the axis limits.
 from __future__ import annotations
 
 import io
+import math
+import textwrap
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +44,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import LogFormatter
 
+from asynccorr.config import describe
+from asynccorr.figures.style import UPPER_BOUND, Style, scheme_colors, scheme_styles
 from asynccorr.runs import locks
 from asynccorr.runs.files import atomic_write_bytes, parse_run_dir_name
 from asynccorr.runs.read import (
@@ -46,27 +57,17 @@ from asynccorr.runs.read import (
     load_run,
     load_runs,
 )
-from asynccorr.schemes.registry import DISPLAY_ORDER, display_order, realisable
+from asynccorr.schemes.registry import display_order, realisable
 
-_PALETTE = ("#7f7f7f", "#1f77b4", "#ff7f0e", "#17becf", "#9edae5", "#8c564b", "#d62728", "#2ca02c",
-            "#98df8a", "#bcbd22", "#dbdb8d", "#c49c94", "#9467bd", "#c5b0d5", "#e7969c", "#f7b6d2", "#ad494a",
-            "#393b79", "#e377c2", "#aec7e8", "#ffbb78", "#637939", "#8c6d31",
-            "#5254a3", "#8ca252")  # the colours of DISPLAY_ORDER, in its order
-_EXTRA_PALETTE = ("#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354", "#756bb1", "#636363", "#b5cf6b")
+__all__ = ["FIGURES", "FORMATS", "curve_band", "moving_average", "plot_experiment", "plot_path", "scheme_colors",
+           "write_figures"]
+
 FORMATS = ("png", "pdf")  # every figure is written in each
 MAX_POINTS = 2000  # points per plotted curve (long runs are resampled after smoothing)
 DPI = 150
 
 
 # ---------------------------------------------------------------------------------------------- styling
-
-
-def scheme_colors(schemes: Sequence[str]) -> dict[str, str]:
-    """A fixed colour per known scheme; unknown ones get the extra colours in alphabetical order."""
-    colors = dict(zip(DISPLAY_ORDER, _PALETTE))
-    others = [s for s in display_order(schemes) if s not in colors]
-    colors.update({s: _EXTRA_PALETTE[i % len(_EXTRA_PALETTE)] for i, s in enumerate(others)})
-    return {s: colors[s] for s in display_order(schemes)}
 
 
 def _by_scheme(runs: Sequence[Run]) -> dict[str, list[Run]]:
@@ -100,19 +101,11 @@ def duplicates(runs: Sequence[Run]) -> dict[str, str]:
 def _label(scheme: str, group: Sequence[Run], same_as: str | None = None) -> str:
     """A legend entry: the scheme with its protocol; the oracle marked as an upper bound."""
     bad = sum(r.diverged for r in group)
-    notes = ["not realisable: an upper bound"] if not realisable(scheme) else []
+    notes = [UPPER_BOUND] if not realisable(scheme) else []
     notes += [f"identical to {same_as}"] if same_as else []
     if bad:
         notes.append("diverged" if bad == len(group) else f"diverged: {bad} of {len(group)} seeds")
     return f"{scheme} ({'; '.join(notes)})" if notes else scheme
-
-
-def _style(scheme: str) -> str:
-    return "-" if realisable(scheme) else "--"
-
-
-def _width(scheme: str, dups: dict[str, str]) -> float:
-    return 0.9 if scheme in dups else 1.8
 
 
 def _experiment(runs: Sequence[Run]) -> str:
@@ -125,12 +118,14 @@ def _workers(runs: Sequence[Run]) -> int | None:
 
 
 def _title(fig: Figure, runs: Sequence[Run], what: str) -> None:
-    workers = _workers(runs)
+    """``what``, then what tells the experiment apart (learner, optimizer, step, N, delays) and the seeds."""
     seeds = sorted({r.seed for r in runs})
     seed_text = f"{len(seeds)} seeds" if len(seeds) > 4 else ("seeds " if len(seeds) > 1 else "seed ") + ", ".join(
         map(str, seeds))
-    bits = ([f"N = {workers} workers"] if workers else []) + [seed_text]
-    fig.suptitle(f"{_experiment(runs)}: {what}  ({'; '.join(bits)})", fontsize=11)
+    config = runs[0].config if runs else {}
+    workers = _workers(runs)
+    record = {**config, "workers": {**config.get("workers", {}), **({"count": workers} if workers else {})}}
+    fig.suptitle(f"{what}: {_experiment(runs)}\n{describe(record)}; {seed_text}", fontsize=10)
 
 
 def _new_figure(rows: int = 1, height: float = 4.2) -> tuple[Figure, list[Axes]]:
@@ -171,8 +166,17 @@ def _legend(fig: Figure, ax: Axes, handles: list[Any] | None = None, labels: lis
     if handles is None or labels is None:
         handles, labels = ax.get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, fontsize=8, loc="outside lower center", ncols=min(ncols, len(labels)),
-                   frameon=False)
+        longest = max(len(label) for label in labels)
+        fits = max(1, int(fig.get_figwidth() * 15) // (longest + 8))  # ~15 characters of 8-pt text per inch
+        columns = min(ncols, len(labels), fits)
+        fig.set_figheight(fig.get_figheight() + 0.17 * math.ceil(len(labels) / columns))  # room for it
+        fig.legend(handles, labels, fontsize=8, loc="outside lower center", ncols=columns, frameon=False)
+
+
+def _subtitle(ax: Axes, text: str) -> None:
+    """The axes' small grey title, wrapped to the axes' width (~17 characters of 8-pt text per inch)."""
+    width = ax.get_position().width * ax.get_figure().get_figwidth()  # type: ignore[union-attr]
+    ax.set_title("\n".join(textwrap.wrap(text, max(40, int(width * 17)))), fontsize=8, color="0.3")
 
 
 def _note(ax: Axes, text: str) -> None:
@@ -250,13 +254,24 @@ def curve_band(curves: Sequence[tuple[np.ndarray, np.ndarray]], uniform: bool = 
     return grid, mean, lo, hi, count
 
 
-def _draw_mean_band(ax: Axes, curves: Sequence[tuple[np.ndarray, np.ndarray]], color: str, label: str,
-                    uniform: bool = False, linestyle: str = "-", lw: float = 1.8) -> np.ndarray:
-    """Mean line and (with >= 2 curves) a min..max band; returns the plotted mean."""
+def _draw_mean_band(ax: Axes, curves: Sequence[tuple[np.ndarray, np.ndarray]], style: Style, label: str,
+                    index: int = 0, uniform: bool = False, thin: bool = False) -> np.ndarray:
+    """The seeds' mean where every seed has data, each remaining seed drawn thin on its own beyond
+    (so no mean drops where a seed ends), and (with >= 2 curves) a min..max band; returns the mean."""
     grid, mean, lo, hi, count = curve_band(curves, uniform)
-    ax.plot(grid, mean, color=color, lw=lw, ls=linestyle, label=label)
+    mean = np.where(count == len(curves), mean, np.nan)
+    kwargs = style.line_kwargs(index)
+    if thin:  # a scheme whose runs reproduce an earlier one's exactly: drawn thin on top of it
+        kwargs.update(lw=0.9, zorder=3)
+    ax.plot(grid, mean, label=label, **kwargs)
+    end = grid[np.isfinite(mean)].max() if np.isfinite(mean).any() else -np.inf
+    for x, y in curves:
+        beyond = x >= end
+        if beyond.sum() > 1:
+            ax.plot(x[beyond], y[beyond], color=style.color, ls=style.linestyle, lw=0.7, alpha=0.7,
+                    zorder=kwargs["zorder"])
     if len(curves) > 1:
-        ax.fill_between(grid, lo, hi, where=count > 1, color=color, alpha=0.15, lw=0)
+        ax.fill_between(grid, lo, hi, where=count > 1, color=style.color, alpha=0.13, lw=0)
     return mean
 
 
@@ -316,44 +331,53 @@ def _smoothed(group: Sequence[Run], column: str, window: int, x_column: str = "i
 
 
 def _window_note(window: int) -> str:
-    return f"  (moving average, {window} updates)" if window > 1 else ""
+    return f" (moving average of {window} updates)" if window > 1 else ""
 
 
 # ---------------------------------------------------------------------------------------------- figures
 
 
+LOSS_LABELS = {  # learner kind -> what its policy loss is (the y axis of the loss figures)
+    "gpi": "policy loss: model-rollout cost (lower is better)",
+    "a3c": "policy loss: cost incl. the critic's bootstrap (lower is better)",
+}
+TIME_LABEL = "simulated time [s]: modelled compute + communication (log scale)"
+
+
 def _loss_figure(runs: Sequence[Run], smooth: int | None, x_column: str) -> Figure:
     window = smoothing_window(runs, smooth)
-    colors, dups = scheme_colors([r.scheme for r in runs]), duplicates(runs)
+    styles, dups = scheme_styles([r.scheme for r in runs]), duplicates(runs)
     fig, (ax,) = _new_figure()
     plotted: list[np.ndarray] = []
     healthy: list[np.ndarray] = []  # schemes none of whose runs diverged: they set the axis
     points: list[tuple[tuple[float, float], str]] = []
-    for scheme, group in _by_scheme(runs).items():
+    for index, (scheme, group) in enumerate(_by_scheme(runs).items()):
+        style = styles[scheme]
         curves = _smoothed(group, "policy_loss", window, x_column)
         label = _label(scheme, group, dups.get(scheme))
         if curves:
-            plotted.append(_draw_mean_band(ax, curves, colors[scheme], label, uniform=x_column == "time",
-                                           lw=_width(scheme, dups), linestyle=_style(scheme)))
+            plotted.append(_draw_mean_band(ax, curves, style, label, index, uniform=x_column == "time",
+                                           thin=scheme in dups))
             if not any(r.diverged for r in group):
                 healthy.append(plotted[-1])
         else:  # still listed, so a run that never had a finite loss is not silently missing
             missing = "no time column" if all(x_column not in r.metrics for r in group) else "no finite loss"
-            ax.plot([], [], color=colors[scheme], lw=_width(scheme, dups), label=f"{label}: {missing}")
-        points += [(p, colors[scheme]) for r in group if r.diverged
+            ax.plot([], [], color=style.color, ls=style.linestyle, label=f"{label}: {missing}")
+        points += [(p, style.color) for r in group if r.diverged
                    and (p := _divergence_point(r, x_column, window)) is not None]
     _set_log_if_positive(ax, plotted)
+    if x_column == "time" and plotted:
+        ax.set_xscale("log")
     limits = None if ax.get_yscale() == "symlog" else _cut_blowup(ax, healthy or plotted, plotted)
     for point, color in points:
         _mark_divergence(ax, point, color, limits)
-    ax.set_xlabel("server update (iteration)" if x_column == "iteration" else "simulated time [s]")
-    model_free = any(r.config.get("learner", {}).get("kind") == "a3c" for r in runs)
-    ax.set_ylabel(("policy loss (λ-return)" if model_free else "policy loss")
-                  + _window_note(window))
-    ax.set_title("line: mean over seeds; band: min to max over seeds" + ("; x: run diverged" if points else "")
-                 + (f"; axis cut to [{limits[0]:.3g}, {limits[1]:.3g}]" if limits is not None else ""),
-                 fontsize=9, color="0.3")
-    _title(fig, runs, "policy loss vs " + ("server update" if x_column == "iteration" else "simulated time"))
+    ax.set_xlabel("server update" if x_column == "iteration" else TIME_LABEL)
+    kind = next((r.config.get("learner", {}).get("kind", "gpi") for r in runs), "gpi")
+    ax.set_ylabel(LOSS_LABELS.get(kind, "policy loss (lower is better)"), fontsize=9)
+    _subtitle(ax, "line: mean over seeds" + _window_note(window) + "; band: min to max over seeds"
+                 + ("; x: run diverged" if points else "")
+                 + (f"; axis cut to [{limits[0]:.3g}, {limits[1]:.3g}]" if limits is not None else ""))
+    _title(fig, runs, "Policy loss vs " + ("server update" if x_column == "iteration" else "simulated time"))
     _legend(fig, ax)
     if not plotted:
         _note(ax, f"no finite policy loss{'' if x_column == 'iteration' else ' with a time column'} to plot")
@@ -387,48 +411,58 @@ def _differs(group: Sequence[Run], a: str, b: str) -> bool:
     return False
 
 
+STALE_LINE = ":"  # the stale direction's error, before a correction
+
+
 def gradient_error_vs_iteration(runs: Sequence[Run], smooth: int | None = None) -> Figure:
-    """Relative error of the applied direction vs the fresh gradient; dashed: the stale direction's error."""
+    """Relative error of the applied direction vs the fresh gradient; dotted: the stale direction's error."""
     window = smoothing_window(runs, smooth)
-    colors, dups = scheme_colors([r.scheme for r in runs]), duplicates(runs)
+    styles, dups = scheme_styles([r.scheme for r in runs]), duplicates(runs)
     fig, (ax,) = _new_figure(height=4.8)
     plotted: list[np.ndarray] = []
     zero: list[str] = []
+    stale_drawn = False
     points: list[tuple[tuple[float, float], str]] = []
-    for scheme, group in _by_scheme(runs).items():
+    for index, (scheme, group) in enumerate(_by_scheme(runs).items()):
+        style = styles[scheme]
         if _identically_zero(group, "grad_error"):
             zero.append(scheme)
             continue
-        lw = _width(scheme, dups)
-        points += [(p, colors[scheme]) for r in group if r.diverged
+        points += [(p, style.color) for r in group if r.diverged
                    and (p := _divergence_point(r, "iteration", window, "grad_error")) is not None]
         curves = _smoothed(group, "grad_error", window)
         label = _label(scheme, group, dups.get(scheme))
         if curves:
-            plotted.append(_draw_mean_band(ax, curves, colors[scheme], label, lw=lw, linestyle=_style(scheme)))
+            plotted.append(_draw_mean_band(ax, curves, style, label, index, thin=scheme in dups))
         else:
-            ax.plot([], [], color=colors[scheme], lw=lw, label=f"{label}: no finite gradient error")
+            ax.plot([], [], color=style.color, ls=style.linestyle, label=f"{label}: no finite gradient error")
         stale = _smoothed(group, "stale_grad_error", window) if _differs(group, "grad_error",
                                                                          "stale_grad_error") else []
-        if stale:
-            plotted.append(_draw_mean_band(ax, stale, colors[scheme], f"{scheme}: stale gradient before correction",
-                                           linestyle=":", lw=lw))
+        if stale:  # one legend entry says what every dotted line is
+            grid, mean, _, _, count = curve_band(stale)
+            ax.plot(grid, np.where(count == len(stale), mean, np.nan), color=style.color, ls=STALE_LINE, lw=1.0,
+                    alpha=0.8, label=f"_{scheme}: stale gradient before correction")
+            plotted.append(mean)
+            stale_drawn = True
     _set_log_if_positive(ax, [p[p > 0] for p in plotted])
     for point, color in points:
         if ax.get_yscale() != "log" or point[1] > 0:
             _mark_divergence(ax, point, color, None)
     handles, labels = ax.get_legend_handles_labels()
+    if stale_drawn:
+        handles.append(Line2D([], [], color="0.3", ls=STALE_LINE, lw=1.0))
+        labels.append("dotted: the same scheme's stale direction, before its correction")
     for scheme in zero:
-        handles.append(Line2D([], [], color=colors[scheme], ls="none", marker="o", ms=5))
+        handles.append(Line2D([], [], color=styles[scheme].color, ls="none", marker=styles[scheme].marker, ms=5))
         labels.append(f"{scheme}: 0 by construction (fresh gradient, not drawn)")
     _legend(fig, ax, handles, labels, ncols=2)
     if not plotted:
         _note(ax, "every scheme applies the fresh gradient: error 0 by construction")
-    ax.set_xlabel("server update (iteration)")
-    ax.set_ylabel("relative gradient error" + _window_note(window))
-    ax.set_title("|applied direction - fresh gradient| / |fresh gradient|  (line: mean over seeds; "
-                 "band: min to max" + ("; x: run diverged" if points else "") + ")", fontsize=9, color="0.3")
-    _title(fig, runs, "gradient error vs server update")
+    ax.set_xlabel("server update")
+    ax.set_ylabel("relative gradient error (lower is better)", fontsize=9)
+    _subtitle(ax, "|applied direction - fresh gradient| / |fresh gradient|; line: mean over seeds"
+                 + _window_note(window) + "; band: min to max" + ("; x: run diverged" if points else ""))
+    _title(fig, runs, "Gradient error vs server update")
     return fig
 
 
@@ -476,7 +510,7 @@ def _draw_reference(ax: Axes, paths: Sequence[dict[str, np.ndarray]]) -> None:
 def tracking(runs: Sequence[Run], smooth: int | None = None) -> Figure:
     """Final policies (lowest seed) on the fixed scenario: x-y path with the reference, and lateral error."""
     colors = scheme_colors([r.scheme for r in runs])
-    fig, (top, bottom) = _new_figure(rows=2, height=6.8)
+    fig, (top, bottom) = _new_figure(rows=2, height=7.0)
     chosen = _final_policy_runs(runs)
     paths = []
     for i, (scheme, r) in enumerate(chosen.items()):
@@ -497,53 +531,95 @@ def tracking(runs: Sequence[Run], smooth: int | None = None) -> Figure:
         _note(top, "no trajectory.csv to plot")
     top.set_xlabel("x [m]")
     top.set_ylabel("y [m]")
-    top.set_title("path of the final policy, on-road part (x: where it left the road)", fontsize=9, color="0.3")
+    _subtitle(top, "path of the final policy, on-road part (x: where it left the road)")
     bottom.set_xlabel("time along the scenario [s]")
     bottom.set_ylabel("lateral error [m]")
-    bottom.set_title("lateral error of the same runs (on-road part)", fontsize=9, color="0.3")
-    _title(fig, runs, "tracking by the final policy")
+    _subtitle(bottom, "lateral error of the same runs (on-road part)")
+    _title(fig, runs, "Tracking by the final policy")
     return fig
 
 
-def _staleness_values(runs: Sequence[Run]) -> dict[str, np.ndarray]:
-    """Per scheme with any stale update: the finite staleness values pooled over seeds."""
-    data: dict[str, np.ndarray] = {}
-    for scheme, group in _by_scheme(runs).items():
-        values = np.concatenate([r.metrics["staleness"] for r in group if "staleness" in r.metrics] or [np.zeros(0)])
-        values = values[np.isfinite(values)]
-        if values.size and np.any(values != 0):
-            data[scheme] = values
-    return data
+def _pooled(group: Sequence[Run], column: str) -> np.ndarray:
+    """A column's finite values, pooled over the group's seeds (empty if no run has it)."""
+    values = np.concatenate([r.metrics[column][: r.valid_rows] for r in group if column in r.metrics]
+                            or [np.zeros(0)])
+    return values[np.isfinite(values)]
+
+
+def _integer_histograms(ax: Axes, runs: Sequence[Run], column: str) -> list[str]:
+    """Per scheme with a nonzero value: the fraction of updates at each integer value, as a step
+    outline on integer bins; schemes with the same distribution share one outline and one legend
+    entry. Returns the schemes drawn."""
+    styles = scheme_styles([r.scheme for r in runs])
+    data = {s: v for s, group in _by_scheme(runs).items() if (v := _pooled(group, column)).size and np.any(v != 0)}
+    top = int(max((v.max() for v in data.values()), default=0))
+    edges = np.arange(-0.5, top + 1.5)
+    shares: dict[str, list[str]] = {}  # first scheme of a distribution -> every scheme with it
+    fractions: dict[str, np.ndarray] = {}
+    for scheme, values in data.items():
+        frac = np.histogram(values, edges)[0] / values.size
+        first = next((o for o, f in fractions.items() if np.array_equal(f, frac)), None)
+        if first is None:
+            fractions[scheme], shares[scheme] = frac, [scheme]
+        else:
+            shares[first].append(scheme)
+    for index, (scheme, frac) in enumerate(fractions.items()):
+        style, names = styles[scheme], shares[scheme]
+        label = (" = ".join(names) if len(names) < 4 else f"{names[0]} and {len(names) - 1} more with the same")
+        label += f" (mean {data[scheme].mean():.2f})"
+        ax.stairs(frac, edges, color=style.color, ls=style.linestyle, lw=2.2 - 0.25 * min(index, 4), label=label,
+                  zorder=2 + index)
+    if data:
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_xlim(-0.5, top + 0.5)
+    return list(data)
 
 
 def staleness(runs: Sequence[Run], smooth: int | None = None) -> Figure:
-    """Histogram of the staleness of applied updates (pooled over seeds), per scheme with any staleness.
+    """Distribution of the staleness of applied updates (pooled over seeds), per scheme with any.
 
-    Side-by-side bars per integer staleness up to 40; outlines (one per scheme) beyond.
+    Integer bins drawn as step outlines (one per distinct distribution: schemes with the same
+    one share it), so many schemes stay readable.
     """
-    colors = scheme_colors([r.scheme for r in runs])
     fig, (ax,) = _new_figure()
-    data = _staleness_values(runs)
-    top = int(max((v.max() for v in data.values()), default=0))
-    edges = np.arange(-0.5, top + 1.5)
-    fractions = {s: np.histogram(v, edges)[0] / v.size for s, v in data.items()}
-    width = 0.8 / max(1, len(data))
-    for i, (scheme, frac) in enumerate(fractions.items()):
-        same = next((o for o in list(fractions)[:i] if np.array_equal(fractions[o], frac)), None)
-        label = f"{scheme} (mean {data[scheme].mean():.2f}" + (f"; same as {same})" if same else ")")
-        if top <= 40:
-            ax.bar(edges[:-1] + 0.5 - 0.4 + (i + 0.5) * width, frac, width, color=colors[scheme], label=label)
-        else:
-            ax.stairs(frac, edges, color=colors[scheme], lw=0.9 if same else 1.6, label=label)
-    if data:
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        _legend(fig, ax)
+    if _integer_histograms(ax, runs, "staleness"):
+        _legend(fig, ax, ncols=2)
     else:
         _note(ax, "no scheme applied a stale update (staleness 0 throughout)")
-    ax.set_xlabel("staleness (server updates since the worker read its parameters)")
+    ax.set_xlabel("staleness: server updates between the worker's read and the application")
     ax.set_ylabel("fraction of updates")
-    ax.set_title("pooled over seeds", fontsize=9, color="0.3")
-    _title(fig, runs, "staleness of applied updates")
+    _subtitle(ax, "pooled over seeds; one outline per distinct distribution")
+    _title(fig, runs, "Staleness of applied updates")
+    return fig
+
+
+def residual_staleness(runs: Sequence[Run], smooth: int | None = None) -> Figure:
+    """The residual staleness (server updates the applied direction still does not account for:
+    the staleness for an uncorrected scheme, the updates since the parameters a correction
+    linearised at for a corrected one): its distribution, and its mean over training."""
+    window = smoothing_window(runs, smooth)
+    styles = scheme_styles([r.scheme for r in runs])
+    fig, (top, bottom) = _new_figure(rows=2, height=7.0)
+    drawn = _integer_histograms(top, runs, "residual_staleness")
+    for index, (scheme, group) in enumerate(_by_scheme(runs).items()):
+        curves = _smoothed(group, "residual_staleness", window)
+        if curves:
+            _draw_mean_band(bottom, curves, styles[scheme], "_" + scheme, index)
+    handles, labels = top.get_legend_handles_labels()
+    zero = [s for s, g in _by_scheme(runs).items() if s not in drawn and _pooled(g, "residual_staleness").size]
+    if zero:
+        handles.append(Line2D([], [], ls="none"))
+        labels.append("0 throughout: " + ", ".join(zero))
+    _legend(fig, top, handles, labels, ncols=2)
+    if not any(_pooled(g, "residual_staleness").size for g in _by_scheme(runs).values()):
+        _note(top, "no residual_staleness column in these runs")
+    top.set_xlabel("residual staleness: server updates the applied direction does not account for")
+    top.set_ylabel("fraction of updates")
+    _subtitle(top, "distribution, pooled over seeds; one outline per distinct distribution")
+    bottom.set_xlabel("server update")
+    bottom.set_ylabel("residual staleness")
+    _subtitle(bottom, "over training: mean over seeds" + _window_note(window) + "; band: min to max")
+    _title(fig, runs, "Residual staleness (lower is better)")
     return fig
 
 
@@ -553,6 +629,7 @@ FIGURES: dict[str, Callable[[Sequence[Run], int | None], Figure]] = {
     "tracking": tracking,
     "loss_vs_time": loss_vs_time,
     "staleness": staleness,
+    "residual_staleness": residual_staleness,
 }
 
 

@@ -10,8 +10,12 @@ annotated with mean ± std over seeds and how many seeds count:
 * ``time_<delay>``       simulated time to the target loss
 * ``tracking_<delay>``   final RMS lateral error of the tracking scenario
 
-and ``best_scheme``: per delay model, the winner of each cell (defined in
-``best_scheme``) in its scheme colour.
+and ``best_scheme``: per delay model, the fastest realisable scheme of each cell
+(``studies.regimes.cell_winner``, the rule the docs state) in its scheme colour; ties are
+drawn as ties (hatched, every name), and a cell where the non-realisable upper bound would
+have been faster gets a dashed outline and that bound's time, marked as such. Colours come
+from ``figures.style``: the same per scheme as in every other figure; heat maps use
+perceptually uniform, colour-blind-safe maps.
 """
 
 from __future__ import annotations
@@ -29,17 +33,28 @@ import numpy as np
 from matplotlib import colors as mcolors
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch
+from matplotlib.patches import Patch, Rectangle
 
-from asynccorr.figures.experiment import scheme_colors, write_figures
+from asynccorr.config import describe, to_dict
+from asynccorr.figures.experiment import write_figures
+from asynccorr.figures.style import FRACTION_MAP, SEQUENTIAL_MAP, UPPER_BOUND, marked, scheme_colors
 from asynccorr.runs.summary import mean_std_text
-from asynccorr.studies.regimes import RegimeConfig, group, summarize_cell
+from asynccorr.schemes.registry import realisable
+from asynccorr.studies.regimes import RegimeConfig, Winner, group, summarize_cell, winners
 
 METRICS = {  # name -> (summary key, title, colour map, log scale, format)
-    "reach": ("reached", "fraction of seeds reaching sync's final loss (text: final loss)", "RdYlGn", False, ".2f"),
-    "updates": ("iters_to_target", "server updates to the target loss", "viridis_r", True, ".0f"),
-    "time": ("time_to_target", "simulated time to the target loss [s]", "viridis_r", True, ".3g"),
-    "tracking": ("rms_lateral", "final RMS lateral error [m]", "magma_r", True, ".3f"),
+    "reach": ("reached", "fraction of seeds reaching sync's final loss (higher is better)", FRACTION_MAP, False,
+              ".2f"),
+    "updates": ("iters_to_target", "server updates to the target loss (lower is better)", SEQUENTIAL_MAP + "_r",
+                True, ".0f"),
+    "time": ("time_to_target", "simulated time to the target loss [s] (lower is better)", SEQUENTIAL_MAP + "_r",
+             True, ".3g"),
+    "tracking": ("rms_lateral", "final RMS lateral error [m] (lower is better)", SEQUENTIAL_MAP + "_r", True,
+                 ".3f"),
+}
+TEXTS = {  # what a cell's text says, per metric
+    "reach": "text: seeds reaching sync's final loss, and the final loss (mean ± std over seeds)",
+    "other": "text: mean ± std over the seeds that got there (their count in brackets); grey: no seed did",
 }
 
 
@@ -114,57 +129,75 @@ def metric_figure(study: RegimeConfig, rows: Sequence[dict[str, Any]], delay: st
             for j in range(values.shape[1]):
                 color = "black" if not np.isfinite(values[i, j]) else _text_color(cmap(norm(values[i, j])))
                 ax.text(j, i, texts[i][j], ha="center", va="center", fontsize=7, color=color)
-        _frame(ax, study, scheme)
+        _frame(ax, study, marked(scheme))
+        if not realisable(scheme):  # an upper bound's panel: hatched frame, so it is never read as a result
+            for spine in ax.spines.values():
+                spine.set_linestyle((0, (2, 2)))
+            ax.title.set_fontstyle("italic")
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.8, label=title.split(" (")[0])
-    fig.suptitle(f"{study.name}, {delay} delays: {title}\nmean ± std over seeds "
-                 f"({len(study.seeds)} seeds; count of seeds in brackets; grey: none)", fontsize=11)
+    fig.suptitle(f"{title}\n{_study_line(study, delay)}\n"
+                 f"{TEXTS['reach' if metric == 'reach' else 'other']}", fontsize=10)
     return fig
 
 
-def best_scheme(study: RegimeConfig, summaries: dict[tuple, dict[str, Any]], delay: str, plr: float, vlr: float,
-                n: int) -> tuple[str | None, str]:
-    """The cell's winner and a label.
+def _study_line(study: RegimeConfig, delays: str) -> str:
+    """What the study's grid holds, in words: learner, optimizer, N, delay model, length, seeds."""
+    exp = study.experiment
+    learner = describe(to_dict(exp)).split(", ")[0]
+    return (f"{learner}, {exp.optim.name.upper()} (policy step per row), N = "
+            f"{', '.join(map(str, study.workers))}, {delays} delays, {exp.train.iterations} updates, "
+            f"{len(study.seeds)} seeds")
 
-    Among the schemes that reached the target loss on every seed, the one with the
-    smallest mean simulated time to it; if none did, the one that reached sync's
-    final loss on the most seeds (ties: lowest mean final loss); ``None`` if nothing
-    reached anything.
-    """
-    cands = {s: summaries[(delay, plr, vlr, n, s)] for s in study.schemes if (delay, plr, vlr, n, s) in summaries}
-    at_target = {s: c for s, c in cands.items() if c["at_target"] == c["seeds"]}
-    if at_target:
-        s = min(at_target, key=lambda s: at_target[s]["time_to_target"].mean)
-        return s, f"{s}\nt={mean_std_text(at_target[s]['time_to_target'], '.3g', sep='±', std_fmt='.2g')}s"
-    reached = {s: c for s, c in cands.items() if c["reached"] > 0}
-    if reached:
-        s = max(reached, key=lambda s: (reached[s]["reached"], -reached[s]["final_loss"].mean))
-        return s, f"{s}\n{reached[s]['reached']}/{reached[s]['seeds']} reach\n(no target)"
-    return None, "none"
+
+def _cell(ax: Axes, j: int, i: int, w: Winner, palette: dict[str, str]) -> None:
+    """One cell of the best-scheme map: the winner's colour (hatched across the colours of a tie),
+    its name(s) and time; a dashed outline and the bound's time where the upper bound was faster."""
+    colors = [palette[s] for s in w.schemes] or ["#d9d9d9"]
+    ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor=colors[0], lw=0))
+    if len(colors) > 1:  # a tie: stripes of the other winners' colours
+        for k, color in enumerate(colors[1:]):
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="none", edgecolor=color,
+                                   hatch="//" if k % 2 == 0 else "\\\\", lw=0))
+    lines = [" = ".join(w.schemes) if w.schemes else "none"]
+    lines[0] = lines[0].replace(" = ", " =\n") if len(lines[0]) > 20 else lines[0]
+    lines.append(f"t = {mean_std_text(w.time, '.3g', std_fmt='.2g')} s" if w.time is not None else f"({w.note})")
+    if w.bound is not None:
+        ax.add_patch(Rectangle((j - 0.45, i - 0.45), 0.9, 0.9, facecolor="none", edgecolor="black", lw=1.2,
+                               ls=(0, (3, 2))))
+        lines.append(f"(bound: {w.bound[1].mean:.2g} s)")
+    ax.text(j, i, "\n".join(lines), ha="center", va="center", fontsize=7,
+            color=_text_color(mcolors.to_rgba(colors[0])),
+            bbox={"facecolor": "white", "alpha": 0.75, "lw": 0, "pad": 1.5} if len(colors) > 1 else None)
 
 
 def best_figure(study: RegimeConfig, rows: Sequence[dict[str, Any]]) -> Figure:
-    summaries = {k: summarize_cell(v) for k, v in group(rows).items()}
+    found = winners(study, rows)
     palette = scheme_colors(list(study.schemes))
-    fig = Figure(figsize=(4.6 * len(study.delays) + 1.6, 1.6 + 1.1 * len(study.learning_rates)),
-                 layout="constrained")
+    fig = Figure(figsize=(6.6 * len(study.delays), 2.6 + 1.2 * len(study.learning_rates)), layout="constrained")
     axes = fig.subplots(1, len(study.delays), squeeze=False)[0]
     for ax, delay in zip(axes, study.delays):
         for i, (plr, vlr) in enumerate(study.learning_rates):
             for j, n in enumerate(study.workers):
-                scheme, label = best_scheme(study, summaries, delay, plr, vlr, n)
-                color = palette.get(scheme, "#d9d9d9") if scheme else "#d9d9d9"
-                ax.add_patch(matplotlib.patches.Rectangle((j - 0.5, i - 0.5), 1, 1, color=color, alpha=0.8))
-                ax.text(j, i, label, ha="center", va="center", fontsize=7,
-                        color=_text_color(mcolors.to_rgba(color)))
+                _cell(ax, j, i, found[(delay, plr, vlr, n)], palette)
         ax.set_xlim(-0.5, len(study.workers) - 0.5)
         ax.set_ylim(-0.5, len(study.learning_rates) - 0.5)
         _frame(ax, study, f"{delay} delays")
-    handles = [Patch(color=c, label=s) for s, c in palette.items()]
-    fig.legend(handles=handles, loc="outside right center", fontsize=8)
-    fig.suptitle(f"{study.name}: best scheme per cell\nfastest in simulated time to the target loss "
-                 f"{study.target_loss} on all {len(study.seeds)} seeds (mean ± std over seeds);\n"
-                 "if none gets there: most seeds reaching sync's final loss", fontsize=10)
+    drawn = [s for s in study.schemes if any(s in w.schemes for w in found.values())]
+    handles: list[Any] = [Patch(color=palette[s], label=s) for s in drawn]
+    if any(len(w.schemes) > 1 for w in found.values()):
+        handles.append(Patch(facecolor="white", edgecolor="0.3", hatch="//", label="hatched: a tie (within 5 %)"))
+    bounds = sorted({w.bound[0] for w in found.values() if w.bound})
+    if bounds:
+        handles.append(Patch(facecolor="none", edgecolor="black", ls=(0, (3, 2)),
+                             label=f"dashed: {' / '.join(bounds)} ({UPPER_BOUND}) would be faster: its time as "
+                                   "'bound'"))
+    if any(not w.schemes for w in found.values()):
+        handles.append(Patch(color="#d9d9d9", label="none reaches sync's final loss"))
+    fig.legend(handles=handles, loc="outside lower center", fontsize=8, ncols=min(4, len(handles)), frameon=False)
+    fig.suptitle(f"Fastest realisable scheme per cell\n{_study_line(study, ', '.join(study.delays))}\n"
+                 f"the fastest in simulated time to the target loss {study.target_loss} among the schemes that "
+                 "reach sync's final loss and the target on every seed (mean ± std over seeds)", fontsize=9)
     return fig
 
 
