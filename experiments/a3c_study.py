@@ -9,7 +9,8 @@ directions and simulated seconds each needs to reach the tracking target.
 and each worker count N, the schemes ``async``, ``modify`` and ``modify-safe`` (server protocol) on
 every seed (N = 1: ``async`` alone, which is the sequential learner), into
 ``<results>/<learner>-N<N>/``, then writes ``sweep.csv``, ``sweep.md`` and two figures
-(gradient error and simulated time to target against N). ``--redraw`` only reads the runs back.
+(gradient error and simulated time to target against N). ``--redraw`` redraws the table and
+figures from ``sweep.csv`` (committed), without the run directories.
 ``targets`` prints the same per-run table for existing experiment folders.
 
 The **tracking target** is the README's: RMS lateral error below 0.10 m on the fixed scenario,
@@ -140,53 +141,89 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
 
 
+def _seed_values(rows: list[dict[str, Any]], learner: str, scheme: str, n: int, metric: str) -> list[float]:
+    """Per seed, ``metric`` of (learner, N, scheme); at N = 1 every scheme is the sequential learner."""
+    return [float(r[metric]) for r in sorted(rows, key=lambda r: r["seed"]) if r["learner"] == learner
+            and int(r["workers"]) == n and (r["scheme"] == scheme or n == 1)]
+
+
 def figures(folder: Path, rows: list[dict[str, Any]]) -> list[Path]:
-    """Gradient error and simulated time to target against N, per learner and scheme (mean over seeds)."""
-    import matplotlib
+    """Gradient error and simulated time to the tracking target against N, per learner and scheme:
+    every seed drawn (a seed that never reaches the target on the 'never' line at the top), the
+    median line only where every seed has a value; styles of ``asynccorr.figures.style``."""
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from asynccorr.figures.experiment import write_figures
+    from asynccorr.figures.style import scheme_styles, wrap
 
-    out = folder / "figures"
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for metric, ylabel, name in (("grad_error", "mean gradient error (updates before any divergence)",
-                                  "sweep_gradient_error"),
-                                 ("time_to_target", "sim. time to the tracking target [s]\n(mean over the seeds that reach it)",
-                                  "sweep_time_to_target")):
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=False)
+    names = sorted({r["scheme"] for r in rows}, key=_rank)
+    styles = scheme_styles(names)
+    made = []
+    for metric, ylabel, name in (
+            ("grad_error", "gradient error, mean over updates\n(before any divergence; lower is better)",
+             "sweep_gradient_error"),
+            ("time_to_target", "simulated time to the tracking target [s]\n(lower is better)",
+             "sweep_time_to_target")):
+        fig = Figure(figsize=(9.0, 4.4), layout="constrained")
+        axes = fig.subplots(1, 2)
+        handles: dict[str, Line2D] = {}
         for ax, learner in zip(axes, ("a3c", "gpi")):
-            mine = [r for r in rows if r["learner"] == learner]
-            for scheme in sorted({r["scheme"] for r in mine}, key=_rank):
-                ns = sorted({r["workers"] for r in mine if r["scheme"] == scheme or r["workers"] == 1})
-                ys = [np.nanmean([float(r[metric]) for r in mine
-                                  if r["workers"] == n and (r["scheme"] == scheme or n == 1)] or [np.nan])
-                      for n in ns]
-                if metric == "grad_error":  # 0 at N = 1 (fresh): off a log axis
-                    ns, ys = zip(*[(n, y) for n, y in zip(ns, ys) if y > 0]) if any(y > 0 for y in ys) else ((), ())
-                line, = ax.plot(ns, ys, marker="o", label=scheme)
-                if metric == "time_to_target":  # a mean over the seeds that reached it: say how many did
-                    for n, y in zip(ns, ys):
-                        group = [r for r in mine if r["workers"] == n and (r["scheme"] == scheme or n == 1)]
-                        hit = sum(np.isfinite(float(r[metric])) for r in group)
-                        if hit < len(group):
-                            ax.annotate(f"{hit}/{len(group)} reach it", (n, y) if np.isfinite(y) else (n, 0),
-                                        textcoords="offset points", xytext=(4, 4), fontsize=7,
-                                        color=line.get_color())
+            workers = sorted({int(r["workers"]) for r in rows if r["learner"] == learner})
+            values = [float(r[metric]) for r in rows if r["learner"] == learner and float(r[metric]) > 0]
+            finite = [v for v in values if math.isfinite(v)]
+            never = max(finite) * 2.2 if finite else 1.0  # where a seed that never gets there is drawn
+            for k, scheme in enumerate(names):
+                style = styles[scheme]
+                ns, medians = [], []
+                for n in workers:
+                    seeds = _seed_values(rows, learner, scheme, n, metric)
+                    if not seeds or (n == 1 and k > 0) or (metric == "grad_error" and n == 1):
+                        continue  # N = 1 is drawn once (the sequential learner, error 0: off a log axis)
+                    x = n * 1.09 ** (k - (len(names) - 1) / 2)  # schemes side by side around N
+                    hit = [v for v in seeds if math.isfinite(v)]
+                    ax.plot([x] * len(hit), hit, ls="none", marker=style.marker, ms=5, color=style.color,
+                            alpha=0.85)
+                    if len(hit) < len(seeds):
+                        ax.plot([x] * (len(seeds) - len(hit)), [never] * (len(seeds) - len(hit)), ls="none",
+                                marker=style.marker, ms=6, mfc="white", mec=style.color)
+                    ns.append(x)  # a gap where a seed has no value: no line drawn across it
+                    medians.append(float(np.median(hit)) if len(hit) == len(seeds) else math.nan)
+                label = scheme if scheme != "async" else "async (N = 1: the sequential learner)"
+                ax.plot(ns, medians, ls=style.linestyle, color=style.color, lw=1.6)
+                handles[label] = Line2D([], [], ls=style.linestyle, color=style.color, lw=1.6, marker=style.marker)
+            if metric == "time_to_target":
+                ax.axhline(never, color="0.6", lw=0.6, ls=":")
+                ax.text(0.01, never, "never", transform=ax.get_yaxis_transform(), va="bottom", fontsize=7,
+                        color="0.4")
             ax.set_xscale("log", base=2)
-            if metric == "grad_error":
-                ax.set_yscale("log")
-            ax.set_title(learner.upper())
+            ax.set_xticks(workers, [str(n) for n in workers])
+            ax.set_yscale("log")
+            ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+            ax.yaxis.set_minor_formatter(NullFormatter())
+            ax.set_title({"a3c": "model-free A3C (experiments/a3c.toml)",
+                          "gpi": "model-based GPI (experiments/paper.toml)"}[learner], fontsize=9)
             ax.set_xlabel("workers N")
-            ax.set_ylabel(ylabel)
-            ax.legend(fontsize=8)
-        fig.tight_layout()
-        for ext in ("png", "pdf"):
-            path = out / f"{name}.{ext}"
-            fig.savefig(path, dpi=120, metadata={"CreationDate": None} if ext == "pdf" else {"Software": None})
-            written.append(path)
-        plt.close(fig)
-    return written
+            ax.set_ylabel(ylabel, fontsize=9)
+            ax.grid(True, alpha=0.3)
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=3, fontsize=8,
+                   frameon=False)
+        fig.suptitle(wrap(("Gradient error" if metric == "grad_error" else "Time to the tracking target (RMS "
+                           f"lateral error < {TARGET_M} m)") + " vs workers N\nmarkers: each seed"
+                          + (" (hollow, top: never reached)" if metric == "time_to_target" else "")
+                          + "; line: median over seeds, drawn where every seed has a value",
+                          9.0, 10), fontsize=10)
+        made.append((name, fig))
+    return write_figures(made, folder / "figures")
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """sweep.csv back into rows (numbers as floats, NaN for never)."""
+    with path.open(newline="") as f:
+        return [{k: (v if k in ("learner", "scheme", "status") else int(v) if k in ("workers", "seed", "updates")
+                     else float(v) if v != "" else math.nan) for k, v in r.items()} for r in csv.DictReader(f)]
 
 
 def sweep(args: argparse.Namespace) -> int:
@@ -201,13 +238,16 @@ def sweep(args: argparse.Namespace) -> int:
             name = f"{learner}-N{n}"
             folders.append(root / name)
             if args.redraw:
-                continue
+                break
             cfg = with_overrides(base, name=name, workers={"count": n})
             schemes = ["async"] if n == 1 else list(SCHEMES)
             print(f"{name}: {', '.join(schemes)} x seeds {args.seeds}", flush=True)
             api.compare(cfg, schemes=schemes, seeds=args.seeds, results=root, overwrite=True)
-    rows = [row for folder in folders for row in rows_of(folder)]
-    write_csv(root / "sweep.csv", rows)
+    if args.redraw:  # the committed table's rows: no run directory needed
+        rows = read_rows(root / "sweep.csv")
+    else:
+        rows = [row for folder in folders for row in rows_of(folder)]
+        write_csv(root / "sweep.csv", rows)
     (root / "sweep.md").write_text(f"# Staleness sweep: tracking target {TARGET_M} m\n\n" + table(rows))
     for path in figures(root, rows):
         print(f"wrote {path}")
@@ -229,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=[0, 1, 2])
     s.add_argument("--learners", type=lambda t: t.split(","), default=["a3c", "gpi"])
     s.add_argument("--results", default="results/a3c-sweep")
-    s.add_argument("--redraw", action="store_true", help="only read the runs back and write the outputs")
+    s.add_argument("--redraw", action="store_true", help="only redraw the table and figures from sweep.csv")
     t = sub.add_parser("targets", help="the per-run table of existing experiment folders")
     t.add_argument("folders", nargs="+")
     args = p.parse_args(argv)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import io
 import math
-import textwrap
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import LogFormatter
 
 from asynccorr.config import describe
-from asynccorr.figures.style import UPPER_BOUND, Style, scheme_colors, scheme_styles
+from asynccorr.figures.style import UPPER_BOUND, Style, marked, scheme_colors, scheme_styles, wrap
 from asynccorr.runs import locks
 from asynccorr.runs.files import atomic_write_bytes, parse_run_dir_name
 from asynccorr.runs.read import (
@@ -125,7 +124,8 @@ def _title(fig: Figure, runs: Sequence[Run], what: str) -> None:
     config = runs[0].config if runs else {}
     workers = _workers(runs)
     record = {**config, "workers": {**config.get("workers", {}), **({"count": workers} if workers else {})}}
-    fig.suptitle(f"{what}: {_experiment(runs)}\n{describe(record)}; {seed_text}", fontsize=10)
+    fig.suptitle(wrap(f"{what}: {_experiment(runs)}\n{describe(record)}; {seed_text}", fig.get_figwidth(), 10),
+                 fontsize=10)
 
 
 def _new_figure(rows: int = 1, height: float = 4.2) -> tuple[Figure, list[Axes]]:
@@ -176,7 +176,7 @@ def _legend(fig: Figure, ax: Axes, handles: list[Any] | None = None, labels: lis
 def _subtitle(ax: Axes, text: str) -> None:
     """The axes' small grey title, wrapped to the axes' width (~17 characters of 8-pt text per inch)."""
     width = ax.get_position().width * ax.get_figure().get_figwidth()  # type: ignore[union-attr]
-    ax.set_title("\n".join(textwrap.wrap(text, max(40, int(width * 17)))), fontsize=8, color="0.3")
+    ax.set_title(wrap(text, width, 8), fontsize=8, color="0.3")
 
 
 def _note(ax: Axes, text: str) -> None:
@@ -495,7 +495,8 @@ def _path_label(scheme: str, run: Run, on_road: dict[str, np.ndarray], same_as: 
     notes = [f"seed {run.seed}"] + ([f"identical to {same_as}"] if same_as else [])
     if len(on_road["x"]) < len(run.trajectory["x"]):
         notes.append(f"left road at t = {on_road['time'][-1]:.1f} s" if len(on_road["x"]) else "left road at start")
-    return f"{scheme} ({'; '.join(notes)})"
+    return f"{marked(scheme).removesuffix(')')}; {'; '.join(notes)})" if not realisable(scheme) else \
+        f"{scheme} ({'; '.join(notes)})"
 
 
 def _draw_reference(ax: Axes, paths: Sequence[dict[str, np.ndarray]]) -> None:
@@ -565,6 +566,7 @@ def _integer_histograms(ax: Axes, runs: Sequence[Run], column: str) -> list[str]
             shares[first].append(scheme)
     for index, (scheme, frac) in enumerate(fractions.items()):
         style, names = styles[scheme], shares[scheme]
+        names = [name if realisable(name) else f"{name} (not realisable)" for name in names]
         label = (" = ".join(names) if len(names) < 4 else f"{names[0]} and {len(names) - 1} more with the same")
         label += f" (mean {data[scheme].mean():.2f})"
         ax.stairs(frac, edges, color=style.color, ls=style.linestyle, lw=2.2 - 0.25 * min(index, 4), label=label,
@@ -609,7 +611,7 @@ def residual_staleness(runs: Sequence[Run], smooth: int | None = None) -> Figure
     zero = [s for s, g in _by_scheme(runs).items() if s not in drawn and _pooled(g, "residual_staleness").size]
     if zero:
         handles.append(Line2D([], [], ls="none"))
-        labels.append("0 throughout: " + ", ".join(zero))
+        labels.append("0 throughout: " + ", ".join(s if realisable(s) else f"{s} (not realisable)" for s in zero))
     _legend(fig, top, handles, labels, ncols=2)
     if not any(_pooled(g, "residual_staleness").size for g in _by_scheme(runs).values()):
         _note(top, "no residual_staleness column in these runs")

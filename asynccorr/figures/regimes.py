@@ -37,7 +37,7 @@ from matplotlib.patches import Patch, Rectangle
 
 from asynccorr.config import describe, to_dict
 from asynccorr.figures.experiment import write_figures
-from asynccorr.figures.style import FRACTION_MAP, SEQUENTIAL_MAP, UPPER_BOUND, marked, scheme_colors
+from asynccorr.figures.style import FRACTION_MAP, SEQUENTIAL_MAP, UPPER_BOUND, marked, scheme_colors, wrap
 from asynccorr.runs.summary import mean_std_text
 from asynccorr.schemes.registry import realisable
 from asynccorr.studies.regimes import RegimeConfig, Winner, group, summarize_cell, winners
@@ -52,6 +52,8 @@ METRICS = {  # name -> (summary key, title, colour map, log scale, format)
     "tracking": ("rms_lateral", "final RMS lateral error [m] (lower is better)", SEQUENTIAL_MAP + "_r", True,
                  ".3f"),
 }
+SHORT = {"reach": "fraction reaching sync", "updates": "updates to target", "time": "sim time to target [s]",
+         "tracking": "RMS lateral [m]"}  # the colour bars' labels
 TEXTS = {  # what a cell's text says, per metric
     "reach": "text: seeds reaching sync's final loss, and the final loss (mean ± std over seeds)",
     "other": "text: mean ± std over the seeds that got there (their count in brackets); grey: no seed did",
@@ -135,9 +137,9 @@ def metric_figure(study: RegimeConfig, rows: Sequence[dict[str, Any]], delay: st
                 spine.set_linestyle((0, (2, 2)))
             ax.title.set_fontstyle("italic")
     if image is not None:
-        fig.colorbar(image, ax=axes, shrink=0.8, label=title.split(" (")[0])
-    fig.suptitle(f"{title}\n{_study_line(study, delay)}\n"
-                 f"{TEXTS['reach' if metric == 'reach' else 'other']}", fontsize=10)
+        fig.colorbar(image, ax=axes, shrink=0.8, label=SHORT[metric])
+    fig.suptitle(wrap(f"{title}\n{_study_line(study, delay)}\n{TEXTS['reach' if metric == 'reach' else 'other']}",
+                      fig.get_figwidth(), 10), fontsize=10)
     return fig
 
 
@@ -195,9 +197,10 @@ def best_figure(study: RegimeConfig, rows: Sequence[dict[str, Any]]) -> Figure:
     if any(not w.schemes for w in found.values()):
         handles.append(Patch(color="#d9d9d9", label="none reaches sync's final loss"))
     fig.legend(handles=handles, loc="outside lower center", fontsize=8, ncols=min(4, len(handles)), frameon=False)
-    fig.suptitle(f"Fastest realisable scheme per cell\n{_study_line(study, ', '.join(study.delays))}\n"
-                 f"the fastest in simulated time to the target loss {study.target_loss} among the schemes that "
-                 "reach sync's final loss and the target on every seed (mean ± std over seeds)", fontsize=9)
+    fig.suptitle(wrap(f"Fastest realisable scheme per cell\n{_study_line(study, ', '.join(study.delays))}\n"
+                      f"the fastest in simulated time to the target loss {study.target_loss} among the schemes "
+                      "that reach sync's final loss and the target on every seed (mean ± std over seeds)",
+                      fig.get_figwidth(), 9), fontsize=9)
     return fig
 
 

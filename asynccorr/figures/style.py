@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -99,3 +100,10 @@ def scheme_colors(names: Sequence[str]) -> dict[str, str]:
 def marked(name: str) -> str:
     """A legend or table name: a non-realisable scheme says it is an upper bound."""
     return name if realisable(name) else f"{name} ({UPPER_BOUND})"
+
+
+def wrap(text: str, width_in: float, fontsize: float) -> str:
+    """``text`` wrapped (each of its lines) to ``width_in`` inches of ``fontsize``-point text (a
+    character is about 0.55 em wide), so titles never run off the canvas."""
+    chars = max(30, int(width_in * 72 / (0.58 * fontsize)))
+    return "\n".join(part for line in text.split("\n") for part in textwrap.wrap(line, chars) or [""])

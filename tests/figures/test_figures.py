@@ -12,6 +12,7 @@ from matplotlib.collections import PolyCollection
 
 from asynccorr.figures import experiment as plots
 from asynccorr.figures.experiment import FIGURES, FORMATS, plot_experiment, plot_path
+from asynccorr.figures.style import scheme_styles
 from asynccorr.runs.files import parse_run_dir_name, read_csv, run_dir_name, write_csv, write_json
 from asynccorr.runs.read import ResultsError, experiment_folders, load_runs
 from asynccorr.schemes.registry import DISPLAY_ORDER
@@ -155,13 +156,22 @@ def test_run_directory_names_are_read_back_as_written_and_nothing_else_is_a_run(
         assert parse_run_dir_name(other) is None
 
 
-def test_each_scheme_keeps_one_colour_whatever_else_is_in_the_folder():
-    alone = plots.scheme_colors(["modify@server"])
-    together = plots.scheme_colors(["sequential", "sync", "async", "modify@server", "modify-safe@server", "gap-aware"])
+def test_each_scheme_keeps_one_style_whatever_else_is_in_the_folder():
+    alone = scheme_styles(["modify@server"])
+    together = scheme_styles(["sequential", "sync", "async", "modify@server", "modify-safe@server", "gap-aware"])
     assert alone["modify@server"] == together["modify@server"]
-    assert len(set(together.values())) == len(together)
-    every = plots.scheme_colors(list(DISPLAY_ORDER))
-    assert len(set(every.values())) == len(every)  # every registered scheme its own colour
+    assert len({s.color for s in together.values()}) == len(together)  # different families, different colours
+    every = scheme_styles(list(DISPLAY_ORDER))
+    assert len({(s.color, str(s.linestyle), s.marker) for s in every.values()}) == len(every)  # all distinguishable
+
+
+def test_colour_is_the_family_line_style_the_protocol_and_only_the_oracle_is_an_upper_bound():
+    styles = scheme_styles(list(DISPLAY_ORDER))
+    assert {styles[s].color for s in DISPLAY_ORDER if s.startswith("modify@")} == {styles["modify@server"].color}
+    assert styles["modify@deferred"].linestyle == styles["modify-safe@deferred"].linestyle != "-"
+    assert styles["modify@server"].linestyle == styles["async"].linestyle == "-"
+    assert {s for s, st in styles.items() if st.upper_bound} == {"modify@oracle", "modify-safe@oracle"}
+    assert styles["my-own"].color if "my-own" in styles else scheme_styles(["my-own"])["my-own"].color
 
 
 # ---------------------------------------------------------------------------------------------- content
@@ -206,20 +216,26 @@ def test_fresh_gradient_schemes_are_listed_as_zero_by_construction_not_drawn(exp
     assert "async" in drawn and not any(label.startswith(("sequential", "sync")) for label in drawn)
 
 
-def test_corrected_schemes_also_show_the_stale_gradients_error_dotted(experiment: Path):
+def test_corrected_schemes_also_show_the_stale_gradients_error_dotted_under_one_legend_entry(experiment: Path):
     fig = plots.gradient_error_vs_iteration(load_runs(experiment))
     dotted = {line.get_label() for line in fig.axes[0].get_lines() if line.get_linestyle() == ":"}
-    assert dotted == {"modify: stale gradient before correction", "modify-safe: stale gradient before correction"}
+    assert dotted == {"_modify: stale gradient before correction", "_modify-safe: stale gradient before correction"}
+    assert [t for t in legend_texts(fig) if t.startswith("dotted")] == [
+        "dotted: the same scheme's stale direction, before its correction"]
 
 
-def test_the_oracle_is_drawn_dashed_and_labelled_an_upper_bound(tmp_path: Path):
+def test_the_oracle_is_drawn_thin_with_hollow_markers_on_top_and_labelled_an_upper_bound(tmp_path: Path):
     folder = tmp_path / "exp"
     for scheme in ("async", "modify@server", "modify@oracle"):
         make_run(folder, scheme, 0)
     runs = load_runs(folder)
     for fig in (plots.loss_vs_iteration(runs), plots.gradient_error_vs_iteration(runs)):
-        dashed = {line.get_label() for line in fig.axes[0].get_lines() if line.get_linestyle() == "--"}
-        assert dashed == {"modify@oracle (not realisable: an upper bound)"}, dashed
+        lines = {line.get_label().split(" (")[0]: line for line in fig.axes[0].get_lines()
+                 if not line.get_label().startswith("_")}
+        oracle = lines["modify@oracle"]
+        assert oracle.get_label().startswith("modify@oracle (not realisable: an upper bound")
+        assert oracle.get_markerfacecolor() == "white" and oracle.get_linewidth() < lines["async"].get_linewidth()
+        assert oracle.get_zorder() > max(lines[s].get_zorder() for s in ("async", "modify@server"))
 
 
 def test_the_tracking_figure_draws_only_the_on_road_part_and_the_reference(tmp_path: Path):
@@ -240,9 +256,53 @@ def test_the_staleness_histogram_shows_only_schemes_with_stale_updates_and_their
     assert texts == [f"{s} (mean {m:.2f})" for s, m in means.items()]
 
 
-def test_the_title_names_the_experiment_and_the_worker_count(experiment: Path):
+def test_the_staleness_histogram_has_integer_bins_and_one_outline_for_schemes_with_the_same_distribution(
+        tmp_path: Path):
+    folder = tmp_path / "exp"
+    for scheme in ("async", "learner", "modify@server"):
+        run = make_run(folder, scheme, 0)
+        metrics = read_csv(run / "metrics.csv")
+        metrics["staleness"] = np.tile([1.0, 2.0, 2.0, 3.0], 10)
+        write_csv(run / "metrics.csv", metrics)
+    fig = plots.staleness(load_runs(folder))
+    assert legend_texts(fig) == ["async = learner = modify@server (mean 2.00)"]
+    (outline,) = [p for p in fig.axes[0].patches]
+    edges = outline.get_data().edges
+    assert np.all(edges + 0.5 == np.round(edges + 0.5))  # bins centred on the integers
+
+
+def test_the_residual_staleness_figure_draws_the_distribution_and_its_course_and_lists_the_zero_ones(
+        tmp_path: Path):
+    folder = tmp_path / "exp"
+    for scheme, residual in (("async", 3.0), ("sync-pipelined", 1.0), ("modify@server", 0.0)):
+        run = make_run(folder, scheme, 0)
+        metrics = read_csv(run / "metrics.csv")
+        metrics["residual_staleness"] = np.full(40, residual)
+        write_csv(run / "metrics.csv", metrics)
+    fig = plots.residual_staleness(load_runs(folder))
+    assert legend_texts(fig) == ["async (mean 3.00)", "sync-pipelined (mean 1.00)", "0 throughout: modify@server"]
+    assert len(fig.axes[1].get_lines()) == 3  # over training: every scheme, the zero one too
+
+
+def test_the_title_names_the_learner_optimizer_step_workers_and_delays(experiment: Path):
     fig = plots.loss_vs_iteration(load_runs(experiment))
-    assert fig.get_suptitle().startswith("exp: policy loss") and "N = 4 workers" in fig.get_suptitle()
+    title = fig.get_suptitle()
+    assert title.startswith("Policy loss vs server update: exp")
+    assert "model-based GPI, SGD step 0.0003 (value 0.001), N = 4 workers, homogeneous delays" in title
+
+
+def test_time_is_drawn_on_a_log_axis_and_a_mean_only_where_every_seed_has_data(tmp_path: Path):
+    folder = tmp_path / "exp"
+    make_run(folder, "async", 0, n=40)
+    make_run(folder, "async", 1, n=20)
+    fig = plots.loss_vs_time(load_runs(folder))
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and "simulated time" in ax.get_xlabel()
+    mean = next(line for line in ax.get_lines() if line.get_label() == "async")
+    x, y = mean.get_xdata(), mean.get_ydata()
+    shorter_end = read_csv(folder / "async-seed1" / "metrics.csv")["time"][-1]
+    assert np.nanmax(np.asarray(x)[np.isfinite(y)]) <= shorter_end + 1e-12
+    assert any(line.get_label().startswith("_") and line.get_linewidth() < 1 for line in ax.get_lines())
 
 
 # ---------------------------------------------------------------------------------------------- divergence
@@ -256,7 +316,7 @@ def test_diverged_runs_with_nan_and_inf_or_never_finite_metrics_still_plot(tmp_p
     write_csv(never / "metrics.csv", {"iteration": [1, 2], "time": [0.1, 0.2], "staleness": [0, 1],
                                       "policy_loss": [np.nan, np.inf], "grad_error": [np.nan, np.nan]})
     paths = plot_experiment(folder)
-    assert len(paths) == 10 and all(p.stat().st_size > 1000 for p in paths)
+    assert len(paths) == 2 * len(FIGURES) and all(p.stat().st_size > 1000 for p in paths)
     assert "modify (diverged): no finite loss" in legend_texts(plots.loss_vs_iteration(load_runs(folder)))
 
 

@@ -70,6 +70,41 @@ def test_the_shipped_study_is_the_default_experiment_on_a_grid_with_the_protocol
 # ----------------------------------------------------------------------------- metrics, on literal numbers
 
 
+def _cell(reached=3, at_target=3, time=1.0, final=2.2, seeds=3):
+    from asynccorr.runs.summary import MeanStd
+
+    return {"seeds": seeds, "reached": reached, "at_target": at_target, "final_loss": MeanStd(final, 0.1, seeds),
+            "time_to_target": MeanStd(time, 0.1, at_target) if at_target else MeanStd(math.nan, math.nan, 0)}
+
+
+def test_the_cell_winner_is_the_fastest_realisable_scheme_reaching_sync_and_the_target_on_every_seed():
+    from asynccorr.studies.regimes import cell_winner
+
+    w = cell_winner({"sync": _cell(time=0.6), "learner": _cell(reached=2, time=0.2), "modify@server": _cell(time=1.7),
+                     "modify@oracle": _cell(time=0.1)})
+    # learner is faster but misses sync's loss on one seed; the oracle is faster but not realisable
+    assert w.schemes == ("sync",) and w.time.mean == 0.6 and w.note == ""
+    assert w.bound is not None and w.bound[0] == "modify@oracle" and w.bound[1].mean == 0.1
+
+
+def test_schemes_within_five_percent_of_the_winner_tie_with_it():
+    from asynccorr.studies.regimes import cell_winner, winner_text
+
+    w = cell_winner({"sync": _cell(time=0.382), "async": _cell(time=0.382), "learner": _cell(time=0.381),
+                     "modify@server": _cell(time=1.25)})
+    assert w.schemes == ("learner", "sync", "async") and w.bound is None
+    assert winner_text(w) == "learner = sync = async 0.381 ± 0.1 s"
+
+
+def test_without_a_qualifying_scheme_the_winner_reaches_sync_on_the_most_seeds_and_an_oracle_never_wins():
+    from asynccorr.studies.regimes import cell_winner
+
+    w = cell_winner({"async": _cell(reached=1, at_target=0), "learner": _cell(reached=2, at_target=2),
+                     "modify@oracle": _cell(reached=3, at_target=3, time=0.1)})
+    assert w.schemes == ("learner",) and w.time is None and w.note.startswith("2/3 reach sync")
+    assert cell_winner({"modify@oracle": _cell()}).schemes == ()
+
+
 def fake_result(loss, params_finite=True, status="completed"):
     n = len(loss)
     summary = SimpleNamespace(rms_lateral=0.2, left_road=False)
@@ -215,7 +250,8 @@ def test_a_reduced_grid_runs_end_to_end_and_its_numbers_follow_the_definitions(c
     assert (r["iters_to_target"] == hits[0] + 3) if hits.size else math.isnan(r["iters_to_target"])
 
     table = (folder / "regimes.md").read_text()
-    assert table.count("| homogeneous | 0.0003 |") == 2 * 3 + 1  # cell x scheme rows + the tolerance row
+    # cell x scheme rows, the cells' winners, the tolerance row
+    assert table.count("| homogeneous | 0.0003 |") == 2 * 3 + 2 + 1
     assert "±" in table and "Staleness tolerance" in table
     figures = {p.name for p in (folder / "figures").iterdir()}
     for name in ("reach_homogeneous", "updates_homogeneous", "time_homogeneous", "tracking_homogeneous",
@@ -229,6 +265,20 @@ def test_a_reduced_grid_runs_end_to_end_and_its_numbers_follow_the_definitions(c
     (folder / "regimes.md").unlink()
     code, _, _ = run_cli(capsys, "regimes", "--config", str(config), "--results", str(tmp_path / "r"), "--redraw")
     assert code == 0 and (folder / "regimes.md").read_text() == table
+    # the figures, checked mechanically: nothing outside the canvas; the best-scheme legend names
+    # only the winners drawn
+    from figcheck import legend_entries, texts_outside, unmarked_upper_bounds
+
+    from asynccorr.figures.regimes import best_figure, metric_figure
+    from asynccorr.studies.regimes import winners
+
+    for metric in ("reach", "updates", "time", "tracking"):
+        assert texts_outside(metric_figure(study, rows, "homogeneous", metric)) == [], metric
+    fig = best_figure(study, rows)
+    assert texts_outside(fig) == []
+    won = {s for w in winners(study, rows).values() for s in w.schemes}
+    assert {e for e in legend_entries(fig) if e in study.schemes} == won
+    assert unmarked_upper_bounds(legend_entries(fig)) == []
 
 
 @pytest.mark.slow  # cheap after the end-to-end test above, whose compiled code it reuses
