@@ -306,6 +306,10 @@ def figure(settings: list[str]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from asynccorr.figures.style import scheme_styles
+
+    styles = scheme_styles(["async", "learner", "sync-pipelined", "modify-safe@server", "modify-safe@secant"])
+    secant = styles["modify-safe@secant"].color
     (OUT / "figures").mkdir(parents=True, exist_ok=True)
     for name in settings:
         s = SETTINGS[name]
@@ -317,7 +321,7 @@ def figure(settings: list[str]) -> None:
             it = np.asarray(m["iteration"])
             for ax, col, title in ((axes[0], "gap_coverage", "gap coverage by the window's span"),
                                    (axes[1], "product_cosine", "cosine(fit, exact product)")):
-                ax.plot(*_binned(it, np.asarray(m[col], float)), style, label=f"{tangent} tangent")
+                ax.plot(*_binned(it, np.asarray(m[col], float)), style, color=secant, label=f"{tangent} tangent")
                 ax.set_title(title)
                 ax.set_xlabel("server update")
             axes[1].set_ylim(-1.05, 1.05)
@@ -325,12 +329,14 @@ def figure(settings: list[str]) -> None:
         for scheme in ("async", "learner", "sync-pipelined", "modify-safe@server"):
             m = _load(Job(name, "", scheme, s.seeds[0]))
             if m is not None and scheme in s.baselines:
-                axes[2].plot(np.asarray(m["time"]), _smooth(np.asarray(m["policy_loss"], float)), label=scheme)
-        for tangent, style, color in zip(TANGENTS, ("-", "--"), ("black", "#9467bd")):
+                axes[2].plot(np.asarray(m["time"]), _smooth(np.asarray(m["policy_loss"], float)), label=scheme,
+                             color=styles[scheme].color, ls=styles[scheme].linestyle)
+        for tangent, style, marker in zip(TANGENTS, ("-", "--"), ("v", "^")):
             m = _load(Job(name, tangent, "modify-safe@secant", s.seeds[0]))
-            if m is not None:  # both secant variants drawn on top of the others, told apart by colour too
+            if m is not None:  # both secant variants drawn on top of the others, told apart by line and marker
                 axes[2].plot(np.asarray(m["time"]), _smooth(np.asarray(m["policy_loss"], float)), style,
-                             color=color, zorder=3, label=f"modify-safe@secant ({tangent})")
+                             color=secant, lw=2.0, marker=marker, markevery=(0.02, 0.1), zorder=3,
+                             label=f"modify-safe@secant ({tangent})")
         ends = [float(np.asarray(m["time"])[-1]) for t in TANGENTS
                 if (m := _load(Job(name, t, "modify-safe@secant", s.seeds[0]))) is not None]
         if ends:  # the secant runs' span (a slower scheme's tail is cut, not squeezed in)
