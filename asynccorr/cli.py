@@ -24,7 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from asynccorr.backends.registry import backend_help
-from asynccorr.config import ConfigError, with_overrides
+from asynccorr.config import ConfigError, describe, to_dict, with_overrides
 from asynccorr.runs.files import RunExistsError
 from asynccorr.schemes.registry import label, names_help
 
@@ -233,7 +233,7 @@ def compare(
     """Run every scheme of the experiment on every seed; print and save a summary table."""
     _logging(verbose)
     from asynccorr import api
-    from asynccorr.runs.summary import diverged_text, mean_std_text
+    from asynccorr.runs.summary import diverged_text, mean_std_text, per_seed_text
 
     if resume and overwrite:
         raise CliError("--resume and --overwrite exclude each other (--overwrite starts every run afresh)")
@@ -268,11 +268,13 @@ def compare(
 
         folder, _, table = api.run_compare(plan, on_run, on_done=lambda run: progress.advance(overall))
 
-    title = (f"{cfg.name}: {cfg.workers.count} workers ({cfg.workers.delay} delays), "
-             f"{cfg.train.iterations} updates, seeds {','.join(map(str, cfg.schemes.seeds))}")
-    headers = ("scheme", "final policy loss", "gradient error", "RMS lateral [m]", "left road", "diverged",
-               "mean staleness", "residual staleness", "time [s]", "wall [s]")
-    body = [(label(a["scheme"]), mean_std_text(a["final_policy_loss"], ".3f"), f"{a['grad_error_mean'].mean:.3g}",
+    title = (f"{cfg.name}: {describe(to_dict(cfg))}, {cfg.train.iterations} updates, "
+             f"seeds {','.join(map(str, cfg.schemes.seeds))}")
+    headers = ("scheme", "final policy loss", f"sim time to loss < {cfg.report.target_loss:g} [s]", "gradient error",
+               "RMS lateral [m]", "left road", "diverged", "mean staleness", "residual staleness", "time [s]",
+               "wall [s]")
+    body = [(label(a["scheme"]), mean_std_text(a["final_policy_loss"], ".3f"),
+             per_seed_text(a["time_per_seed"], ".2f"), f"{a['grad_error_mean'].mean:.3g}",
              f"{a['rms_lateral'].mean:.4f}", f"{a['left_road']}/{a['seeds']}", diverged_text(a),
              f"{a['mean_staleness'].mean:.2f}", f"{a['mean_residual_staleness'].mean:.2f}",
              f"{a['sim_time'].mean:.2f}", f"{a['wall_time_s'].mean:.1f}")
