@@ -25,6 +25,7 @@ from rich.text import Text
 
 from asynccorr.backends.registry import backend_help
 from asynccorr.config import ConfigError, describe, to_dict, with_overrides
+from asynccorr.errors import ResultsPathError
 from asynccorr.runs.files import RunExistsError
 from asynccorr.schemes.registry import label, names_help
 
@@ -337,6 +338,9 @@ def regimes(
         folder, rows = api.redraw_regimes(study, results)
         Console().print(f"{len(rows)} runs redrawn: {folder / 'regimes.md'}")
         return
+    from asynccorr.studies.regime_runs import check_study_folder
+
+    check_study_folder(study, results, overwrite)  # before the progress bar: an error is its one line
     start = time.perf_counter()
     with _progress(quiet) as progress:
         task = progress.add_task(f"regimes {study.name}", total=None, rms="-")
@@ -368,7 +372,7 @@ def main(argv: list[str] | None = None) -> None:
     except (Interrupted, KeyboardInterrupt) as exc:
         print(f"error: {exc}" if isinstance(exc, Interrupted) else "error: interrupted", file=sys.stderr)
         sys.exit(130)
-    except (ConfigError, RunExistsError, CliError, ResumeError) as exc:
+    except (ConfigError, RunExistsError, CliError, ResumeError, ResultsPathError) as exc:
         print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         sys.exit(2)
     except Exception as exc:

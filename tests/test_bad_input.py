@@ -293,6 +293,71 @@ def test_plot_on_an_unusable_folder_is_rejected_with_one_line(capsys, tmp_path, 
                     also_untouched=target if target.is_dir() else None)
 
 
+# ----------------------------------------------------------------------------- results paths
+
+
+def results_paths(earlier: Earlier) -> dict[str, tuple[str, str]]:
+    """A results path that cannot hold results -> (the path, the words the error says)."""
+    a_file = earlier.root / "tiny.toml"  # a file that exists
+    return {
+        "a file": (str(a_file), "a file, not a folder"),  # plot writes into <out>/<experiment>: through it
+        "a path through a file": (str(a_file / "sub"), f"goes through {a_file}, a file, not a folder"),
+        "a file of the kernel's": ("/proc/version", "a file, not a folder"),
+        "a folder nobody may write in": ("/sys", "permission denied"),
+    }
+
+
+RESULTS_PATHS = sorted(results_paths(Earlier(Path("."))))
+
+
+def commands_writing_to(earlier: Earlier, path: str) -> dict[str, list[str]]:
+    cfg = str(earlier.config)
+    study = earlier.root / "study.toml"
+    study.write_text('name = "s"\nworkers = [1]\nlearning_rates = [[3e-4, 1e-3]]\ndelays = ["homogeneous"]\n'
+                     'schemes = ["sync"]\nseeds = [0]\n[experiment.train]\niterations = 2\n')
+    return {
+        "train": ["train", "--config", cfg, "--results", path],
+        "compare": ["compare", "--config", cfg, "--results", path],
+        "regimes": ["regimes", "--config", str(study), "--results", path],
+        "plot": ["plot", str(earlier.results), "--out", path],
+    }
+
+
+@pytest.mark.parametrize("command", ["train", "compare", "regimes", "plot"])
+@pytest.mark.parametrize("case", RESULTS_PATHS)
+def test_a_results_path_that_cannot_hold_results_is_one_line_naming_it(capsys, earlier, case, command):
+    path, needle = results_paths(earlier)[case]
+    args = commands_writing_to(earlier, path)[command]
+    assert_rejected(capsys, earlier, args, needle)
+
+
+def _read_only_mount(cmd: str) -> subprocess.CompletedProcess | None:
+    """``cmd`` run in a private mount namespace with a read-only tmpfs at $RO; None where the
+    machine allows no such namespace."""
+    script = f'mount -t tmpfs -o ro none "$RO" && {cmd}'
+    for prefix in (["unshare", "--mount"], ["unshare", "--user", "--map-root-user", "--mount"]):
+        if subprocess.run([*prefix, "true"], check=False, capture_output=True).returncode == 0:
+            return subprocess.run([*prefix, "sh", "-c", script], check=False, capture_output=True, text=True,
+                                  env={**os.environ, "RO": os.environ["RO"]})
+    return None
+
+
+@pytest.mark.parametrize("command", ["train", "compare", "regimes", "plot"])
+def test_a_read_only_file_system_is_one_line_and_exit_2(tmp_path, earlier, command, monkeypatch):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    monkeypatch.setenv("RO", str(ro))
+    args = " ".join(f"'{a}'" for a in commands_writing_to(earlier, str(ro / "results"))[command])
+    before = tree_hash(earlier.root)
+    done = _read_only_mount(f"'{sys.executable}' -m asynccorr.cli {args}")
+    if done is None:
+        pytest.skip("no private mount namespace on this machine (unshare --mount)")
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert lines[0].startswith("error: ") and "read-only file system" in lines[0]
+    assert tree_hash(earlier.root) == before
+
+
 # ----------------------------------------------------------------------------- not errors
 
 

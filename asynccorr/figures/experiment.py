@@ -46,7 +46,7 @@ from matplotlib.ticker import LogFormatter
 from asynccorr.config import describe
 from asynccorr.figures.style import UPPER_BOUND, Style, marked, scheme_colors, scheme_styles, wrap
 from asynccorr.runs import locks
-from asynccorr.runs.files import atomic_write_bytes, parse_run_dir_name
+from asynccorr.runs.files import atomic_write_bytes, check_writable_folder, parse_run_dir_name
 from asynccorr.runs.read import (
     UNFINISHED,
     ResultsError,
@@ -653,6 +653,7 @@ def write_figures(figures: Iterable[tuple[str, Figure]], out: Path) -> list[Path
     ``figures`` may be a generator: each figure is saved before the next is drawn.
     """
     out = Path(out)
+    check_writable_folder(out, "figures folder")
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, fig in figures:

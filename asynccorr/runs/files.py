@@ -11,6 +11,7 @@ length), so a crash may leave a torn last line, which ``read_csv`` drops.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from asynccorr.errors import ResultsPathError
 
 
 class RunExistsError(FileExistsError):
@@ -151,6 +154,28 @@ def read_text_csv(path: Path) -> dict[str, list[str]]:
     if not rows:
         return {}
     return {name: [row[i] if i < len(row) else "" for row in rows[1:]] for i, name in enumerate(rows[0])}
+
+
+def check_writable_folder(path: Path, what: str = "results folder") -> None:
+    """That ``path`` is a folder this process can write in, or can be created as one; else a
+    ``ResultsPathError`` saying why (a file, a path through a file, permission denied, a read-only
+    file system). Nothing is left behind: the probe is a temporary file, removed at once, in the
+    deepest folder of the path that exists."""
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:  # the deepest part that exists
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is" if existing == path else f"goes through {existing},"
+        raise ResultsPathError(f"{what} {path} {where} a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".asynccorr-probe-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = "read-only file system" if exc.errno == errno.EROFS else (exc.strerror or str(exc)).lower()
+        where = "" if existing == path else f" (in {existing})"
+        raise ResultsPathError(f"cannot write the {what} {path}: {reason}{where}") from None
 
 
 def prepare_run_dir(path: Path, overwrite: bool) -> Path:

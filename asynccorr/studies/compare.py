@@ -15,7 +15,7 @@ from asynccorr.config import ConfigError, ExperimentConfig, describe, to_dict, w
 from asynccorr.learners.build import build
 from asynccorr.runs import locks
 from asynccorr.runs.checkpoints import load_latest_checkpoint
-from asynccorr.runs.files import RunExistsError, read_csv
+from asynccorr.runs.files import RunExistsError, check_writable_folder, read_csv
 from asynccorr.runs.run import FINISHED, PlannedRun, ResumeError, check_same_run, run_dir_for, train_run
 from asynccorr.runs.summary import analysis_fields, per_scheme, write_summary
 from asynccorr.schemes.registry import check_scheme_fits, get_scheme, resolve
@@ -103,7 +103,9 @@ def check_no_existing_runs(results_root: Path, plan: Sequence[tuple[str, Experim
 
 def check_writable(results: Path, plan: list[tuple[str, ExperimentConfig]], overwrite: bool, resume: bool) -> None:
     """No live process owns a run of ``plan`` (a stale lock only with ``resume`` or ``overwrite``), and,
-    unless one of those is given, no earlier run is there."""
+    unless one of those is given, no earlier run is there; first, that results can be written there
+    at all (``runs.files.check_writable_folder``)."""
+    check_writable_folder(results)
     check_unlocked(results, plan, take_over=resume or overwrite)
     if not (resume or overwrite):
         check_no_existing_runs(results, plan)

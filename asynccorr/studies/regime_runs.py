@@ -22,7 +22,7 @@ from typing import Any
 
 from asynccorr.backends.registry import run
 from asynccorr.config import ConfigError
-from asynccorr.runs.files import RunExistsError
+from asynccorr.runs.files import RunExistsError, check_writable_folder
 from asynccorr.studies.regimes import (
     RegimeConfig,
     Task,
@@ -73,6 +73,16 @@ def check_no_existing_study(folder: Path) -> None:
         raise RunExistsError(f"study folder {folder} already holds a study (pass --overwrite to replace it)")
 
 
+def check_study_folder(study: RegimeConfig, results_root: Path, overwrite: bool) -> Path:
+    """The study's folder, once it is known that results can be written there and (unless
+    ``overwrite``) that no earlier study is there; a one-line error otherwise."""
+    folder = study_dir(results_root, study)
+    check_writable_folder(folder, "study folder")
+    if not overwrite:
+        check_no_existing_study(folder)
+    return folder
+
+
 def run_study(study: RegimeConfig, results_root: Path, jobs: int = 1, overwrite: bool = False,
               on_run: Callable[[int, int, dict[str, Any]], None] | None = None,
               cluster: str | None = None) -> tuple[Path, list[dict[str, Any]]]:
@@ -82,9 +92,7 @@ def run_study(study: RegimeConfig, results_root: Path, jobs: int = 1, overwrite:
         raise ConfigError(f"jobs must be >= 1, got {jobs!r}")
     if cluster is not None and jobs > 1:
         raise ConfigError("jobs and cluster exclude each other (on a cluster every run is a Ray task)")
-    folder = study_dir(results_root, study)
-    if not overwrite:
-        check_no_existing_study(folder)
+    folder = check_study_folder(study, results_root, overwrite)
     tasks = plan(study)
     if cluster is None:
         return _run_tasks(study, folder, tasks, jobs, on_run, None)
