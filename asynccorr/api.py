@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Comparison", "ComparisonPlan", "ExperimentConfig", "Results", "TrainPlan", "TrainedRun", "compare",
     "experiment", "load", "plan_compare", "plan_train", "redraw_regimes", "regime_study", "regimes",
-    "run_compare", "run_train", "train",
+    "run_compare", "run_train", "schemes", "train",
 ]
 
 DEFAULT_CONFIG = Path("experiments/paper.toml")
@@ -162,3 +162,65 @@ def _draw_regimes(study: RegimeConfig, folder: Path, rows: list[dict[str, Any]])
     from asynccorr.figures.regimes import plot_study
 
     plot_study(study, rows, folder / "figures")
+
+
+class SchemeEntry(NamedTuple):
+    """One line of the scheme catalogue (``schemes``)."""
+
+    name: str
+    worker: str  # what a worker computes per job, phase by phase
+    server: str  # what the server does with a message
+    realisable: bool
+    worker_cost: float  # the worker's job in directions (the cost model's ratios; PULL free)
+    server_cost: float  # the server's time per message (per round for sync) in directions
+    summary: str
+
+
+PHASE_NAMES = {"sample": "sample", "direction": "direction G", "direction_jvp": "G + product (fused)",
+               "linearise": "linearise at theta_i", "apply": "apply the linear map", "dense": "dense Hessian",
+               "pull": "pull theta_k'"}
+
+
+def _server_role(name: str) -> str:
+    from asynccorr.schemes.registry import PROTOCOLS, SCHEMES
+
+    s = SCHEMES[name]
+    if s.compute == "sample":
+        return "computes the fresh direction at theta_k on the shipped states, steps"
+    if s.pipelined:
+        return "applies round r's mean while round r+1 is computed" + (" (corrected by the workers)"
+                                                                       if s.protocol else "")
+    if s.synchronous:
+        return "waits for all N directions at the same theta, averages, steps"
+    if s.drops_stale:
+        return "drops messages staler than schemes.staleness_bound, applies the rest"
+    if s.protocol is not None and PROTOCOLS[s.protocol].server_product:
+        return "evaluates the product at theta_i on the shipped batch, corrects, steps"
+    if s.protocol is not None and PROTOCOLS[s.protocol].secant:
+        return "fits the gap theta_k - theta_i on a window of (tangent, product) pairs, corrects, steps"
+    if s.protocol == "oracle":
+        return "gets the product against theta_k for free at application (upper bound), steps"
+    if s.protocol is not None:
+        return "applies the worker's corrected direction"
+    rule = getattr(s.correction, "__name__", "correction").replace("_", " ")
+    return "applies the direction" if rule == "no correction" else f"applies the rule: {rule}"
+
+
+def schemes(config: ExperimentConfig | None = None) -> list[SchemeEntry]:
+    """Every registered scheme (each linearising one once per protocol) with what each party does
+    and its cost per message under ``config``'s cost model (default: the built-in one), in the
+    registry's order: the catalogue ``asynccorr schemes`` prints."""
+    from asynccorr.backends.sim import costs
+    from asynccorr.schemes.registry import PULL, SCHEMES
+
+    cfg = config if config is not None else ExperimentConfig()
+    out = []
+    for name, scheme in SCHEMES.items():
+        cost = costs(scheme, cfg)
+        unit = cfg.workers.direction_time
+        work = sum(cost.phases[p] for p in scheme.phases if p != PULL) / unit
+        out.append(SchemeEntry(name, " -> ".join(PHASE_NAMES.get(p, p) for p in scheme.phases),
+                               _server_role(name), scheme.realisable, round(work, 4),
+                               round(cost.server / unit, 4), scheme.summary))
+    return out
+

@@ -79,8 +79,21 @@ def _warn(message: str) -> None:
     console.print(f"warning: {message}", markup=False, soft_wrap=True)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from asynccorr import __version__
+
+        typer.echo(f"asynccorr {__version__}")
+        raise typer.Exit()
+
+
+GLOBAL_FLAGS = ("--jax-cache", "--no-jax-cache", "--version")  # accepted before or after the command
+
+
 @app.callback()
 def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
     jax_cache: Annotated[bool, typer.Option(
         "--jax-cache/--no-jax-cache",
         help="Keep each run's compiled programs (its programs/ folder; the mp/ray workers share a JAX "
@@ -303,6 +316,28 @@ def plot(
         typer.echo(str(p))
 
 
+@app.command("schemes")
+def schemes_(
+    config: Annotated[Path | None, typer.Option(help="Experiment TOML whose cost model prices the messages "
+                                                     "(default: experiments/paper.toml).")] = None,
+) -> None:
+    """List every scheme and protocol: what a worker computes, what the server does, whether a real
+    cluster can run it, its cost per message in the cost model, and what it is."""
+    from asynccorr import api
+    from asynccorr.schemes.registry import PROTOCOLS
+
+    cfg = api.experiment(config)
+    out = Console()
+    print_table(out, f"schemes: costs in directions of {cfg.workers.direction_time * 1e3:g} ms",
+                ("scheme", "realisable", "worker computes", "worker cost", "server does",
+                 "server cost (per message; sync: per round)", "what"),
+                [(e.name, "yes" if e.realisable else "no: an upper bound", e.worker, f"{e.worker_cost:g}",
+                  e.server, f"{e.server_cost:g}", e.summary) for e in api.schemes(cfg)])
+    print_table(out, "protocols: how modify and modify-safe get their product",
+                ("protocol", "realisable", "what"),
+                [(p.name, "yes" if p.realisable else "no: an upper bound", p.summary) for p in PROTOCOLS.values()])
+
+
 DEFAULT_REGIMES = Path("experiments/regimes.toml")
 
 
@@ -363,7 +398,7 @@ def main(argv: list[str] | None = None) -> None:
     from asynccorr.runs.run import ResumeError
 
     try:
-        code = app(args=argv, standalone_mode=False)
+        code = app(args=_hoist_global_flags(sys.argv[1:] if argv is None else list(argv)), standalone_mode=False)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
@@ -385,6 +420,13 @@ def main(argv: list[str] | None = None) -> None:
         print("error: interrupted", file=sys.stderr)
     if isinstance(code, int) and code != 0:
         sys.exit(code)
+
+
+def _hoist_global_flags(argv: list[str]) -> list[str]:
+    """``asynccorr train --no-jax-cache`` as ``asynccorr --no-jax-cache train``: the global flags (they
+    take no value) move before the command wherever they are given."""
+    flags = [a for a in argv if a in GLOBAL_FLAGS]
+    return flags + [a for a in argv if a not in GLOBAL_FLAGS]
 
 
 def _one_line(message: str) -> str:

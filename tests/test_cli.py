@@ -160,3 +160,39 @@ def test_compare_prints_its_table_within_80_columns(capsys, monkeypatch, tmp_pat
     assert code == 0, err
     assert max(len(line.rstrip()) for line in out.splitlines()) <= 80 and "…" not in out
     assert "modify-safe" in out and "mean staleness" in out
+
+
+def test_schemes_lists_every_registered_scheme_and_protocol_from_the_registry(capsys):
+    from asynccorr.schemes.registry import PROTOCOLS, SCHEMES
+
+    code, out, _ = run_cli(capsys, "schemes")
+    assert code == 0
+    blocks = [line for line in out.splitlines() if line and not line.startswith(" ")]
+    names = [line for line in blocks if not line.startswith(("schemes:", "protocols:"))]
+    assert names == [*SCHEMES, *PROTOCOLS]  # every one, once, in the registry's order
+    oracle = out[out.index("\nmodify@oracle\n"):]
+    assert "no: an upper bound" in oracle.split("\n\n")[0].splitlines()[2]
+
+
+def test_the_catalogue_prices_each_message_with_the_cost_model():
+    from asynccorr import api
+
+    entries = {e.name: e for e in api.schemes()}
+    assert entries["async"].worker_cost == pytest.approx(1.16) and entries["async"].server_cost == pytest.approx(0.2)
+    assert entries["modify@server"].server_cost == pytest.approx(0.2 + 3.1)  # the product on the server
+    assert entries["learner"].worker_cost == pytest.approx(0.16) and entries["learner"].server_cost == 1.2
+    assert not entries["modify@oracle"].realisable and entries["modify@server"].realisable
+    assert "pull theta_k'" in entries["modify@pull-first"].worker
+
+
+def test_version_prints_the_package_version_before_or_after_a_command(capsys):
+    from asynccorr import __version__
+
+    for args in (["--version"], ["train", "--version"]):
+        assert run_cli(capsys, *args) == (0, f"asynccorr {__version__}\n", "")
+
+
+def test_a_global_option_after_the_command_is_the_same_as_before_it(capsys, tmp_path):
+    for args in (["--no-jax-cache", "plot", str(tmp_path / "none")], ["plot", str(tmp_path / "none"), "--no-jax-cache"]):
+        code, _, err = run_cli(capsys, *args)
+        assert code == 2 and "does not exist" in err  # the folder is the problem, not the option
