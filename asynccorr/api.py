@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from asynccorr.backends.checkpoint import Checkpoint
 from asynccorr.backends.protocol import OnChunk, RunResult
-from asynccorr.config import ExperimentConfig, load_config, with_overrides
+from asynccorr.config import ExperimentConfig, apply_settings, from_dict, load_config, to_dict, with_overrides
 from asynccorr.runs.read import Run, load_runs
 from asynccorr.runs.run import resume_checkpoint, run_dir_for, train_run
 from asynccorr.studies.compare import (  # the comparison's operations are the API's (api.plan_compare, ...)
@@ -48,16 +48,17 @@ __all__ = [
 
 DEFAULT_CONFIG = Path("experiments/paper.toml")
 
-def experiment(config: str | Path | ExperimentConfig | None = None, **sections: dict[str, Any]
-               ) -> ExperimentConfig:
+def experiment(config: str | Path | ExperimentConfig | None = None, settings: Sequence[str] = (),
+               **sections: dict[str, Any]) -> ExperimentConfig:
     """An experiment config: a TOML file (default: ``experiments/paper.toml`` when it exists, else the
-    built-in defaults) or a config, with section overrides (``train={"iterations": 200}``; a value
-    of None leaves the field as it is)."""
+    built-in defaults) or a config, with ``settings`` (``["optim.policy_lr=1e-3"]``, as ``--set``)
+    applied to it, then section overrides (``train={"iterations": 200}``; a value of None leaves the
+    field as it is)."""
     if isinstance(config, ExperimentConfig):
-        base = config
+        base = from_dict(ExperimentConfig, apply_settings(to_dict(config), settings)) if settings else config
     else:
         path = Path(config) if config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
-        base = load_config(path)
+        base = load_config(path, settings)
     return with_overrides(base, **{k: {f: v for f, v in d.items() if v is not None} for k, d in sections.items()})
 
 
@@ -129,11 +130,12 @@ def load(folder: str | Path) -> Results:
     return Results(folder, load_runs(folder), read_text_csv(summary_path) if summary_path.is_file() else {})
 
 
-def regime_study(config: str | Path) -> RegimeConfig:
-    """A regime study's config from its TOML (validated; ``ConfigError`` otherwise)."""
+def regime_study(config: str | Path, settings: Sequence[str] = ()) -> RegimeConfig:
+    """A regime study's config from its TOML with ``settings`` applied to it (``["seeds=[0]",
+    "experiment.train.iterations=50"]``, as ``--set``), validated; ``ConfigError`` otherwise."""
     from asynccorr.studies.regimes import load_regimes
 
-    return load_regimes(config)
+    return load_regimes(config, settings)
 
 
 def regimes(study: RegimeConfig, results: str | Path = "results", jobs: int = 1, overwrite: bool = False,

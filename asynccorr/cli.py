@@ -176,6 +176,9 @@ def train(
     seed: Annotated[int | None, typer.Option(help="Random seed (overrides train.seed).")] = None,
     iterations: Annotated[int | None, typer.Option(help="Server updates (overrides train.iterations).")] = None,
     env: Annotated[str | None, typer.Option(help="Environment: kinematic or dynamic.")] = None,
+    settings: Annotated[list[str] | None, typer.Option("--set", help="section.key=value: set any config field "
+                                                        "(repeatable; read and checked as in the TOML), e.g. "
+                                                        "--set optim.policy_lr=1e-3.")] = None,
     results: Annotated[Path, typer.Option(help="Root folder for run directories.")] = Path("results"),
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue the run from its latest checkpoint (same options).")] = False,
@@ -190,7 +193,7 @@ def train(
     if resume and overwrite:
         raise CliError("--resume and --overwrite exclude each other (--overwrite starts the run afresh)")
     _check_scheme(scheme)
-    cfg = api.experiment(config, train={"seed": seed, "iterations": iterations},
+    cfg = api.experiment(config, settings or (), train={"seed": seed, "iterations": iterations},
                          workers={"count": workers, "backend": backend, "address": address})
     if env is not None and env != cfg.env.name:
         cfg = with_overrides(cfg, env={"name": env, "params": {}})
@@ -236,6 +239,9 @@ def compare(
     backend: Annotated[str | None, typer.Option(help=BACKEND_HELP)] = None,
     address: Annotated[str | None, typer.Option(help=ADDRESS_HELP)] = None,
     iterations: Annotated[int | None, typer.Option(help="Server updates (overrides train.iterations).")] = None,
+    settings: Annotated[list[str] | None, typer.Option("--set", help="section.key=value: set any config field "
+                                                        "(repeatable; read and checked as in the TOML), e.g. "
+                                                        "--set optim.policy_lr=1e-3.")] = None,
     results: Annotated[Path, typer.Option(help="Root folder for run directories.")] = Path("results"),
     overwrite: Annotated[bool, typer.Option(help="Replace existing run directories.")] = False,
     resume: Annotated[bool, typer.Option(help="Complete an interrupted comparison: reuse finished runs, continue "
@@ -253,7 +259,7 @@ def compare(
         raise CliError("--resume and --overwrite exclude each other (--overwrite starts every run afresh)")
     scheme_list = _parse_list(schemes, "--schemes", str)
     seed_list = _parse_list(seeds, "--seeds", int)
-    cfg = api.experiment(config, train={"iterations": iterations},
+    cfg = api.experiment(config, settings or (), train={"iterations": iterations},
                          workers={"count": workers, "backend": backend, "address": address},
                          schemes={"compare": scheme_list, "seeds": seed_list})
 
@@ -349,6 +355,9 @@ def regimes(
     results: Annotated[Path, typer.Option(help="Root folder; the study goes to <results>/<name>/.")]
     = Path("results"),
     overwrite: Annotated[bool, typer.Option(help="Replace an existing study of the same name.")] = False,
+    settings: Annotated[list[str] | None, typer.Option("--set", help="key=value: set any field of the study "
+                                                        "TOML (repeatable), e.g. --set seeds=[0] or --set "
+                                                        "experiment.train.iterations=50.")] = None,
     cluster: Annotated[str | None, typer.Option(help=CLUSTER_HELP)] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
     redraw: Annotated[bool, typer.Option(help="Only redraw regimes.md and the figures from regimes.csv.")]
@@ -364,7 +373,7 @@ def regimes(
         raise CliError(f"--jobs must be >= 1, got {jobs}")
     if cluster is not None and jobs > 1:
         raise CliError("--jobs and --cluster exclude each other (on a cluster every run is a Ray task)")
-    study = api.regime_study(config)
+    study = api.regime_study(config, settings or ())
     if cluster is not None and not redraw:
         from asynccorr.studies.cluster import check_reachable
 

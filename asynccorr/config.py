@@ -8,6 +8,7 @@ the offending field (``section.key``). The CLI turns that into a one-line error.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import tomllib
 import types
@@ -422,11 +423,39 @@ def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
         raise ConfigError(f"malformed TOML in {path}: {exc}") from None
 
 
-def load_config(path: str | Path | None) -> ExperimentConfig:
-    """Load an experiment TOML (or the built-in defaults when ``path`` is None)."""
-    if path is None:
-        return ExperimentConfig()
-    return from_dict(ExperimentConfig, read_toml(path))
+def parse_setting(text: str) -> tuple[tuple[str, ...], Any]:
+    """``section.key=value`` (``--set``) as (the dotted key's parts, the value): the value is read as a
+    TOML value (``1e-3``, ``[1, 2]``, ``true``, ``"adam"``), and a bare word that is not one as a string."""
+    key, sep, raw = text.partition("=")
+    parts = tuple(p.strip() for p in key.split("."))
+    if not sep or not all(parts) or not raw.strip():
+        raise ConfigError(f"--set wants section.key=value (e.g. optim.policy_lr=1e-3), got {text!r}")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return parts, value
+
+
+def apply_settings(data: dict[str, Any], settings: Sequence[str]) -> dict[str, Any]:
+    """A TOML table (as read) with each ``section.key=value`` of ``settings`` put in, in order (a copy):
+    the result is validated exactly as the file would be."""
+    out = json.loads(json.dumps(data))
+    for text in settings:
+        parts, value = parse_setting(text)
+        table = out
+        for i, part in enumerate(parts[:-1]):
+            table = table.setdefault(part, {})
+            if not isinstance(table, dict):
+                raise ConfigError(f"--set {text}: {'.'.join(parts[: i + 1])} is a value, not a section")
+        table[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | Path | None, settings: Sequence[str] = ()) -> ExperimentConfig:
+    """Load an experiment TOML (or the built-in defaults when ``path`` is None), with ``--set``
+    settings applied to it before it is validated."""
+    return from_dict(ExperimentConfig, apply_settings(read_toml(path) if path is not None else {}, settings))
 
 
 def with_overrides(config: ExperimentConfig, **section_fields: Any) -> ExperimentConfig:

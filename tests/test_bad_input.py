@@ -183,6 +183,14 @@ def cli_cases(earlier: Earlier) -> dict[str, tuple[list[str], str]]:
                                            "--cluster", "127.0.0.1:1"], "sim backend"),
         "a study on a cluster in parallel jobs": (["regimes", "--jobs", "2", "--cluster", "127.0.0.1:1"],
                                                   "--jobs and --cluster"),
+        "--set without a value": ([*train, "--set", "optim.policy_lr"], "--set wants section.key=value"),
+        "--set of an unknown key": ([*train, "--set", "optim.speed=3"], "unknown config key optim.speed"),
+        "--set of a wrong type": ([*compare, "--set", "train.iterations=1.5"], "train.iterations must be an integer"),
+        "--set of a bad value": ([*train, "--set", "workers.count=0"], "workers.count"),
+        "--set into a value": ([*train, "--set", "name.x=1"], "name is a value, not a section"),
+        "--set of an unknown study key": (["regimes", "--set", "grid=3"], "unknown config key regimes.grid"),
+        "--set resuming a run with another value": ([*train, "--scheme", "async", "--resume", "--set",
+                                                     "optim.policy_lr=0.5"], "optim.policy_lr"),
     }
 
 

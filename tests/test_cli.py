@@ -11,10 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
-from clitools import run_cli
+from clitools import run_cli, tiny_toml
 from rich.console import Console
 
 from asynccorr.cli import print_table
+
+REPO = Path(__file__).resolve().parents[1]
 
 TINY = """
 name = "tiny"
@@ -196,3 +198,27 @@ def test_a_global_option_after_the_command_is_the_same_as_before_it(capsys, tmp_
     for args in (["--no-jax-cache", "plot", str(tmp_path / "none")], ["plot", str(tmp_path / "none"), "--no-jax-cache"]):
         code, _, err = run_cli(capsys, *args)
         assert code == 2 and "does not exist" in err  # the folder is the problem, not the option
+
+
+def test_set_changes_any_field_is_recorded_in_config_json_and_is_part_of_the_runs_identity(capsys, tmp_path):
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(tiny_toml("tiny", iterations=2))
+    args = ["train", "--scheme", "async", "--config", str(cfg), "--results", str(tmp_path / "r"), "--quiet",
+            "--set", "optim.policy_lr=1e-3", "--set", "workers.count=3", "--set", "optim.name=adam"]
+    assert run_cli(capsys, *args, "--iterations", "3")[0] == 0
+    record = json.loads((tmp_path / "r" / "tiny" / "async-seed0" / "config.json").read_text())
+    assert (record["optim"]["policy_lr"], record["optim"]["name"], record["workers"]["count"]) == (1e-3, "adam", 3)
+    assert record["train"]["iterations"] == 3  # the named option comes after --set
+    code, out, _ = run_cli(capsys, *args, "--iterations", "3", "--resume")
+    assert code == 0 and "already finished" in out  # the same settings: the same run
+    other = [a.replace("policy_lr=1e-3", "policy_lr=2e-3") for a in args]
+    code, _, err = run_cli(capsys, *other, "--iterations", "3", "--resume")
+    assert code == 2 and "optim.policy_lr" in err  # another value: another run
+
+
+def test_set_on_a_study_sets_any_field_of_its_toml():
+    from asynccorr import api
+
+    study = api.regime_study(REPO / "experiments" / "regimes.toml",
+                             ["seeds=[0]", "experiment.train.iterations=20", "workers=[1, 4]"])
+    assert study.seeds == (0,) and study.experiment.train.iterations == 20 and study.workers == (1, 4)

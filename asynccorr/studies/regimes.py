@@ -51,7 +51,15 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from asynccorr.backends.protocol import diverged as run_diverged
-from asynccorr.config import DELAY_KINDS, ConfigError, ExperimentConfig, from_dict, read_toml, with_overrides
+from asynccorr.config import (
+    DELAY_KINDS,
+    ConfigError,
+    ExperimentConfig,
+    apply_settings,
+    from_dict,
+    read_toml,
+    with_overrides,
+)
 from asynccorr.runs.files import atomic_write_text, write_csv
 from asynccorr.runs.summary import (
     FINAL_FRACTION,
@@ -128,9 +136,10 @@ class RegimeConfig:
                  "must be a finite number >= 0", self.reach_tolerance)
 
 
-def load_regimes(path: str | Path) -> RegimeConfig:
-    """Load and validate a study TOML (unknown keys, wrong types, bad values: ``ConfigError``)."""
-    return from_dict(RegimeConfig, read_toml(path, "study file"), prefix="regimes.")
+def load_regimes(path: str | Path, settings: Sequence[str] = ()) -> RegimeConfig:
+    """Load and validate a study TOML, with ``--set`` settings applied to it first (unknown keys,
+    wrong types, bad values: ``ConfigError``)."""
+    return from_dict(RegimeConfig, apply_settings(read_toml(path, "study file"), settings), prefix="regimes.")
 
 
 # ---------------------------------------------------------------------------------------------- the grid
