@@ -109,10 +109,11 @@ def train(config: ExperimentConfig, scheme: str = "modify", results: str | Path 
 
 def compare(config: ExperimentConfig, schemes: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
             results: str | Path = "results", overwrite: bool = False, resume: bool = False,
-            on_warning: Callable[[str], None] | None = None, cluster: str | None = None) -> Comparison:
-    """``plan_compare`` then ``run_compare``: every scheme on every seed (on a Ray ``cluster`` if given),
-    and the summary files."""
-    return run_compare(plan_compare(config, schemes, seeds, results, overwrite, resume, on_warning, cluster))
+            on_warning: Callable[[str], None] | None = None, cluster: str | None = None, jobs: int = 1
+            ) -> Comparison:
+    """``plan_compare`` then ``run_compare``: every scheme on every seed (on a Ray ``cluster`` if given,
+    else ``jobs`` at a time here), and the summary files."""
+    return run_compare(plan_compare(config, schemes, seeds, results, overwrite, resume, on_warning, cluster, jobs))
 
 
 class Results(NamedTuple):
@@ -140,12 +141,14 @@ def regime_study(config: str | Path, settings: Sequence[str] = ()) -> RegimeConf
 
 def regimes(study: RegimeConfig, results: str | Path = "results", jobs: int = 1, overwrite: bool = False,
             on_run: Callable[[int, int, dict[str, Any]], None] | None = None,
-            cluster: str | None = None) -> tuple[Path, list[dict[str, Any]]]:
-    """Run a regime study (``studies.regime_runs.run_study``) and draw its heat maps; returns its folder
-    (``<results>/<name>/``: regimes.csv, regimes.md, figures/) and its rows."""
+            cluster: str | None = None, resume: bool = False) -> tuple[Path, list[dict[str, Any]]]:
+    """Run a regime study (``studies.regime_runs.run_study``; ``resume``: reuse the runs an interrupted one
+    finished) and draw its heat maps; returns its folder (``<results>/<name>/``: regimes.csv,
+    regimes.md, figures/) and its rows."""
     from asynccorr.studies.regime_runs import run_study
 
-    folder, rows = run_study(study, Path(results), jobs=jobs, overwrite=overwrite, on_run=on_run, cluster=cluster)
+    folder, rows = run_study(study, Path(results), jobs=jobs, overwrite=overwrite, on_run=on_run, cluster=cluster,
+                             resume=resume)
     _draw_regimes(study, folder, rows)
     return folder, rows
 

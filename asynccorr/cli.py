@@ -247,6 +247,9 @@ def compare(
     resume: Annotated[bool, typer.Option(help="Complete an interrupted comparison: reuse finished runs, continue "
                                               "unfinished ones from their checkpoints, train the missing ones.")] = False,
     cluster: Annotated[str | None, typer.Option(help=CLUSTER_HELP)] = None,
+    jobs: Annotated[int, typer.Option(help="Runs trained at once (spawned processes, single-threaded XLA each); "
+                                           "the results are the same as one at a time.")] = 1,
+    env: Annotated[str | None, typer.Option(help="Environment: kinematic or dynamic.")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
     verbose: Annotated[bool, typer.Option(help="Log worker events (mp, ray: started, ready, replaced).")] = False,
 ) -> None:
@@ -257,14 +260,20 @@ def compare(
 
     if resume and overwrite:
         raise CliError("--resume and --overwrite exclude each other (--overwrite starts every run afresh)")
+    if jobs < 1:
+        raise CliError(f"--jobs must be >= 1, got {jobs}")
+    if cluster is not None and jobs > 1:
+        raise CliError("--jobs and --cluster exclude each other (on a cluster every run is a Ray task)")
     scheme_list = _parse_list(schemes, "--schemes", str)
     seed_list = _parse_list(seeds, "--seeds", int)
     cfg = api.experiment(config, settings or (), train={"iterations": iterations},
                          workers={"count": workers, "backend": backend, "address": address},
                          schemes={"compare": scheme_list, "seeds": seed_list})
+    if env is not None and env != cfg.env.name:
+        cfg = with_overrides(cfg, env={"name": env, "params": {}})
 
     plan = api.plan_compare(cfg, results=results, overwrite=overwrite, resume=resume, on_warning=_warn,
-                            cluster=cluster)
+                            cluster=cluster, jobs=jobs)
     if resume:
         counts = {a: sum(p.action == a for p in plan.runs) for a in ("reuse", "resume", "restart", "train")}
         dead = sum(p.status == "dead" for p in plan.runs)
@@ -355,6 +364,8 @@ def regimes(
     results: Annotated[Path, typer.Option(help="Root folder; the study goes to <results>/<name>/.")]
     = Path("results"),
     overwrite: Annotated[bool, typer.Option(help="Replace an existing study of the same name.")] = False,
+    resume: Annotated[bool, typer.Option(help="Complete an interrupted study: reuse the runs it finished (its "
+                                              "rows in regimes.csv), run the others.")] = False,
     settings: Annotated[list[str] | None, typer.Option("--set", help="key=value: set any field of the study "
                                                         "TOML (repeatable), e.g. --set seeds=[0] or --set "
                                                         "experiment.train.iterations=50.")] = None,
@@ -373,6 +384,8 @@ def regimes(
         raise CliError(f"--jobs must be >= 1, got {jobs}")
     if cluster is not None and jobs > 1:
         raise CliError("--jobs and --cluster exclude each other (on a cluster every run is a Ray task)")
+    if resume and overwrite:
+        raise CliError("--resume and --overwrite exclude each other (--overwrite starts the study afresh)")
     study = api.regime_study(config, settings or ())
     if cluster is not None and not redraw:
         from asynccorr.studies.cluster import check_reachable
@@ -384,7 +397,11 @@ def regimes(
         return
     from asynccorr.studies.regime_runs import check_study_folder
 
-    check_study_folder(study, results, overwrite)  # before the progress bar: an error is its one line
+    folder = check_study_folder(study, results, overwrite or resume)  # before the progress bar: errors are one line
+    if resume:
+        from asynccorr.studies.regime_runs import finished_rows
+
+        console.print(f"resume: {len(finished_rows(study, folder))} finished runs reused")
     start = time.perf_counter()
     with _progress(quiet) as progress:
         task = progress.add_task(f"regimes {study.name}", total=None, rms="-")
@@ -393,7 +410,8 @@ def regimes(
             progress.update(task, completed=done, total=total,
                             rms=f"{row['rms_lateral']:.3f} m ({row['scheme']}, N={row['workers']})")
 
-        folder, rows = api.regimes(study, results, jobs=jobs, overwrite=overwrite, on_run=on_run, cluster=cluster)
+        folder, rows = api.regimes(study, results, jobs=jobs, overwrite=overwrite, on_run=on_run, cluster=cluster,
+                                   resume=resume)
     wall = time.perf_counter() - start
     out = Console()
     where = f"on the Ray cluster at {cluster}" if cluster is not None else f"{jobs} job{'s' if jobs > 1 else ''}"

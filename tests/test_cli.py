@@ -222,3 +222,12 @@ def test_set_on_a_study_sets_any_field_of_its_toml():
     study = api.regime_study(REPO / "experiments" / "regimes.toml",
                              ["seeds=[0]", "experiment.train.iterations=20", "workers=[1, 4]"])
     assert study.seeds == (0,) and study.experiment.train.iterations == 20 and study.workers == (1, 4)
+
+
+def test_compare_env_trains_every_run_on_that_environment(capsys, tmp_path):
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(tiny_toml("tiny", iterations=2))
+    code, _, _ = run_cli(capsys, "compare", "--config", str(cfg), "--schemes", "async", "--seeds", "0", "--env",
+                         "dynamic", "--results", str(tmp_path / "r"), "--quiet")
+    record = json.loads((tmp_path / "r" / "tiny" / "async-seed0" / "config.json").read_text())
+    assert code == 0 and record["env"]["name"] == "dynamic"

@@ -125,18 +125,24 @@ class ComparisonPlan(NamedTuple):
     overwrite: bool
     runs: list[PlannedRun]  # train, reuse, resume or restart
     cluster: str | None = None  # Ray cluster address: each run a Ray task there (``asynccorr.studies.cluster``)
+    jobs: int = 1  # runs trained at once here, in spawned processes (``studies.pool``)
 
 
 def plan_compare(config: ExperimentConfig, schemes: Sequence[str] | None = None,
                  seeds: Sequence[int] | None = None, results: str | Path = "results", overwrite: bool = False,
                  resume: bool = False, on_warning: Callable[[str], None] | None = None,
-                 cluster: str | None = None) -> ComparisonPlan:
+                 cluster: str | None = None, jobs: int = 1) -> ComparisonPlan:
     """Every scheme on every seed (default: the config's ``[schemes]``), checked before anything
     trains; ``resume`` decides how each run of an interrupted comparison is completed
     (``studies.compare.resume_plan``). With ``cluster`` (a Ray address) the runs are to be Ray tasks there,
-    so each must train on ``sim`` (or be the sequential reference)."""
+    so each must train on ``sim`` (or be the sequential reference); with ``jobs`` > 1, ``jobs`` runs
+    train at once in processes here."""
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other (overwrite starts every run afresh)")
+    if jobs < 1:
+        raise ConfigError(f"jobs must be >= 1, got {jobs!r}")
+    if cluster is not None and jobs > 1:
+        raise ConfigError("jobs and cluster exclude each other (on a cluster every run is a Ray task)")
     results = Path(results)
     config = with_overrides(config, schemes={k: tuple(v) for k, v in (("compare", schemes), ("seeds", seeds))
                                              if v is not None})
@@ -149,7 +155,7 @@ def plan_compare(config: ExperimentConfig, schemes: Sequence[str] | None = None,
     check_writable(results, plan, overwrite, resume)
     planned = (resume_plan(results, plan, on_skip=on_warning) if resume
                else [PlannedRun(scheme, cfg, "train") for scheme, cfg in plan])
-    return ComparisonPlan(config, results, overwrite, planned, cluster)
+    return ComparisonPlan(config, results, overwrite, planned, cluster, jobs)
 
 
 def run_compare(plan: ComparisonPlan, on_run: Callable[[Any], OnChunk | None] | None = None,
@@ -163,6 +169,8 @@ def run_compare(plan: ComparisonPlan, on_run: Callable[[Any], OnChunk | None] | 
 
         rows = run_planned(plan.cluster, plan.results, plan.runs, plan.overwrite, on_done)
         return _summarize(plan, rows)
+    if plan.jobs > 1:
+        return _summarize(plan, _run_in_processes(plan, on_done))
     rows = []
     for run in plan.runs:
         on_chunk = on_run(run) if on_run is not None else None
@@ -175,6 +183,33 @@ def run_compare(plan: ComparisonPlan, on_run: Callable[[Any], OnChunk | None] | 
         if on_done is not None:
             on_done(run)
     return _summarize(plan, rows)
+
+
+def _train_planned(run: PlannedRun, results: Path, overwrite: bool) -> dict[str, Any]:
+    """One planned run trained in a pool process; its summary row (``compare --jobs``)."""
+    return train_run(run.config, run.scheme, results, overwrite=overwrite or run.action == "restart",
+                     resume=run.checkpoint if run.action == "resume" else False)[2]
+
+
+def _run_in_processes(plan: ComparisonPlan, on_done: Callable[[Any], None] | None) -> list[dict[str, Any]]:
+    """The planned runs, ``plan.jobs`` at a time in spawned processes (``studies.pool``); the rows in
+    plan order, whatever order they finish in."""
+    from concurrent.futures import as_completed
+
+    from asynccorr.studies.pool import process_pool
+
+    rows: list[dict[str, Any] | None] = [run.row if run.action == "reuse" else None for run in plan.runs]
+    with process_pool(plan.jobs, single_thread=False) as pool:  # XLA's threading changes the last bits
+        futures = {pool.submit(_train_planned, run, plan.results, plan.overwrite): i
+                   for i, run in enumerate(plan.runs) if run.action != "reuse"}
+        for i, run in enumerate(plan.runs):
+            if run.action == "reuse" and on_done is not None:
+                on_done(run)
+        for future in as_completed(futures):
+            rows[futures[future]] = future.result()
+            if on_done is not None:
+                on_done(plan.runs[futures[future]])
+    return [row for row in rows if row is not None]
 
 
 def _summarize(plan: ComparisonPlan, rows: list[dict[str, Any]]) -> Comparison:

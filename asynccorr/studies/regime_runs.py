@@ -12,17 +12,18 @@ that a node's worker process tends to reuse what it compiled; the rows come back
 
 from __future__ import annotations
 
-import os
+import json
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
+from concurrent.futures import as_completed
 from pathlib import Path
 from typing import Any
 
 from asynccorr.backends.registry import run
-from asynccorr.config import ConfigError
-from asynccorr.runs.files import RunExistsError, check_writable_folder
+from asynccorr.config import ConfigError, to_dict
+from asynccorr.runs.files import RunExistsError, check_writable_folder, write_json
+from asynccorr.runs.run import first_difference
+from asynccorr.studies.pool import process_pool
 from asynccorr.studies.regimes import (
     RegimeConfig,
     Task,
@@ -33,8 +34,6 @@ from asynccorr.studies.regimes import (
     write_rows,
     write_table,
 )
-
-SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
 def _run_task(study: RegimeConfig, task: Task) -> dict[str, Any]:
@@ -83,40 +82,75 @@ def check_study_folder(study: RegimeConfig, results_root: Path, overwrite: bool)
     return folder
 
 
+STUDY_RECORD = "study.json"  # the resolved study a folder's rows belong to (what --resume checks)
+
+
+def finished_rows(study: RegimeConfig, folder: Path) -> list[dict[str, Any]]:
+    """For ``--resume``: the rows an interrupted study already wrote (its runs are reused; a run
+    that was training when it stopped has no row and runs again from its start: a study's runs
+    keep no checkpoints). A ``ConfigError`` when the folder holds another study."""
+    if not (folder / "regimes.csv").is_file():
+        return []
+    try:
+        stored = json.loads((folder / STUDY_RECORD).read_text())
+    except (OSError, ValueError):
+        raise ConfigError(f"cannot resume the study in {folder}: no readable {STUDY_RECORD} says which study its "
+                          "rows belong to (start it again with --overwrite)") from None
+    current = json.loads(json.dumps(to_dict(study)))
+    if (field := first_difference(stored, current)) is not None:
+        raise ConfigError(f"cannot resume the study in {folder}: it differs in {field} (start it again with "
+                          "--overwrite, or give the same study)")
+    return study_rows(study, read_rows(folder / "regimes.csv"))
+
+
 def run_study(study: RegimeConfig, results_root: Path, jobs: int = 1, overwrite: bool = False,
               on_run: Callable[[int, int, dict[str, Any]], None] | None = None,
-              cluster: str | None = None) -> tuple[Path, list[dict[str, Any]]]:
+              cluster: str | None = None, resume: bool = False) -> tuple[Path, list[dict[str, Any]]]:
     """Run every cell x scheme x seed (in ``jobs`` processes, or as Ray tasks on ``cluster``), write
-    ``regimes.csv`` and ``regimes.md``."""
+    ``regimes.csv`` and ``regimes.md``; with ``resume``, the runs an interrupted study finished are
+    reused and only the others run."""
     if jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs!r}")
     if cluster is not None and jobs > 1:
         raise ConfigError("jobs and cluster exclude each other (on a cluster every run is a Ray task)")
-    folder = check_study_folder(study, results_root, overwrite)
-    tasks = plan(study)
+    if resume and overwrite:
+        raise ConfigError("resume and overwrite exclude each other (overwrite starts the study afresh)")
+    folder = check_study_folder(study, results_root, overwrite or resume)
+    done = finished_rows(study, folder) if resume else []
+    have = {_key(r) for r in done}
+    tasks = [t for t in plan(study) if (t.cell.delay, t.cell.policy_lr, t.cell.value_lr, t.cell.workers, t.scheme,
+                                        t.seed) not in have]
     if cluster is None:
-        return _run_tasks(study, folder, tasks, jobs, on_run, None)
+        return _run_tasks(study, folder, tasks, jobs, on_run, None, done)
     from asynccorr.studies import cluster as on_cluster
 
     on_cluster.check_runs([(t.scheme, t.config) for t in tasks])
     with on_cluster.connected(cluster):  # before anything of an earlier study is removed
-        return _run_tasks(study, folder, tasks, jobs, on_run, cluster)
+        return _run_tasks(study, folder, tasks, jobs, on_run, cluster, done)
+
+
+def _key(row: dict[str, Any]) -> tuple:
+    return row["delay"], row["policy_lr"], row["value_lr"], row["workers"], row["scheme"], row["seed"]
 
 
 def _run_tasks(study: RegimeConfig, folder: Path, tasks: Sequence[Task], jobs: int,
                on_run: Callable[[int, int, dict[str, Any]], None] | None,
-               cluster: str | None) -> tuple[Path, list[dict[str, Any]]]:
-    """``run_study`` once checked: the runs here, in a process pool or on the cluster, then the outputs."""
+               cluster: str | None, finished: Sequence[dict[str, Any]] = ()) -> tuple[Path, list[dict[str, Any]]]:
+    """``run_study`` once checked: the runs here, in a process pool or on the cluster, then the outputs
+    (``finished``: the rows of a resumed study's earlier runs, kept)."""
     folder.mkdir(parents=True, exist_ok=True)
     for stale in ("regimes.csv", "regimes.md"):
         (folder / stale).unlink(missing_ok=True)
-    rows: list[dict[str, Any]] = []
+    write_json(folder / STUDY_RECORD, to_dict(study))
+    rows: list[dict[str, Any]] = list(finished)
+    if rows:
+        write_rows(folder / "regimes.csv", study, rows)
 
     def done(row: dict[str, Any]) -> None:
         rows.append(row)
         write_rows(folder / "regimes.csv", study, rows)
         if on_run is not None:
-            on_run(len(rows), len(tasks), row)
+            on_run(len(rows) - len(finished), len(tasks), row)
 
     if cluster is not None:
         from asynccorr.studies.cluster import run_tasks
@@ -127,19 +161,11 @@ def _run_tasks(study: RegimeConfig, folder: Path, tasks: Sequence[Task], jobs: i
         for task in tasks:
             done(_run_task(study, task))
     else:
-        previous = os.environ.get("XLA_FLAGS")
-        os.environ["XLA_FLAGS"] = f"{previous} {SINGLE_THREAD_XLA}" if previous else SINGLE_THREAD_XLA
-        try:  # spawned children read the environment at start-up, before they import jax
-            with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-                futures = [pool.submit(_run_bundle, study, b) for b in bundles(tasks)]
-                for future in as_completed(futures):
-                    for row in future.result():
-                        done(row)
-        finally:
-            if previous is None:
-                os.environ.pop("XLA_FLAGS", None)
-            else:
-                os.environ["XLA_FLAGS"] = previous
+        with process_pool(jobs, keep_programs=False) as pool:
+            futures = [pool.submit(_run_bundle, study, b) for b in bundles(tasks)]
+            for future in as_completed(futures):
+                for row in future.result():
+                    done(row)
     return folder, write_outputs(study, folder, rows)
 
 

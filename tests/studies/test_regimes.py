@@ -265,6 +265,17 @@ def test_a_reduced_grid_runs_end_to_end_and_its_numbers_follow_the_definitions(c
     (folder / "regimes.md").unlink()
     code, _, _ = run_cli(capsys, "regimes", "--config", str(config), "--results", str(tmp_path / "r"), "--redraw")
     assert code == 0 and (folder / "regimes.md").read_text() == table
+    # --resume: the runs an interrupted study finished are reused, the others run; the same table
+    lines = (folder / "regimes.csv").read_text().splitlines(keepends=True)
+    (folder / "regimes.csv").write_text("".join(lines[:5]))  # as if stopped after 4 runs
+    (folder / "regimes.md").unlink()
+    code, _, err = run_cli(capsys, "regimes", "--config", str(config), "--results", str(tmp_path / "r"), "--resume",
+                           "--quiet")
+    assert code == 0 and "resume: 4 finished runs reused" in err
+    assert (folder / "regimes.md").read_text() == table
+    code, _, err = run_cli(capsys, "regimes", "--config", str(config), "--results", str(tmp_path / "r"), "--resume",
+                           "--set", "seeds=[0]")
+    assert code == 2 and "differs in seeds" in err and (folder / "regimes.md").read_text() == table
     # the figures, checked mechanically: nothing outside the canvas; the best-scheme legend names
     # only the winners drawn
     from figcheck import legend_entries, texts_outside, unmarked_upper_bounds
