@@ -422,8 +422,13 @@ def regimes(
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, mapping user errors to one line and exit status 2, Ctrl-C to 130."""
+    import signal
+
+    from asynccorr.backends.protocol import interrupt_handler
     from asynccorr.runs.run import ResumeError
 
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where a caller set its own
+        signal.signal(signal.SIGINT, interrupt_handler)
     try:
         code = app(args=_hoist_global_flags(sys.argv[1:] if argv is None else list(argv)), standalone_mode=False)
     except typer.Exit as exc:

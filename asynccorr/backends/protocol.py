@@ -20,6 +20,7 @@ One home for the concepts every way of training shares (the sequential trainer,
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -57,6 +58,23 @@ class RunResult(NamedTuple):
     events: tuple = ()  # real backends: worker events (dicts: started, ready, died, hung, replaced)
     timing: dict | None = None  # real backends: mean seconds per job phase and per server update (as measured)
     first_flush: FirstFlush | None = None  # when the first evaluation point's rows reached the recorder
+
+
+_CTRL_C = threading.Event()  # set by ``interrupt_handler``: Ctrl-C was pressed in this process
+
+
+def interrupt_handler(signum: int, frame: Any) -> None:
+    """SIGINT: remember it, then raise ``KeyboardInterrupt`` as Python's default handler does. Python
+    drops an exception raised inside a garbage-collection callback (JAX runs one after every
+    collection), so the run loops also call ``check_interrupt`` and raise it again there."""
+    _CTRL_C.set()
+    raise KeyboardInterrupt
+
+
+def check_interrupt() -> None:
+    """Raise ``KeyboardInterrupt`` if Ctrl-C was pressed (its first exception may have been lost)."""
+    if _CTRL_C.is_set():
+        raise KeyboardInterrupt
 
 
 class TrainingInterrupted(Exception):

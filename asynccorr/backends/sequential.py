@@ -25,6 +25,7 @@ from asynccorr.backends.protocol import (
     RunHooks,
     RunResult,
     TrainingInterrupted,
+    check_interrupt,
 )
 from asynccorr.compile import programs
 from asynccorr.config import ExperimentConfig
@@ -153,6 +154,7 @@ def run_sequential(config: ExperimentConfig, scheme_name: str = SEQUENTIAL, hook
     committed = state  # the state at the last evaluation point
     try:
         while done < total:
+            check_interrupt()
             n = min(every - done % every, total - done)
             state, m = run(committed, n)
             columns = _sequential_columns(jax.device_get(m), done + 1, config)

@@ -53,7 +53,7 @@ import numpy as np
 
 from asynccorr.backends.checkpoint import Checkpoint, restore_run, run_checkpoint
 from asynccorr.backends.delays import DelayModel
-from asynccorr.backends.protocol import NO_HOOKS, RunHooks, RunResult, TrainingInterrupted
+from asynccorr.backends.protocol import NO_HOOKS, RunHooks, RunResult, TrainingInterrupted, check_interrupt
 from asynccorr.backends.server import ServerRole
 from asynccorr.backends.update import ServerState, init_server
 from asynccorr.backends.worker import (
@@ -439,6 +439,7 @@ class _Loop:
                 self.start(i, 0.0)
         handlers = {SERVER_DONE: self.finish, PULLED: self.pull, SENT: self.send}
         while not self.role.done:
+            check_interrupt()
             now, kind, i = heapq.heappop(self.events)
             handlers[kind](i, now)
 
@@ -451,6 +452,7 @@ class _Loop:
         count, pipelined = sim.config.workers.count, sim.scheme.pipelined
         corrected = PULL in sim.scheme.phases
         while not role.done:
+            check_interrupt()
             r = role.version
             lagged = pipelined and r > 0
             theta = self.published[1] if lagged else self.published[0]  # theta_{r-1} or theta_r

@@ -52,7 +52,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from asynccorr.backends.protocol import RunResult, TrainingInterrupted
+from asynccorr.backends.protocol import RunResult, TrainingInterrupted, check_interrupt
 from asynccorr.backends.server import ServerRole, log
 from asynccorr.backends.worker import Message, Ready, WorkerSpec
 from asynccorr.config import to_dict
@@ -179,6 +179,7 @@ class Supervisor:
 
     def _step(self) -> None:
         """Take what arrives within ``POLL_S``, then replace the dead and the hung."""
+        check_interrupt()
         self.dead = {}
         self._receive()
         if self.role.done:

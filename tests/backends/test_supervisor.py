@@ -296,3 +296,26 @@ def test_sync_a_worker_waiting_for_its_round_gets_no_second_job_at_the_same_vers
     result, fake = run("sync", [BOTH_READY, [returns(0)], [returns(1)]], iterations=2)
     assert result.status == "completed"
     assert fake.jobs == [(0, 0, 0), (1, 0, 0), (0, 0, 1), (1, 0, 1)]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowing, on purpose
+def test_a_ctrl_c_whose_exception_a_gc_callback_swallowed_is_raised_again_by_the_run_loops():
+    import gc
+
+    from asynccorr.backends import protocol
+
+    def callback(phase, info):  # as JAX's: Python ignores what a gc callback raises
+        if phase == "start":
+            protocol.interrupt_handler(2, None)
+
+    gc.callbacks.append(callback)
+    try:
+        gc.collect()  # the KeyboardInterrupt is raised inside the callback and dropped
+    finally:
+        gc.callbacks.remove(callback)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            protocol.check_interrupt()
+    finally:
+        protocol._CTRL_C.clear()
+    protocol.check_interrupt()  # nothing pending: nothing raised
