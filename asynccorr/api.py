@@ -28,6 +28,7 @@ from asynccorr.backends.protocol import OnChunk, RunResult
 from asynccorr.config import ExperimentConfig, apply_settings, from_dict, load_config, to_dict, with_overrides
 from asynccorr.runs.read import Run, load_runs
 from asynccorr.runs.run import resume_checkpoint, run_dir_for, train_run
+from asynccorr.runs.tensorboard import check_available, convert
 from asynccorr.studies.compare import (  # the comparison's operations are the API's (api.plan_compare, ...)
     Comparison,
     ComparisonPlan,
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Comparison", "ComparisonPlan", "ExperimentConfig", "Results", "TrainPlan", "TrainedRun", "compare",
     "experiment", "load", "plan_compare", "plan_train", "redraw_regimes", "regime_study", "regimes",
-    "run_compare", "run_train", "schemes", "train",
+    "run_compare", "run_train", "schemes", "tensorboard", "train",
 ]
 
 DEFAULT_CONFIG = Path("experiments/paper.toml")
@@ -76,44 +77,63 @@ class TrainPlan(NamedTuple):
     results: Path
     overwrite: bool
     checkpoint: Checkpoint | None  # where a resumed run continues from
+    tensorboard: bool = False  # also write TensorBoard event files (``runs.tensorboard``)
 
 
 def plan_train(config: ExperimentConfig, scheme: str = "modify", results: str | Path = "results",
                overwrite: bool = False, resume: bool = False,
-               on_warning: Callable[[str], None] | None = None) -> TrainPlan:
+               on_warning: Callable[[str], None] | None = None, tensorboard: bool = False) -> TrainPlan:
     """Check a run before anything trains: the scheme fits the config and backend, no live process
     owns the run, no earlier run is there unless ``overwrite``; with ``resume``, the checkpoint it
     continues from. Raises ``runs.run.RunFinished`` when resuming a run that already finished."""
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other (overwrite starts the run afresh)")
     results = Path(results)
+    if tensorboard:
+        check_available()
     [(scheme, config)] = planned_runs(config, [scheme], [config.train.seed])
     check_writable(results, [(scheme, config)], overwrite, resume)
     checkpoint = resume_checkpoint(run_dir_for(results, config, scheme), config, scheme,
                                         on_skip=on_warning) if resume else None
-    return TrainPlan(scheme, config, results, overwrite, checkpoint)
+    return TrainPlan(scheme, config, results, overwrite, checkpoint, tensorboard)
 
 
 def run_train(plan: TrainPlan, on_chunk: OnChunk | None = None) -> TrainedRun:
     """Train a planned run into ``results/<experiment>/<scheme>-seed<k>/``."""
     return TrainedRun(*train_run(plan.config, plan.scheme, plan.results, overwrite=plan.overwrite,
-                                      on_chunk=on_chunk, resume=plan.checkpoint or False))
+                                 on_chunk=on_chunk, resume=plan.checkpoint or False, tensorboard=plan.tensorboard))
 
 
 def train(config: ExperimentConfig, scheme: str = "modify", results: str | Path = "results",
           overwrite: bool = False, resume: bool = False, on_chunk: OnChunk | None = None,
-          on_warning: Callable[[str], None] | None = None) -> TrainedRun:
-    """``plan_train`` then ``run_train``: one run, checked, trained and written."""
-    return run_train(plan_train(config, scheme, results, overwrite, resume, on_warning), on_chunk)
+          on_warning: Callable[[str], None] | None = None, tensorboard: bool = False) -> TrainedRun:
+    """``plan_train`` then ``run_train``: one run, checked, trained and written (``tensorboard``: with its
+    TensorBoard event files)."""
+    return run_train(plan_train(config, scheme, results, overwrite, resume, on_warning, tensorboard), on_chunk)
 
 
 def compare(config: ExperimentConfig, schemes: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
             results: str | Path = "results", overwrite: bool = False, resume: bool = False,
-            on_warning: Callable[[str], None] | None = None, cluster: str | None = None, jobs: int = 1
-            ) -> Comparison:
+            on_warning: Callable[[str], None] | None = None, cluster: str | None = None, jobs: int = 1,
+            tensorboard: bool = False) -> Comparison:
     """``plan_compare`` then ``run_compare``: every scheme on every seed (on a Ray ``cluster`` if given,
     else ``jobs`` at a time here), and the summary files."""
-    return run_compare(plan_compare(config, schemes, seeds, results, overwrite, resume, on_warning, cluster, jobs))
+    return run_compare(plan_compare(config, schemes, seeds, results, overwrite, resume, on_warning, cluster, jobs,
+                                    tensorboard))
+
+
+def tensorboard(path: str | Path) -> list[Path]:
+    """Write the TensorBoard event files of every run at ``path`` (a run directory, an experiment
+    folder or a results root) from its metrics.csv and eval.csv; the event folders written."""
+    from asynccorr.runs.read import ResultsError, experiment_folders, is_run_dir
+
+    path = Path(path)
+    if not path.is_dir():
+        raise ResultsError(f"results path {path} does not exist" if not path.exists() else f"{path} is not a directory")
+    runs = [path] if is_run_dir(path) else [r.path for folder in experiment_folders(path) for r in load_runs(folder)]
+    if not runs:
+        raise ResultsError(f"no run directories (<scheme>-seed<k>/) in {path} or beneath it")
+    return [convert(run) for run in runs]
 
 
 class Results(NamedTuple):

@@ -182,6 +182,9 @@ def train(
     results: Annotated[Path, typer.Option(help="Root folder for run directories.")] = Path("results"),
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue the run from its latest checkpoint (same options).")] = False,
+    tensorboard: Annotated[bool, typer.Option(help="Also write TensorBoard event files into each run directory "
+                                                   "(tensorboard/), live as it trains; needs asynccorr[tensorboard].")
+                           ] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
     verbose: Annotated[bool, typer.Option(help="Log worker events (mp, ray: started, ready, replaced).")] = False,
 ) -> None:
@@ -199,7 +202,8 @@ def train(
         cfg = with_overrides(cfg, env={"name": env, "params": {}})
 
     try:
-        plan = api.plan_train(cfg, scheme, results, overwrite=overwrite, resume=resume, on_warning=_warn)
+        plan = api.plan_train(cfg, scheme, results, overwrite=overwrite, resume=resume, on_warning=_warn,
+                              tensorboard=tensorboard)
     except RunFinished as exc:
         print(str(exc))
         return
@@ -250,6 +254,9 @@ def compare(
     jobs: Annotated[int, typer.Option(help="Runs trained at once (spawned processes, single-threaded XLA each); "
                                            "the results are the same as one at a time.")] = 1,
     env: Annotated[str | None, typer.Option(help="Environment: kinematic or dynamic.")] = None,
+    tensorboard: Annotated[bool, typer.Option(help="Also write TensorBoard event files into each run directory "
+                                                   "(tensorboard/), live as it trains; needs asynccorr[tensorboard].")
+                           ] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
     verbose: Annotated[bool, typer.Option(help="Log worker events (mp, ray: started, ready, replaced).")] = False,
 ) -> None:
@@ -273,7 +280,7 @@ def compare(
         cfg = with_overrides(cfg, env={"name": env, "params": {}})
 
     plan = api.plan_compare(cfg, results=results, overwrite=overwrite, resume=resume, on_warning=_warn,
-                            cluster=cluster, jobs=jobs)
+                            cluster=cluster, jobs=jobs, tensorboard=tensorboard)
     if resume:
         counts = {a: sum(p.action == a for p in plan.runs) for a in ("reuse", "resume", "restart", "train")}
         dead = sum(p.status == "dead" for p in plan.runs)
@@ -329,6 +336,25 @@ def plot(
         raise CliError(str(exc)) from None
     for p in paths:  # one path a line, never wrapped: for the reader and for scripts
         typer.echo(str(p))
+
+
+@app.command("tensorboard")
+def tensorboard_(
+    path: Annotated[Path, typer.Argument(help="A run directory, an experiment folder (results/paper) or a "
+                                              "results root.")],
+) -> None:
+    """Write TensorBoard event files for existing runs (into each run's tensorboard/), then view them
+    with: tensorboard --logdir PATH."""
+    from asynccorr import api
+    from asynccorr.runs.read import ResultsError
+
+    try:
+        folders = api.tensorboard(path)
+    except ResultsError as exc:
+        raise CliError(str(exc)) from None
+    for folder in folders:
+        typer.echo(str(folder))
+    console.print(f"view them: tensorboard --logdir {path}", markup=False)
 
 
 @app.command("schemes")

@@ -49,6 +49,7 @@ from asynccorr.runs.files import (
     write_json,
 )
 from asynccorr.runs.summary import summarize_run
+from asynccorr.runs.tensorboard import TensorBoardLog, check_available, eval_columns
 
 FINISHED = ("completed", "diverged")  # statuses of a run that has nothing left to do
 
@@ -196,8 +197,10 @@ def train_run(
     overwrite: bool = False,
     on_chunk: OnChunk | None = None,
     resume: bool | Checkpoint = False,
+    tensorboard: bool = False,
 ) -> tuple[Path, RunResult, dict[str, Any]]:
-    """Train one run and write its directory; returns (run dir, result, summary row).
+    """Train one run and write its directory; returns (run dir, result, summary row); with
+    ``tensorboard`` also its event files, as the metrics are (``runs.tensorboard``).
 
     While it trains, ``meta.json`` says ``"status": "running"``, the metrics so far are
     appended at every evaluation point and checkpoints are saved when due. With
@@ -213,15 +216,17 @@ def train_run(
                           "not reproducible from a checkpoint); start it again with --overwrite")
     owner = locks.acquire(run_dir, take_over=overwrite or resume is not False)
     try:
-        return _train_owned(run_dir, backend, config, scheme, overwrite, on_chunk, resume)
+        return _train_owned(run_dir, backend, config, scheme, overwrite, on_chunk, resume, tensorboard)
     finally:
         locks.release(run_dir, owner)
 
 
 def _train_owned(run_dir: Path, backend: str, config: ExperimentConfig, scheme: str, overwrite: bool,
-                 on_chunk: OnChunk | None, resume: bool | Checkpoint
+                 on_chunk: OnChunk | None, resume: bool | Checkpoint, tensorboard: bool = False
                  ) -> tuple[Path, RunResult, dict[str, Any]]:
     """``train_run`` once this process owns the run directory."""
+    if tensorboard:
+        check_available()  # before anything is written
     if isinstance(resume, Checkpoint):
         checkpoint: Checkpoint | None = resume
     elif resume:
@@ -234,19 +239,34 @@ def _train_owned(run_dir: Path, backend: str, config: ExperimentConfig, scheme: 
         "experiment": config.name, "status": "running",
         **({"resumed_from": checkpoint.iteration} if checkpoint else {})}))
     metrics_log = CsvLog(run_dir / "metrics.csv")
+    events = TensorBoardLog(run_dir) if tensorboard else None
+
+    def flush(metrics: dict[str, np.ndarray], evals: Sequence[EvalRecord]) -> None:
+        write_progress(run_dir, metrics, evals, metrics_log)
+        if events is not None:
+            events.write(metrics, eval_columns(evals))
+
     hooks = RunHooks(
         on_chunk=on_chunk,
-        on_flush=lambda metrics, evals: write_progress(run_dir, metrics, evals, metrics_log),
+        on_flush=flush,
         on_checkpoint=lambda ckpt: save_checkpoint(run_dir, ckpt),
         resume=checkpoint,
     )
     start = time.perf_counter()
     try:
-        result = run(config, scheme, hooks)
-    except TrainingInterrupted as exc:
-        _finish(run_dir, config, scheme, backend, exc.result, time.perf_counter() - start, checkpoint)
-        raise RunInterrupted(run_dir) from None
-    summary = _finish(run_dir, config, scheme, backend, result, time.perf_counter() - start, checkpoint)
+        try:
+            result = run(config, scheme, hooks)
+        except TrainingInterrupted as exc:
+            _finish(run_dir, config, scheme, backend, exc.result, time.perf_counter() - start, checkpoint)
+            if events is not None:
+                events.write(exc.result.metrics, eval_columns(exc.result.evals))
+            raise RunInterrupted(run_dir) from None
+        summary = _finish(run_dir, config, scheme, backend, result, time.perf_counter() - start, checkpoint)
+        if events is not None:
+            events.write(result.metrics, eval_columns(result.evals))
+    finally:
+        if events is not None:
+            events.close()
     return run_dir, result, summary
 
 

@@ -16,6 +16,8 @@ Tags, per update (``metrics.csv``):
 * every other column as ``metrics/<column>``;
 
 and per evaluation (``eval.csv``) ``eval/<column>`` (``eval/rms_lateral``, the tracking error, ...).
+Non-finite values (a column that does not apply to the scheme, such as ``importance_ratio`` for
+a fresh gradient, or a diverged row) are left out: TensorBoard draws no point there.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def update_scalars(metrics: Mapping[str, np.ndarray], start: int = 0
     out = []
     for i in range(start, len(steps)):
         step, when = int(steps[i]), float(times[i])
-        out += [(tag(c), float(v[i]), step, when) for c, v in metrics.items() if c not in SKIP]
+        out += [(tag(c), float(v[i]), step, when) for c, v in metrics.items() if c not in SKIP and np.isfinite(v[i])]
         if when > 0:
             out.append((THROUGHPUT, step / when, step, when))
     return out
@@ -85,7 +87,8 @@ def eval_scalars(evals: Mapping[str, Sequence[float]], metrics: Mapping[str, np.
         step = int(evals["iteration"][i])
         at = np.flatnonzero(steps == step)
         when = float(times[at[0]]) if at.size else 0.0
-        out += [(f"eval/{c}", float(v[i]), step, when) for c, v in evals.items() if c != "iteration"]
+        out += [(f"eval/{c}", float(v[i]), step, when) for c, v in evals.items()
+                if c != "iteration" and np.isfinite(v[i])]
     return out
 
 

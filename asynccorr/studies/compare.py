@@ -18,6 +18,7 @@ from asynccorr.runs.checkpoints import load_latest_checkpoint
 from asynccorr.runs.files import RunExistsError, check_writable_folder, read_csv
 from asynccorr.runs.run import FINISHED, PlannedRun, ResumeError, check_same_run, run_dir_for, train_run
 from asynccorr.runs.summary import analysis_fields, per_scheme, write_summary
+from asynccorr.runs.tensorboard import check_available
 from asynccorr.schemes.registry import check_scheme_fits, get_scheme, resolve
 
 
@@ -126,12 +127,13 @@ class ComparisonPlan(NamedTuple):
     runs: list[PlannedRun]  # train, reuse, resume or restart
     cluster: str | None = None  # Ray cluster address: each run a Ray task there (``asynccorr.studies.cluster``)
     jobs: int = 1  # runs trained at once here, in spawned processes (``studies.pool``)
+    tensorboard: bool = False  # each run also writes TensorBoard event files (``runs.tensorboard``)
 
 
 def plan_compare(config: ExperimentConfig, schemes: Sequence[str] | None = None,
                  seeds: Sequence[int] | None = None, results: str | Path = "results", overwrite: bool = False,
                  resume: bool = False, on_warning: Callable[[str], None] | None = None,
-                 cluster: str | None = None, jobs: int = 1) -> ComparisonPlan:
+                 cluster: str | None = None, jobs: int = 1, tensorboard: bool = False) -> ComparisonPlan:
     """Every scheme on every seed (default: the config's ``[schemes]``), checked before anything
     trains; ``resume`` decides how each run of an interrupted comparison is completed
     (``studies.compare.resume_plan``). With ``cluster`` (a Ray address) the runs are to be Ray tasks there,
@@ -143,6 +145,10 @@ def plan_compare(config: ExperimentConfig, schemes: Sequence[str] | None = None,
         raise ConfigError(f"jobs must be >= 1, got {jobs!r}")
     if cluster is not None and jobs > 1:
         raise ConfigError("jobs and cluster exclude each other (on a cluster every run is a Ray task)")
+    if cluster is not None and tensorboard:
+        raise ConfigError("TensorBoard files of a cluster's runs: write them afterwards (asynccorr tensorboard PATH)")
+    if tensorboard:
+        check_available()
     results = Path(results)
     config = with_overrides(config, schemes={k: tuple(v) for k, v in (("compare", schemes), ("seeds", seeds))
                                              if v is not None})
@@ -155,7 +161,7 @@ def plan_compare(config: ExperimentConfig, schemes: Sequence[str] | None = None,
     check_writable(results, plan, overwrite, resume)
     planned = (resume_plan(results, plan, on_skip=on_warning) if resume
                else [PlannedRun(scheme, cfg, "train") for scheme, cfg in plan])
-    return ComparisonPlan(config, results, overwrite, planned, cluster, jobs)
+    return ComparisonPlan(config, results, overwrite, planned, cluster, jobs, tensorboard)
 
 
 def run_compare(plan: ComparisonPlan, on_run: Callable[[Any], OnChunk | None] | None = None,
@@ -177,18 +183,18 @@ def run_compare(plan: ComparisonPlan, on_run: Callable[[Any], OnChunk | None] | 
         if run.action == "reuse":
             rows.append(run.row)
         else:
-            rows.append(train_run(run.config, run.scheme, plan.results, on_chunk=on_chunk,
-                                       overwrite=plan.overwrite or run.action == "restart",
-                                       resume=run.checkpoint if run.action == "resume" else False)[2])
+            rows.append(_train_planned(run, plan.results, plan.overwrite, plan.tensorboard, on_chunk))
         if on_done is not None:
             on_done(run)
     return _summarize(plan, rows)
 
 
-def _train_planned(run: PlannedRun, results: Path, overwrite: bool) -> dict[str, Any]:
-    """One planned run trained in a pool process; its summary row (``compare --jobs``)."""
+def _train_planned(run: PlannedRun, results: Path, overwrite: bool, tensorboard: bool = False,
+                   on_chunk: OnChunk | None = None) -> dict[str, Any]:
+    """One planned run trained (here or in a pool process: ``compare --jobs``); its summary row."""
     return train_run(run.config, run.scheme, results, overwrite=overwrite or run.action == "restart",
-                     resume=run.checkpoint if run.action == "resume" else False)[2]
+                     resume=run.checkpoint if run.action == "resume" else False, on_chunk=on_chunk,
+                     tensorboard=tensorboard)[2]
 
 
 def _run_in_processes(plan: ComparisonPlan, on_done: Callable[[Any], None] | None) -> list[dict[str, Any]]:
@@ -200,7 +206,7 @@ def _run_in_processes(plan: ComparisonPlan, on_done: Callable[[Any], None] | Non
 
     rows: list[dict[str, Any] | None] = [run.row if run.action == "reuse" else None for run in plan.runs]
     with process_pool(plan.jobs, single_thread=False) as pool:  # XLA's threading changes the last bits
-        futures = {pool.submit(_train_planned, run, plan.results, plan.overwrite): i
+        futures = {pool.submit(_train_planned, run, plan.results, plan.overwrite, plan.tensorboard): i
                    for i, run in enumerate(plan.runs) if run.action != "reuse"}
         for i, run in enumerate(plan.runs):
             if run.action == "reuse" and on_done is not None:
