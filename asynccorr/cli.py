@@ -450,9 +450,10 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, mapping user errors to one line and exit status 2, Ctrl-C to 130."""
     import signal
 
-    from asynccorr.backends.protocol import interrupt_handler
+    from asynccorr.backends.protocol import clear_interrupt, interrupt_handler
     from asynccorr.runs.run import ResumeError
 
+    clear_interrupt()
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where a caller set its own
         signal.signal(signal.SIGINT, interrupt_handler)
     try:

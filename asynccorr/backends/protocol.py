@@ -71,6 +71,11 @@ def interrupt_handler(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def clear_interrupt() -> None:
+    """Forget an earlier Ctrl-C (a command starting afresh in a process that saw one)."""
+    _CTRL_C.clear()
+
+
 def check_interrupt() -> None:
     """Raise ``KeyboardInterrupt`` if Ctrl-C was pressed (its first exception may have been lost)."""
     if _CTRL_C.is_set():

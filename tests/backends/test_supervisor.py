@@ -317,5 +317,5 @@ def test_a_ctrl_c_whose_exception_a_gc_callback_swallowed_is_raised_again_by_the
         with pytest.raises(KeyboardInterrupt):
             protocol.check_interrupt()
     finally:
-        protocol._CTRL_C.clear()
+        protocol.clear_interrupt()  # as every command does when it starts
     protocol.check_interrupt()  # nothing pending: nothing raised
