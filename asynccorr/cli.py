@@ -267,10 +267,9 @@ def compare(
 
     if resume and overwrite:
         raise CliError("--resume and --overwrite exclude each other (--overwrite starts every run afresh)")
-    if jobs < 1:
-        raise CliError(f"--jobs must be >= 1, got {jobs}")
-    if cluster is not None and jobs > 1:
-        raise CliError("--jobs and --cluster exclude each other (on a cluster every run is a Ray task)")
+    from asynccorr.studies.pool import check_jobs
+
+    check_jobs(jobs, cluster)
     scheme_list = _parse_list(schemes, "--schemes", str)
     seed_list = _parse_list(seeds, "--seeds", int)
     cfg = api.experiment(config, settings or (), train={"iterations": iterations},
@@ -405,11 +404,9 @@ def regimes(
     import time
 
     from asynccorr import api
+    from asynccorr.studies.pool import check_jobs
 
-    if jobs < 1:
-        raise CliError(f"--jobs must be >= 1, got {jobs}")
-    if cluster is not None and jobs > 1:
-        raise CliError("--jobs and --cluster exclude each other (on a cluster every run is a Ray task)")
+    check_jobs(jobs, cluster)
     if resume and overwrite:
         raise CliError("--resume and --overwrite exclude each other (--overwrite starts the study afresh)")
     study = api.regime_study(config, settings or ())

@@ -10,7 +10,8 @@ and each worker count N, the schemes ``async``, ``modify`` and ``modify-safe`` (
 every seed (N = 1: ``async`` alone, which is the sequential learner), into
 ``<results>/<learner>-N<N>/``, then writes ``sweep.csv``, ``sweep.md`` and two figures
 (gradient error and simulated time to target against N). ``--redraw`` redraws the table and
-figures from ``sweep.csv`` (committed), without the run directories.
+figures from ``sweep.csv`` (the per-run rows; like the regime study's ``regimes.csv`` it stays
+local, out of git), without the run directories.
 ``targets`` prints the same per-run table for existing experiment folders.
 
 The **tracking target** is the README's: RMS lateral error below 0.10 m on the fixed scenario,
@@ -243,7 +244,10 @@ def sweep(args: argparse.Namespace) -> int:
             schemes = ["async"] if n == 1 else list(SCHEMES)
             print(f"{name}: {', '.join(schemes)} x seeds {args.seeds}", flush=True)
             api.compare(cfg, schemes=schemes, seeds=args.seeds, results=root, overwrite=True)
-    if args.redraw:  # the committed table's rows: no run directory needed
+    if args.redraw:  # the per-run rows written with the table: no run directory needed
+        if not (root / "sweep.csv").is_file():
+            print(f"error: no {root / 'sweep.csv'} to redraw from (run the sweep first)", file=sys.stderr)
+            return 2
         rows = read_rows(root / "sweep.csv")
     else:
         rows = [row for folder in folders for row in rows_of(folder)]

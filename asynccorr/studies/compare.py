@@ -20,6 +20,7 @@ from asynccorr.runs.run import FINISHED, PlannedRun, ResumeError, check_same_run
 from asynccorr.runs.summary import analysis_fields, per_scheme, write_summary
 from asynccorr.runs.tensorboard import check_available
 from asynccorr.schemes.registry import check_scheme_fits, get_scheme, resolve
+from asynccorr.studies.pool import check_jobs
 
 
 def planned_runs(config: ExperimentConfig, schemes: Sequence[str], seeds: Sequence[int]) -> list[tuple[str, ExperimentConfig]]:
@@ -141,10 +142,7 @@ def plan_compare(config: ExperimentConfig, schemes: Sequence[str] | None = None,
     train at once in processes here."""
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other (overwrite starts every run afresh)")
-    if jobs < 1:
-        raise ConfigError(f"jobs must be >= 1, got {jobs!r}")
-    if cluster is not None and jobs > 1:
-        raise ConfigError("jobs and cluster exclude each other (on a cluster every run is a Ray task)")
+    check_jobs(jobs, cluster)
     if cluster is not None and tensorboard:
         raise ConfigError("TensorBoard files of a cluster's runs: write them afterwards (asynccorr tensorboard PATH)")
     if tensorboard:

@@ -18,6 +18,18 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from multiprocessing import get_context
 
+from asynccorr.errors import ConfigError
+
+
+def check_jobs(jobs: int, cluster: str | None) -> None:
+    """How many runs at once (``--jobs``; the API's ``jobs``): at least one, and not together with a
+    cluster, where every run is a Ray task; a one-line ``ConfigError`` otherwise."""
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {jobs!r}")
+    if cluster is not None and jobs > 1:
+        raise ConfigError("--jobs and --cluster exclude each other (on a cluster every run is a Ray task)")
+
+
 SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 

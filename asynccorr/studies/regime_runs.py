@@ -23,7 +23,7 @@ from asynccorr.backends.registry import run
 from asynccorr.config import ConfigError, to_dict
 from asynccorr.runs.files import RunExistsError, check_writable_folder, write_json
 from asynccorr.runs.run import first_difference
-from asynccorr.studies.pool import process_pool
+from asynccorr.studies.pool import check_jobs, process_pool
 from asynccorr.studies.regimes import (
     RegimeConfig,
     Task,
@@ -109,10 +109,7 @@ def run_study(study: RegimeConfig, results_root: Path, jobs: int = 1, overwrite:
     """Run every cell x scheme x seed (in ``jobs`` processes, or as Ray tasks on ``cluster``), write
     ``regimes.csv`` and ``regimes.md``; with ``resume``, the runs an interrupted study finished are
     reused and only the others run."""
-    if jobs < 1:
-        raise ConfigError(f"jobs must be >= 1, got {jobs!r}")
-    if cluster is not None and jobs > 1:
-        raise ConfigError("jobs and cluster exclude each other (on a cluster every run is a Ray task)")
+    check_jobs(jobs, cluster)
     if resume and overwrite:
         raise ConfigError("resume and overwrite exclude each other (overwrite starts the study afresh)")
     folder = check_study_folder(study, results_root, overwrite or resume)
