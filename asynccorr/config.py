@@ -480,8 +480,8 @@ def describe(record: dict[str, Any]) -> str:
     learner, optim, workers = ({**to_dict(default), **record.get(key, {})} for key, default in
                                (("learner", LearnerConfig()), ("optim", OptimConfig()), ("workers", WorkersConfig())))
     kind = LEARNER_NAMES.get(learner["kind"], str(learner["kind"]))
-    step = f"{optim['name'].upper() if optim['name'] == 'sgd' else optim['name'].capitalize()} step " \
-           f"{optim['policy_lr']:g} (value {optim['value_lr']:g})"
+    optimizer = optim["name"].upper() if optim["name"] == "sgd" else optim["name"].capitalize()
+    step = f"{optimizer} step {optim['policy_lr']:g} (value {optim['value_lr']:g})"
     return f"{kind}, {step}, N = {workers['count']} workers, {workers['delay']} delays"
 
 
