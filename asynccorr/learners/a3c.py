@@ -81,10 +81,15 @@ def gaussian_log_prob(mean: Array, log_std: Array, action: Array) -> Array:
 
 
 def gaussian_kl(mean_p: Array, log_std_p: Array, mean_q: Array, log_std_q: Array) -> Array:
-    """KL(N(mean_p, std_p^2) || N(mean_q, std_q^2)), diagonal, summed over the action's dimensions."""
-    var_ratio = jnp.exp(2.0 * (log_std_p - log_std_q))
+    """KL(N(mean_p, std_p^2) || N(mean_q, std_q^2)), diagonal, summed over the action's dimensions.
+
+    Written as ``z^2 / 2 + (expm1(2d) - 2d) / 2`` (``d`` the log-std difference): both terms are
+    non-negative, so two nearby policies (a message one version stale) keep a positive KL in float32
+    instead of cancelling ``var_ratio - 1 - 2d`` to zero or below.
+    """
+    d = log_std_p - log_std_q
     z = (mean_p - mean_q) * jnp.exp(-log_std_q)
-    return jnp.sum(0.5 * (var_ratio + z * z - 1.0) - (log_std_p - log_std_q), axis=-1)
+    return jnp.sum(0.5 * (z * z + jnp.expm1(2.0 * d) - 2.0 * d), axis=-1)
 
 
 def gaussian_entropy(log_std: Array) -> Array:

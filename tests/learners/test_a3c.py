@@ -154,6 +154,17 @@ def test_the_gaussian_kl_is_the_integral_of_p_log_p_over_q():
     assert exact == pytest.approx(numeric, rel=1e-5)
 
 
+def test_the_gaussian_kl_of_two_nearby_float32_policies_is_positive_and_accurate():
+    """A message one version stale moves the policy a little: its KL must not cancel to 0 in float32."""
+    mean, log_std = np.array([0.2, -0.1]), np.array([-0.5, 0.1])
+    for dmean, dlog in ((1e-4, 0.0), (0.0, 1e-4), (3e-5, -2e-5)):
+        m_q, l_q = mean + dmean, log_std + dlog
+        exact = np.sum(0.5 * (np.exp(2 * (log_std - l_q)) + ((mean - m_q) * np.exp(-l_q)) ** 2 - 1)
+                       - (log_std - l_q))  # float64
+        got = float(a3c.gaussian_kl(*(jnp.asarray(a, jnp.float32) for a in (mean, log_std, m_q, l_q))))
+        assert got > 0 and got == pytest.approx(exact, rel=1e-2)
+
+
 def test_the_a3c_learner_runs_on_the_dynamic_env():
     learner = small_a3c("dynamic")
     params, batch, _ = sample(learner)
