@@ -95,6 +95,7 @@ class EnvConfig:
 
 
 LEARNER_KINDS = ("gpi", "a3c")
+OFF_POLICY_KINDS = ("none", "vtrace")  # learner.a3c.off_policy
 
 
 @dataclass(frozen=True)
@@ -110,9 +111,25 @@ class A3CConfig:
     log_std_min: float = -4.0  # log-std kept in (min, max) by a sigmoid
     log_std_max: float = 0.5
     state_dependent_std: bool = False  # log-std from the policy network (else one learned vector)
+    # How the direction at theta treats a batch another policy sampled (the actor-learner split's
+    # server at theta_k, a stale message): "none" takes the worker's advantages and returns as they
+    # are; "vtrace" recomputes them at theta with V-trace (Espeholt et al. 2018): importance ratios
+    # pi_theta / pi_i truncated at rho_bar (the TD errors and the policy gradient) and c_bar (the
+    # traces), values from theta's critic. On a fresh batch both are the same direction.
+    off_policy: str = "none"
+    vtrace_rho_bar: float = 1.0
+    vtrace_c_bar: float = 1.0
 
     def __post_init__(self) -> None:
         _check_types(self, "learner.a3c.")
+        _require(self.off_policy in OFF_POLICY_KINDS, "learner.a3c.off_policy",
+                 f"must be one of {list(OFF_POLICY_KINDS)}", self.off_policy)
+        for name in ("vtrace_rho_bar", "vtrace_c_bar"):
+            _require(getattr(self, name) > 0, f"learner.a3c.{name}", "must be > 0 (a truncation level)",
+                     getattr(self, name))
+        _require(self.vtrace_c_bar <= self.vtrace_rho_bar, "learner.a3c.vtrace_c_bar",
+                 f"must be <= learner.a3c.vtrace_rho_bar = {self.vtrace_rho_bar!r} (V-trace's fixed point "
+                 "assumes c_bar <= rho_bar)", self.vtrace_c_bar)
         _require(self.envs >= 1, "learner.a3c.envs", "must be >= 1", self.envs)
         _require(self.n_steps >= 1, "learner.a3c.n_steps", "must be >= 1 (the rollout length)", self.n_steps)
         _require(0 <= self.gae_lambda <= 1, "learner.a3c.gae_lambda", "must be in [0, 1]", self.gae_lambda)
@@ -480,6 +497,9 @@ def describe(record: dict[str, Any]) -> str:
     learner, optim, workers = ({**to_dict(default), **record.get(key, {})} for key, default in
                                (("learner", LearnerConfig()), ("optim", OptimConfig()), ("workers", WorkersConfig())))
     kind = LEARNER_NAMES.get(learner["kind"], str(learner["kind"]))
+    a3c = {**to_dict(A3CConfig()), **learner.get("a3c", {})}
+    if learner["kind"] == "a3c" and a3c["off_policy"] == "vtrace":
+        kind += f" with V-trace (rho_bar {a3c['vtrace_rho_bar']:g}, c_bar {a3c['vtrace_c_bar']:g})"
     optimizer = optim["name"].upper() if optim["name"] == "sgd" else optim["name"].capitalize()
     step = f"{optimizer} step {optim['policy_lr']:g} (value {optim['value_lr']:g})"
     return f"{kind}, {step}, N = {workers['count']} workers, {workers['delay']} delays"

@@ -1,14 +1,16 @@
 """Small configs and learners the specifications share: a short run of the default experiment on a
-small network, and a real learner whose direction field is a quadratic's gradient."""
+small network, a small A3C learner and config, and a real learner whose direction field is a
+quadratic's gradient."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-from asynccorr.config import ExperimentConfig, with_overrides
+from asynccorr.config import A3CConfig, ExperimentConfig, LearnerConfig, with_overrides
+from asynccorr.envs import make
 from asynccorr.learners.base import Learner, Losses
-from asynccorr.learners.build import make_optimizer
+from asynccorr.learners.build import make_any_learner, make_optimizer
 
 
 def small_config(**sections) -> ExperimentConfig:
@@ -19,6 +21,30 @@ def small_config(**sections) -> ExperimentConfig:
         train={"iterations": 6, "eval_every": 3},
         workers={"count": 1},
     )
+    return with_overrides(base, **sections)
+
+
+def small_a3c(env_name: str = "kinematic", dtype=jnp.float32, hidden=(8,), **knobs):
+    env, params = make(env_name)
+    cfg = LearnerConfig(kind="a3c", policy_hidden=hidden, value_hidden=hidden,
+                        a3c=A3CConfig(**{"envs": 4, "n_steps": 6, **knobs}))
+    return make_any_learner(env, params, cfg, dtype)
+
+
+def sample(learner, seed: int = 0):
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(seed), 3)
+    params = jax.jit(learner.init)(k1)
+    batch, sampler = jax.jit(learner.sample)(k3, jax.jit(learner.sampler_init)(k2), params)
+    return params, batch, sampler
+
+
+def a3c_config(**sections) -> ExperimentConfig:
+    """Tiny nets, 4 envs x 6 steps per batch: seconds per run."""
+    base = with_overrides(ExperimentConfig(), name="a3c-spec",
+                          learner={"kind": "a3c", "policy_hidden": (8,), "value_hidden": (8,),
+                                   "a3c": A3CConfig(envs=4, n_steps=6)},
+                          optim={"policy_lr": 1e-2, "value_lr": 1e-3},
+                          train={"iterations": 6, "eval_every": 3}, workers={"count": 1})
     return with_overrides(base, **sections)
 
 

@@ -29,6 +29,14 @@ parameters. ``off_policy`` measures how off-policy a batch sampled at ``theta_i`
 server's ``theta_k``: the mean importance ratio ``pi_k(a|s) / pi_i(a|s)`` of its actions (1 in
 expectation whatever the staleness, so its spread is what moves) and the exact mean
 ``KL(pi_i(.|s) || pi_k(.|s))`` over its states (0 for a fresh batch, growing with staleness).
+
+With ``[learner.a3c] off_policy = "vtrace"`` the batch also carries its trajectory (costs, next
+observations, episode ends), and the direction at ``theta`` recomputes the advantages and the
+critic's targets with V-trace (Espeholt et al. 2018, ``vtrace``): importance ratios
+``pi_theta(a|s) / pi_i(a|s)`` truncated at ``rho_bar`` and ``c_bar``, values from ``theta``'s
+critic, all held fixed for the gradient. On a fresh batch (ratios 1) that is the A3C direction;
+on the ``learner`` scheme's server (a batch sampled at ``theta_i``, the direction at ``theta_k``)
+it is IMPALA's off-policy-corrected learner.
 """
 
 from __future__ import annotations
@@ -59,6 +67,19 @@ class A3CBatch(NamedTuple):
     behaviour_log_std: Array
     advantages: Array  # (B,) GAE(lambda) in cost units (standardised per batch if configured)
     returns: Array  # (B,) lambda-returns: the critic's regression targets
+    # what V-trace needs to recompute advantages and returns at another theta (``off_policy =
+    # "vtrace"``; None otherwise, so the batch and its messages are what they were without it)
+    trajectory: Trajectory | None = None
+
+
+class Trajectory(NamedTuple):
+    """The rollout's per-step data in its ``(n_steps, envs)`` shape (the batch's rows are its rows)."""
+
+    cost: Array  # l(x_t, u_t)
+    next_obs: Array  # (T, E, obs_dim) the state after the step, before any reset
+    terminated: Array  # left the road: the next value is the absorbing ``terminal_value``
+    done: Array  # terminated or truncated: the trace is cut
+    terminal_value: Array
 
 
 class Transition(NamedTuple):
@@ -110,6 +131,45 @@ def gae(costs: Array, values: Array, next_values: Array, done: Array, gamma: flo
     return adv
 
 
+class VTrace(NamedTuple):
+    targets: Array  # v_s: the critic's regression targets
+    pg_advantages: Array  # rho_s (l_s + gamma q_{s+1} - V(x_s)): the policy gradient's advantages
+
+
+def vtrace(values: Array, next_values: Array, costs: Array, done: Array, ratios: Array, gamma: float,
+           lam: float, rho_bar: float, c_bar: float) -> VTrace:
+    """V-trace targets and policy-gradient advantages (Espeholt et al. 2018, eq. 1 and section 4.2)
+    of a ``(T, E)`` rollout in cost units, for the policy whose ratios to the behaviour policy are
+    ``ratios = pi(a|s) / mu(a|s)``; ``next_values`` holds ``V(x_{t+1})`` (the terminal value where an
+    episode terminated) and ``done`` cuts the traces where an episode ended.
+
+    ``v_s = V(x_s) + sum_t gamma^(t-s) (prod_{i<t} c_i) rho_t delta_t`` with ``delta_t = l_t + gamma
+    V(x_{t+1}) - V(x_t)``, ``rho_t = min(rho_bar, ratio_t)``, ``c_i = lam min(c_bar, ratio_i)``; the
+    advantage bootstraps from ``q_{s+1} = lam v_{s+1} + (1 - lam) V(x_{s+1})`` (rlax's convention),
+    so with ``ratios = 1`` the targets are the lambda-returns and the advantages GAE(lambda).
+    Everything is held fixed for the gradient (``stop_gradient``): the direction field's targets are
+    data at the point where it is evaluated."""
+    rho = jnp.minimum(rho_bar, ratios)
+    c = lam * jnp.minimum(c_bar, ratios)
+    deltas = rho * (costs + gamma * next_values - values)
+
+    def back(after: Array, x: tuple[Array, Array, Array]) -> tuple[Array, Array]:
+        delta, trace, cut = x
+        acc = delta + gamma * trace * jnp.where(cut, 0.0, after)
+        return acc, acc
+
+    _, acc = jax.lax.scan(back, jnp.zeros_like(values[0]), (deltas, c, done), reverse=True)
+    targets = values + acc
+    after = jnp.concatenate([acc[1:], jnp.zeros_like(acc[:1])])  # v_{s+1} - V(x_{s+1}); 0 after the last
+    q_next = next_values + lam * jnp.where(done, 0.0, after)
+    advantages = rho * (costs + gamma * q_next - values)
+    return VTrace(jax.lax.stop_gradient(targets), jax.lax.stop_gradient(advantages))
+
+
+def standardised(advantages: Array) -> Array:
+    return (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+
+
 def networks(env: Environment, config: LearnerConfig, dtype: Any) -> tuple[GaussianPolicy, Value]:
     """The A3C learner's policy and value modules."""
     a3c = config.a3c
@@ -149,6 +209,7 @@ def make_a3c_learner(env: Environment, env_params: Any, config: LearnerConfig, d
     split, unravel_policy, unravel_value = layout.split, layout.unravel_policy, layout.unravel_value
     gamma, lam, envs, n_steps = config.gamma, a3c.gae_lambda, a3c.envs, a3c.n_steps
     absorbing = float(env_params.max_steps) if gamma == 1.0 else 1.0 / (1.0 - gamma)
+    vtrace_on = a3c.off_policy == "vtrace"
 
     observe = jax.vmap(env.observation, in_axes=(0, None))
     step_envs = jax.vmap(env.step, in_axes=(None, 0, 0, None))
@@ -170,11 +231,28 @@ def make_a3c_learner(env: Environment, env_params: Any, config: LearnerConfig, d
     def losses(flat: Array, batch: A3CBatch) -> Losses:
         return Losses(policy_loss=jnp.mean(batch.returns), value_loss=value_loss(split(flat)[1], batch))
 
+    def at_theta(theta: Array, phi: Array, batch: A3CBatch) -> A3CBatch:
+        """The batch with V-trace's advantages and targets at ``(theta, phi)`` in place of the worker's."""
+        tr = batch.trajectory
+        shape = tr.cost.shape
+        mean, log_std = pi(theta, batch.obs)
+        ratios = jnp.exp(gaussian_log_prob(mean, log_std, batch.actions) - batch.behaviour_logp).reshape(shape)
+        values = v(phi, batch.obs).reshape(shape)
+        next_values = jnp.where(tr.terminated, tr.terminal_value, v(phi, tr.next_obs))
+        out = vtrace(values, next_values, tr.cost, tr.done, ratios, gamma, lam, a3c.vtrace_rho_bar,
+                     a3c.vtrace_c_bar)
+        adv = out.pg_advantages.reshape(-1)
+        return batch._replace(advantages=standardised(adv) if a3c.normalize_advantages else adv,
+                              returns=out.targets.reshape(-1))
+
     def direction(flat: Array, batch: A3CBatch) -> tuple[Array, Losses]:
         theta, phi = split(flat)
+        sampled_returns = batch.returns  # the behaviour policy's lambda-returns: the learning curve
+        if vtrace_on:
+            batch = at_theta(theta, phi, batch)
         g_theta = jax.grad(surrogate)(theta, batch)
         v_loss, g_phi = jax.value_and_grad(value_loss)(phi, batch)
-        return jnp.concatenate([g_theta, g_phi]), Losses(policy_loss=jnp.mean(batch.returns), value_loss=v_loss)
+        return jnp.concatenate([g_theta, g_phi]), Losses(policy_loss=jnp.mean(sampled_returns), value_loss=v_loss)
 
     direction_jvp, linearize = jvp_forms(direction)
 
@@ -210,9 +288,12 @@ def make_a3c_learner(env: Environment, env_params: Any, config: LearnerConfig, d
         adv = gae(tr.cost, values, next_values, tr.done, gamma, lam)
         returns = adv + values
         if a3c.normalize_advantages:
-            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+            adv = standardised(adv)
+        trajectory = (Trajectory(tr.cost, tr.next_obs, tr.terminated, tr.done, tr.terminal_value)
+                      if vtrace_on else None)
         batch = A3CBatch(*(x.reshape((n_steps * envs,) + x.shape[2:])
-                           for x in (tr.obs, tr.action, tr.logp, tr.mean, tr.log_std, adv, returns)))
+                           for x in (tr.obs, tr.action, tr.logp, tr.mean, tr.log_std, adv, returns)),
+                         trajectory=trajectory)
         return batch, SamplerState(env_state=states)
 
     def off_policy(flat: Array, batch: A3CBatch) -> tuple[Array, Array]:

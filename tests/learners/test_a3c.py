@@ -9,48 +9,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from small import a3c_config, sample, small_a3c
 
 from asynccorr.backends.sequential import run_sequential
 from asynccorr.backends.sim import run_sim
 from asynccorr.config import (
     A3CConfig,
     ConfigError,
-    ExperimentConfig,
-    LearnerConfig,
     load_config,
     with_overrides,
 )
-from asynccorr.envs import make
 from asynccorr.learners import a3c
-from asynccorr.learners.build import build, make_any_learner
+from asynccorr.learners.build import build
 from asynccorr.runs.run import train_run
 from asynccorr.schemes.registry import SCHEMES
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def small_a3c(env_name: str = "kinematic", dtype=jnp.float32, hidden=(8,), **knobs):
-    env, params = make(env_name)
-    cfg = LearnerConfig(kind="a3c", policy_hidden=hidden, value_hidden=hidden,
-                        a3c=A3CConfig(**{"envs": 4, "n_steps": 6, **knobs}))
-    return make_any_learner(env, params, cfg, dtype)
-
-
-def sample(learner, seed: int = 0):
-    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(seed), 3)
-    params = jax.jit(learner.init)(k1)
-    batch, sampler = jax.jit(learner.sample)(k3, jax.jit(learner.sampler_init)(k2), params)
-    return params, batch, sampler
-
-
-def a3c_config(**sections) -> ExperimentConfig:
-    """Tiny nets, 4 envs x 6 steps per batch: seconds per run."""
-    base = with_overrides(ExperimentConfig(), name="a3c-spec",
-                          learner={"kind": "a3c", "policy_hidden": (8,), "value_hidden": (8,),
-                                   "a3c": A3CConfig(envs=4, n_steps=6)},
-                          optim={"policy_lr": 1e-2, "value_lr": 1e-3},
-                          train={"iterations": 6, "eval_every": 3}, workers={"count": 1})
-    return with_overrides(base, **sections)
 
 
 # ----------------------------------------------------------------------------- the direction field
