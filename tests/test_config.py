@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from asynccorr.config import ConfigError, ExperimentConfig, from_dict, load_config, to_dict, with_overrides
+from asynccorr.studies.regimes import load_regimes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,3 +34,23 @@ def test_booleans_are_not_accepted_as_numbers():
 def test_overrides_are_validated_like_the_file():
     with pytest.raises(ConfigError, match=r"learner\.gamma"):
         with_overrides(ExperimentConfig(), learner={"gamma": 0.0})
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "experiments").glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_experiment_file_loads_and_validates(path):
+    load_config(path) if path.name != "regimes.toml" else load_regimes(path)
+
+
+def test_the_vtrace_experiment_is_the_a3c_experiment_with_vtrace_and_its_measured_cost_model():
+    """Only what V-trace changes: the estimator, the cost model's times (measured, scaled from
+    a3c.toml's) and the schemes compared -- the comparison with a3c.toml's `learner` is like for like."""
+    plain = to_dict(load_config(REPO / "experiments" / "a3c.toml"))
+    vtrace = to_dict(load_config(REPO / "experiments" / "a3c-vtrace.toml"))
+    assert vtrace["learner"]["a3c"].pop("off_policy") == "vtrace" and plain["learner"]["a3c"].pop("off_policy") == "none"
+    cost = ("direction_time", "sample_cost_ratio", "jvp_cost_ratio", "linearise_cost_ratio", "apply_cost_ratio",
+            "server_apply_cost_ratio")
+    for record in (plain, vtrace):
+        record.pop("name"), record["schemes"].pop("compare")
+        for key in cost:
+            record["workers"].pop(key)
+    assert vtrace == plain
