@@ -96,6 +96,7 @@ class EnvConfig:
 
 LEARNER_KINDS = ("gpi", "a3c")
 OFF_POLICY_KINDS = ("none", "vtrace")  # learner.a3c.off_policy
+VTRACE_CRITICS = ("learner", "actor")  # learner.a3c.vtrace_critic
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,10 @@ class A3CConfig:
     off_policy: str = "none"
     vtrace_rho_bar: float = 1.0
     vtrace_c_bar: float = 1.0
+    # whose values V-trace bootstraps from: "learner" (the critic of the theta the direction is taken
+    # at: the server's theta_k in the actor-learner split, as IMPALA) or "actor" (the worker's critic
+    # phi_i, as sampled: only the ratios are the learner's)
+    vtrace_critic: str = "learner"
 
     def __post_init__(self) -> None:
         _check_types(self, "learner.a3c.")
@@ -127,6 +132,8 @@ class A3CConfig:
         for name in ("vtrace_rho_bar", "vtrace_c_bar"):
             _require(getattr(self, name) > 0, f"learner.a3c.{name}", "must be > 0 (a truncation level)",
                      getattr(self, name))
+        _require(self.vtrace_critic in VTRACE_CRITICS, "learner.a3c.vtrace_critic",
+                 f"must be one of {list(VTRACE_CRITICS)}", self.vtrace_critic)
         _require(self.vtrace_c_bar <= self.vtrace_rho_bar, "learner.a3c.vtrace_c_bar",
                  f"must be <= learner.a3c.vtrace_rho_bar = {self.vtrace_rho_bar!r} (V-trace's fixed point "
                  "assumes c_bar <= rho_bar)", self.vtrace_c_bar)
@@ -499,7 +506,8 @@ def describe(record: dict[str, Any]) -> str:
     kind = LEARNER_NAMES.get(learner["kind"], str(learner["kind"]))
     a3c = {**to_dict(A3CConfig()), **learner.get("a3c", {})}
     if learner["kind"] == "a3c" and a3c["off_policy"] == "vtrace":
-        kind += f" with V-trace (rho_bar {a3c['vtrace_rho_bar']:g}, c_bar {a3c['vtrace_c_bar']:g})"
+        critic = ", the actor's critic" if a3c["vtrace_critic"] == "actor" else ""
+        kind += f" with V-trace (rho_bar {a3c['vtrace_rho_bar']:g}, c_bar {a3c['vtrace_c_bar']:g}{critic})"
     optimizer = optim["name"].upper() if optim["name"] == "sgd" else optim["name"].capitalize()
     step = f"{optimizer} step {optim['policy_lr']:g} (value {optim['value_lr']:g})"
     return f"{kind}, {step}, N = {workers['count']} workers, {workers['delay']} delays"

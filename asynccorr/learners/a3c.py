@@ -34,7 +34,8 @@ With ``[learner.a3c] off_policy = "vtrace"`` the batch also carries its trajecto
 observations, episode ends), and the direction at ``theta`` recomputes the advantages and the
 critic's targets with V-trace (Espeholt et al. 2018, ``vtrace``): importance ratios
 ``pi_theta(a|s) / pi_i(a|s)`` truncated at ``rho_bar`` and ``c_bar``, values from ``theta``'s
-critic, all held fixed for the gradient. On a fresh batch (ratios 1) that is the A3C direction;
+critic (or, with ``vtrace_critic = "actor"``, the worker's values as sampled), all held fixed for
+the gradient. On a fresh batch (ratios 1) that is the A3C direction;
 on the ``learner`` scheme's server (a batch sampled at ``theta_i``, the direction at ``theta_k``)
 it is IMPALA's off-policy-corrected learner.
 """
@@ -80,6 +81,8 @@ class Trajectory(NamedTuple):
     terminated: Array  # left the road: the next value is the absorbing ``terminal_value``
     done: Array  # terminated or truncated: the trace is cut
     terminal_value: Array
+    values: Array  # V_phi_i(x_t) and V_phi_i(x_{t+1}) (the terminal value where the episode
+    next_values: Array  # terminated): the actor's critic, for ``vtrace_critic = "actor"``
 
 
 class Transition(NamedTuple):
@@ -237,8 +240,11 @@ def make_a3c_learner(env: Environment, env_params: Any, config: LearnerConfig, d
         shape = tr.cost.shape
         mean, log_std = pi(theta, batch.obs)
         ratios = jnp.exp(gaussian_log_prob(mean, log_std, batch.actions) - batch.behaviour_logp).reshape(shape)
-        values = v(phi, batch.obs).reshape(shape)
-        next_values = jnp.where(tr.terminated, tr.terminal_value, v(phi, tr.next_obs))
+        if a3c.vtrace_critic == "actor":
+            values, next_values = tr.values, tr.next_values
+        else:
+            values = v(phi, batch.obs).reshape(shape)
+            next_values = jnp.where(tr.terminated, tr.terminal_value, v(phi, tr.next_obs))
         out = vtrace(values, next_values, tr.cost, tr.done, ratios, gamma, lam, a3c.vtrace_rho_bar,
                      a3c.vtrace_c_bar)
         adv = out.pg_advantages.reshape(-1)
@@ -289,8 +295,8 @@ def make_a3c_learner(env: Environment, env_params: Any, config: LearnerConfig, d
         returns = adv + values
         if a3c.normalize_advantages:
             adv = standardised(adv)
-        trajectory = (Trajectory(tr.cost, tr.next_obs, tr.terminated, tr.done, tr.terminal_value)
-                      if vtrace_on else None)
+        trajectory = (Trajectory(tr.cost, tr.next_obs, tr.terminated, tr.done, tr.terminal_value, values,
+                                 next_values) if vtrace_on else None)
         batch = A3CBatch(*(x.reshape((n_steps * envs,) + x.shape[2:])
                            for x in (tr.obs, tr.action, tr.logp, tr.mean, tr.log_std, adv, returns)),
                          trajectory=trajectory)

@@ -116,6 +116,21 @@ def test_on_a_stale_batch_the_direction_at_theta_k_takes_vtrace_targets_at_theta
     assert float(jnp.linalg.norm(got - uncorrected)) > 0.05 * float(jnp.linalg.norm(uncorrected))
 
 
+def test_with_the_actors_critic_only_the_ratios_are_the_learners():
+    """``vtrace_critic = "actor"``: the worker's values as sampled, the ratios of theta_k -- on a
+    fresh batch the A3C direction, on a stale one V-trace bootstrapped from phi_i."""
+    plain, vt = small_a3c(), vtrace_learner(vtrace_critic="actor")
+    theta_i, batch, _ = sample(vt, seed=1)
+    np.testing.assert_allclose(np.asarray(jax.jit(vt.direction)(theta_i, batch)[0]),
+                               np.asarray(jax.jit(plain.direction)(theta_i, batch)[0]), rtol=2e-3, atol=2e-5)
+    theta_k = theta_i + 0.05 * jax.random.normal(jax.random.PRNGKey(8), theta_i.shape)
+    got = jax.jit(vt.direction)(theta_k, batch)[0]
+    expected = jax.jit(plain.direction)(theta_k, a3c_frozen_targets(vt, theta_k, batch, critic="actor"))[0]
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-4, atol=1e-6)
+    learners_critic = jax.jit(vtrace_learner().direction)(theta_k, batch)[0]
+    assert float(jnp.linalg.norm(got - learners_critic)) > 1e-3 * float(jnp.linalg.norm(got))
+
+
 def test_the_vtrace_direction_jvp_holds_the_targets_as_data():
     """The product differentiates the losses with V-trace's targets fixed at the point (as the
     critic's targets are data): ``jax.jvp`` of the direction, checked against central differences of
@@ -134,9 +149,9 @@ def test_the_vtrace_direction_jvp_holds_the_targets_as_data():
         np.testing.assert_allclose(np.asarray(f), np.asarray(jax.jit(vt.direction)(params, batch)[0]), rtol=1e-12)
 
 
-def a3c_frozen_targets(learner, params, batch):
+def a3c_frozen_targets(learner, params, batch, critic: str = "learner"):
     """The batch with the V-trace advantages and targets of ``params`` written in (as the plain
-    learner would read them)."""
+    learner would read them); ``critic = "actor"``: bootstrapped from the values the worker sampled."""
     tr = batch.trajectory
     shape = tr.cost.shape
     policy_tree, value_tree = learner.unravel(params)
@@ -145,6 +160,8 @@ def a3c_frozen_targets(learner, params, batch):
     ratios = jnp.exp(a3c.gaussian_log_prob(mean, log_std, batch.actions) - batch.behaviour_logp).reshape(shape)
     values = value_net.apply(value_tree, batch.obs).reshape(shape)
     next_values = jnp.where(tr.terminated, tr.terminal_value, value_net.apply(value_tree, tr.next_obs))
+    if critic == "actor":
+        values, next_values = tr.values, tr.next_values
     cfg = learner.config
     out = a3c.vtrace(values, next_values, tr.cost, tr.done, ratios, cfg.gamma, cfg.a3c.gae_lambda, 1.0, 1.0)
     return batch._replace(advantages=a3c.standardised(out.pg_advantages.reshape(-1)),
@@ -158,6 +175,8 @@ def test_vtrace_knobs_are_checked_and_named_in_titles():
         A3CConfig(vtrace_rho_bar=0.0)
     with pytest.raises(ConfigError, match=r"learner\.a3c\.vtrace_c_bar"):
         A3CConfig(vtrace_rho_bar=1.0, vtrace_c_bar=2.0)
+    with pytest.raises(ConfigError, match=r"learner\.a3c\.vtrace_critic"):
+        A3CConfig(vtrace_critic="server")
     record = {"learner": to_dict(LearnerConfig(kind="a3c", a3c=A3CConfig(off_policy="vtrace", vtrace_rho_bar=2.0)))}
     assert "V-trace (rho_bar 2, c_bar 1)" in describe(record)
     assert "V-trace" not in describe({"learner": to_dict(LearnerConfig(kind="a3c"))})
