@@ -232,7 +232,9 @@ def make_a3c_learner(env: Environment, env_params: Any, config: LearnerConfig, d
         return critic_loss(value_net, unravel_value(phi), batch)
 
     def losses(flat: Array, batch: A3CBatch) -> Losses:
-        return Losses(policy_loss=jnp.mean(batch.returns), value_loss=value_loss(split(flat)[1], batch))
+        theta, phi = split(flat)
+        targets = at_theta(theta, phi, batch) if vtrace_on else batch
+        return Losses(policy_loss=jnp.mean(batch.returns), value_loss=value_loss(phi, targets))
 
     def at_theta(theta: Array, phi: Array, batch: A3CBatch) -> A3CBatch:
         """The batch with V-trace's advantages and targets at ``(theta, phi)`` in place of the worker's."""

@@ -109,7 +109,8 @@ def test_on_a_stale_batch_the_direction_at_theta_k_takes_vtrace_targets_at_theta
     plain, vt = small_a3c(), vtrace_learner()
     theta_i, stale, _ = sample(vt, seed=0)
     theta_k = theta_i + 0.05 * jax.random.normal(jax.random.PRNGKey(7), theta_i.shape)
-    got = jax.jit(vt.direction)(theta_k, stale)[0]
+    got, losses = jax.jit(vt.direction)(theta_k, stale)
+    assert float(jax.jit(vt.losses)(theta_k, stale).value_loss) == pytest.approx(float(losses.value_loss), rel=1e-5)
     expected = jax.jit(plain.direction)(theta_k, a3c_frozen_targets(vt, theta_k, stale))[0]
     np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-4, atol=1e-6)
     uncorrected = jax.jit(plain.direction)(theta_k, stale._replace(trajectory=None))[0]
