@@ -50,7 +50,8 @@ def test_the_vtrace_experiment_is_the_a3c_experiment_with_vtrace_and_its_measure
     cost = ("direction_time", "sample_cost_ratio", "jvp_cost_ratio", "linearise_cost_ratio", "apply_cost_ratio",
             "server_apply_cost_ratio")
     for record in (plain, vtrace):
-        record.pop("name"), record["schemes"].pop("compare")
+        record.pop("name")
+        record["schemes"].pop("compare")
         for key in cost:
             record["workers"].pop(key)
     assert vtrace == plain

@@ -44,7 +44,7 @@ def vtrace_by_definition(values, next_values, costs, done, ratios, gamma, lam, r
                     break
                 weight *= gamma * c[t, e]
             targets[s, e] = values[s, e] + total
-    q_next = np.where(done, next_values, next_values)
+    q_next = next_values.copy()  # the last step, and an episode's end, bootstrap from V(x_{s+1})
     q_next[:-1] = np.where(done[:-1], next_values[:-1], lam * targets[1:] + (1 - lam) * next_values[:-1])
     return targets, rho * (costs + gamma * q_next - values)
 
