@@ -94,9 +94,11 @@ class EnvConfig:
             raise ConfigError(f"env.{exc}" if not str(exc).startswith("env") else str(exc)) from None
 
 
-LEARNER_KINDS = ("gpi", "a3c")
+LEARNER_KINDS = ("gpi", "a3c", "q")
 OFF_POLICY_KINDS = ("none", "vtrace")  # learner.a3c.off_policy
 VTRACE_CRITICS = ("learner", "actor")  # learner.a3c.vtrace_critic
+Q_TARGETS = ("one-step", "sarsa", "n-step")  # learner.q.target
+Q_REPLAYS = ("none", "worker")  # learner.q.replay
 
 
 @dataclass(frozen=True)
@@ -156,11 +158,71 @@ class A3CConfig:
 
 
 @dataclass(frozen=True)
-class LearnerConfig:
-    """The learner: ``gpi`` (policy iteration through the differentiable model, the default) or
-    ``a3c`` (model-free advantage actor-critic, its knobs in ``[learner.a3c]``)."""
+class QConfig:
+    """The value-based learner (``learner.kind = "q"``): the asynchronous value-based methods of Mnih
+    et al. (2016) on a discretised action set, with a shared target network."""
 
-    kind: str = "gpi"  # "gpi" or "a3c"
+    target: str = "n-step"  # "one-step" Q-learning, "sarsa" (one-step SARSA) or "n-step" Q-learning
+    # discrete levels per action dimension, in order (steering, then acceleration), spread evenly over
+    # the normalised range [-1, 1]; the actions are their grid. Dimensions a vehicle lacks are ignored,
+    # dimensions not listed are held at 0.
+    levels: tuple[int, ...] = (9, 3)
+    # the network's head: "dueling" (Wang et al. 2016: V(s) + A(s, a) - mean A, one more output) or one
+    # output per action
+    dueling: bool = True
+    envs: int = 32  # envs each worker rolls out in parallel (vmapped)
+    n_steps: int = 8  # rollout length per batch: the n of n-step Q (its longest return)
+    target_period: int = 20  # server updates between refreshes of the shared target network
+    # each worker's final epsilon of its epsilon-greedy policy, drawn once from these with these
+    # probabilities (Mnih et al. 2016: 0.1, 0.01, 0.5 with 0.4, 0.3, 0.3) ...
+    epsilons: tuple[float, ...] = (0.1, 0.01, 0.5)
+    epsilon_probs: tuple[float, ...] = (0.4, 0.3, 0.3)
+    epsilon_anneal: int = 0  # ... reached linearly from 1 over this many of its batches (0: from the start)
+    # experience replay: "none" (each batch is the rollout just sampled) or "worker" (Gorila: each
+    # worker keeps its own buffer of its last ``replay_capacity`` transitions and its batch is
+    # ``replay_batch`` of them drawn uniformly; one-step targets only)
+    replay: str = "none"
+    replay_capacity: int = 4096
+    replay_batch: int = 256
+
+    def __post_init__(self) -> None:
+        _check_types(self, "learner.q.")
+        _require(self.target in Q_TARGETS, "learner.q.target", f"must be one of {list(Q_TARGETS)}", self.target)
+        _require(len(self.levels) >= 1 and all(k >= 1 for k in self.levels), "learner.q.levels",
+                 "must list at least one count of levels, each >= 1", list(self.levels))
+        _require(self.levels[0] >= 2, "learner.q.levels", "must give the steering at least 2 levels",
+                 list(self.levels))
+        _require(self.envs >= 1, "learner.q.envs", "must be >= 1", self.envs)
+        _require(self.n_steps >= 1, "learner.q.n_steps", "must be >= 1 (the rollout length)", self.n_steps)
+        _require(self.target_period >= 1, "learner.q.target_period", "must be >= 1 (server updates)",
+                 self.target_period)
+        _require(len(self.epsilons) >= 1 and len(self.epsilons) == len(self.epsilon_probs), "learner.q.epsilon_probs",
+                 f"must give one probability per epsilon ({len(self.epsilons)})", list(self.epsilon_probs))
+        _require(all(0 <= e <= 1 for e in self.epsilons), "learner.q.epsilons", "must each be in [0, 1]",
+                 list(self.epsilons))
+        _require(all(p >= 0 for p in self.epsilon_probs) and abs(sum(self.epsilon_probs) - 1) < 1e-6,
+                 "learner.q.epsilon_probs", "must be >= 0 and sum to 1", list(self.epsilon_probs))
+        _require(self.epsilon_anneal >= 0, "learner.q.epsilon_anneal", "must be >= 0 (batches)", self.epsilon_anneal)
+        _require(self.replay in Q_REPLAYS, "learner.q.replay", f"must be one of {list(Q_REPLAYS)}", self.replay)
+        _require(self.replay == "none" or self.target == "one-step", "learner.q.replay",
+                 f"needs learner.q.target = \"one-step\" (replayed transitions have no n-step return or next "
+                 f"action of the current policy; target is {self.target!r})", self.replay)
+        _require(self.replay_capacity >= self.envs * self.n_steps, "learner.q.replay_capacity",
+                 f"must hold at least one rollout (envs x n_steps = {self.envs * self.n_steps})", self.replay_capacity)
+        _require(self.replay_batch >= 1, "learner.q.replay_batch", "must be >= 1", self.replay_batch)
+
+    @property
+    def batch_size(self) -> int:
+        return self.replay_batch if self.replay != "none" else self.envs * self.n_steps
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """The learner: ``gpi`` (policy iteration through the differentiable model, the default),
+    ``a3c`` (model-free advantage actor-critic, its knobs in ``[learner.a3c]``) or ``q`` (value-based:
+    asynchronous one-step Q, SARSA or n-step Q, its knobs in ``[learner.q]``)."""
+
+    kind: str = "gpi"  # "gpi", "a3c" or "q"
     policy_hidden: tuple[int, ...] = (64, 64)  # policy MLP widths
     value_hidden: tuple[int, ...] = (64, 64)  # value MLP widths
     activation: str = "tanh"
@@ -171,6 +233,7 @@ class LearnerConfig:
     sampler_steps: int = 2  # env steps the exploratory rollouts advance per batch
     exploration_noise: float = 0.1  # std of Gaussian noise on the normalised action
     a3c: A3CConfig = field(default_factory=A3CConfig)  # kind = "a3c" only
+    q: QConfig = field(default_factory=QConfig)  # kind = "q" only
 
     def __post_init__(self) -> None:
         _check_types(self, "learner.")
@@ -193,8 +256,10 @@ class LearnerConfig:
 
     @property
     def batch_size(self) -> int:
-        """States (gpi) or transitions (a3c) per batch."""
-        return self.a3c.batch_size if self.kind == "a3c" else self.rollout_states + self.reset_states
+        """States (gpi) or transitions (a3c, q) per batch."""
+        if self.kind == "a3c":
+            return self.a3c.batch_size
+        return self.q.batch_size if self.kind == "q" else self.rollout_states + self.reset_states
 
 
 @dataclass(frozen=True)
@@ -493,7 +558,7 @@ def with_overrides(config: ExperimentConfig, **section_fields: Any) -> Experimen
     return dataclasses.replace(config, **changes)
 
 
-LEARNER_NAMES = {"gpi": "model-based GPI", "a3c": "model-free A3C"}
+LEARNER_NAMES = {"gpi": "model-based GPI", "a3c": "model-free A3C", "q": "value-based Q"}
 
 
 def describe(record: dict[str, Any]) -> str:
@@ -508,6 +573,10 @@ def describe(record: dict[str, Any]) -> str:
     if learner["kind"] == "a3c" and a3c["off_policy"] == "vtrace":
         critic = ", the actor's critic" if a3c["vtrace_critic"] == "actor" else ""
         kind += f" with V-trace (rho_bar {a3c['vtrace_rho_bar']:g}, c_bar {a3c['vtrace_c_bar']:g}{critic})"
+    if learner["kind"] == "q":
+        q = {**to_dict(QConfig()), **learner.get("q", {})}
+        replay = ", per-worker replay" if q["replay"] == "worker" else ""
+        kind = f"value-based {q['target']} {'SARSA' if q['target'] == 'sarsa' else 'Q'}{replay}"
     optimizer = optim["name"].upper() if optim["name"] == "sgd" else optim["name"].capitalize()
     step = f"{optimizer} step {optim['policy_lr']:g} (value {optim['value_lr']:g})"
     return f"{kind}, {step}, N = {workers['count']} workers, {workers['delay']} delays"

@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"jax {jax.__version__}, {args.threads} thread(s); {args.config}: {config.learner.kind}, "
           f"{learner.num_params} params, batch {config.learner.batch_size}"
-          + ("" if config.learner.kind == "a3c" else f", horizon {config.learner.horizon}")
+          + ("" if config.learner.kind in ("a3c", "q") else f", horizon {config.learner.horizon}")
           + f"; {args.repeats} repeats; load average {os.getloadavg()[0]:.1f}")
     print(f"{'phase':<15} {'best ms':>9} {'median ms':>10} {'median x dir':>13}")
     for name, row in rows.items():
@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     # one worker's throughput (one thread, medians): real env steps it samples, directions it computes
     lc = config.learner
-    steps = lc.a3c.envs * lc.a3c.n_steps if lc.kind == "a3c" else lc.rollout_states * lc.sampler_steps
+    steps = {"a3c": lc.a3c.envs * lc.a3c.n_steps, "q": lc.q.envs * lc.q.n_steps}.get(
+        lc.kind, lc.rollout_states * lc.sampler_steps)
     throughput = {
         "env_steps_per_s": steps / (rows["sample"]["median_ms"] / 1e3),
         "directions_per_s": 1e3 / base,

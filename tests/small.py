@@ -1,5 +1,5 @@
 """Small configs and learners the specifications share: a short run of the default experiment on a
-small network, a small A3C learner and config, and a real learner whose direction field is a
+small network, small A3C and Q learners and configs, and a real learner whose direction field is a
 quadratic's gradient."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from asynccorr.config import A3CConfig, ExperimentConfig, LearnerConfig, with_overrides
+from asynccorr.config import A3CConfig, ExperimentConfig, LearnerConfig, QConfig, with_overrides
 from asynccorr.envs import make
 from asynccorr.learners.base import Learner, Losses
 from asynccorr.learners.build import make_any_learner, make_optimizer
@@ -31,6 +31,12 @@ def small_a3c(env_name: str = "kinematic", dtype=jnp.float32, hidden=(8,), **kno
     return make_any_learner(env, params, cfg, dtype)
 
 
+def small_q(env_name: str = "kinematic", dtype=jnp.float32, hidden=(8,), **knobs):
+    env, params = make(env_name)
+    cfg = LearnerConfig(kind="q", value_hidden=hidden, q=QConfig(**{"envs": 4, "n_steps": 6, **knobs}))
+    return make_any_learner(env, params, cfg, dtype)
+
+
 def sample(learner, seed: int = 0):
     k1, k2, k3 = jax.random.split(jax.random.PRNGKey(seed), 3)
     params = jax.jit(learner.init)(k1)
@@ -44,6 +50,16 @@ def a3c_config(**sections) -> ExperimentConfig:
                           learner={"kind": "a3c", "policy_hidden": (8,), "value_hidden": (8,),
                                    "a3c": A3CConfig(envs=4, n_steps=6)},
                           optim={"policy_lr": 1e-2, "value_lr": 1e-3},
+                          train={"iterations": 6, "eval_every": 3}, workers={"count": 1})
+    return with_overrides(base, **sections)
+
+
+def q_config(**sections) -> ExperimentConfig:
+    """The dynamic vehicle, tiny nets, 4 envs x 4 steps per batch, the target refreshed every 2 updates."""
+    base = with_overrides(ExperimentConfig(), name="q-spec", env={"name": "dynamic"},
+                          learner={"kind": "q", "value_hidden": (8,),
+                                   "q": QConfig(envs=4, n_steps=4, target_period=2)},
+                          optim={"policy_lr": 1e-2, "value_lr": 1e-2},
                           train={"iterations": 6, "eval_every": 3}, workers={"count": 1})
     return with_overrides(base, **sections)
 

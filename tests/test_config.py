@@ -55,3 +55,16 @@ def test_the_vtrace_experiment_is_the_a3c_experiment_with_vtrace_and_its_measure
         for key in cost:
             record["workers"].pop(key)
     assert vtrace == plain
+
+
+def test_the_small_step_q_experiment_is_the_q_experiment_at_a_third_of_its_step():
+    """Only the step and the schemes compared differ: its async and modify are the same runs as
+    q.toml's but for the step."""
+    base = to_dict(load_config(REPO / "experiments" / "q.toml"))
+    small = to_dict(load_config(REPO / "experiments" / "q-small-step.toml"))
+    assert (small["optim"].pop("policy_lr"), base["optim"].pop("policy_lr")) == (1e-3, 3e-3)
+    assert (small["optim"].pop("value_lr"), base["optim"].pop("value_lr")) == (1e-3, 3e-3)
+    for record in (base, small):
+        record.pop("name")
+        record["schemes"].pop("compare")
+    assert small == base

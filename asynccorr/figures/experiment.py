@@ -340,6 +340,7 @@ def _window_note(window: int) -> str:
 LOSS_LABELS = {  # learner kind -> what its policy loss is (the y axis of the loss figures)
     "gpi": "policy loss: model-rollout cost + critic's\nbootstrap (lower is better)",
     "a3c": "policy loss: λ-return cost with critic's\nbootstrap (lower is better)",
+    "q": "policy loss: mean TD target, bootstrapped\nfrom the target network (lower is better)",
 }
 TIME_LABEL = "simulated time [s]: modelled compute + communication (log scale)"
 

@@ -5,8 +5,9 @@ A learner is a ``Learner`` of pure functions over one flat parameter vector
 ``F(params, batch)`` (the gradient-like vector a worker sends), its Jacobian-vector
 products (``jvp_forms``: the building block of every staleness correction), batch
 sampling, evaluation and the per-update losses. ``learners.gpi`` (model-based
-policy iteration, the default) and ``learners.a3c`` (model-free advantage
-actor-critic) implement it; ``learners.build`` picks one from the config.
+policy iteration, the default), ``learners.a3c`` (model-free advantage actor-critic)
+and ``learners.q`` (value-based one-step Q, SARSA, n-step Q; its ``phi`` is the target
+network) implement it; ``learners.build`` picks one from the config.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def no_likelihood(flat: Array, batch: Batch) -> tuple[Array, Array]:
 
 class Learner(NamedTuple):
     """Pure functions of a learner for one env and one config (optax-style bundle): GPI
-    (``make_learner``, here) or A3C (``asynccorr.learners.a3c.make_a3c_learner``). Every trainer,
+    (``learners.gpi``), A3C (``learners.a3c``) or Q (``learners.q``). Every trainer,
     backend and scheme sees only these."""
 
     env: Environment
@@ -67,6 +68,9 @@ class Learner(NamedTuple):
     # KL(pi_i || pi_k) over its states): how off-policy a batch sampled at theta_i is at theta_k
     # (nan, nan: GPI's deterministic policy has no likelihood)
     off_policy: Callable[[Array, Batch], tuple[Array, Array]] = no_likelihood
+    # what the server does to its parameters after its optimizer's step, every update (an optax
+    # transformation chained after the optimizer): the Q learner's target-network refresh; None: nothing
+    server_transform: Any = None
 
     @property
     def num_params(self) -> int:

@@ -57,15 +57,22 @@ def _build(key: str) -> tuple[Learner, optax.GradientTransformation]:
     env_cfg, learner_cfg, optim_cfg = json.loads(key)
     env, env_params = make(env_cfg["name"], **env_cfg["params"])
     learner = make_any_learner(env, env_params, from_dict(LearnerConfig, learner_cfg))
-    return learner, make_optimizer(from_dict(OptimConfig, optim_cfg), learner.num_policy, learner.num_value)
+    optimizer = make_optimizer(from_dict(OptimConfig, optim_cfg), learner.num_policy, learner.num_value)
+    if learner.server_transform is not None:
+        optimizer = optax.chain(optimizer, learner.server_transform)
+    return learner, optimizer
 
 
 def make_any_learner(env: Any, env_params: Any, config: LearnerConfig, dtype: Any = jnp.float32) -> Learner:
-    """The learner ``config.kind`` names: GPI through the model, or model-free A3C."""
+    """The learner ``config.kind`` names: GPI through the model, model-free A3C, or value-based Q."""
     if config.kind == "a3c":
         from asynccorr.learners.a3c import make_a3c_learner
 
         return make_a3c_learner(env, env_params, config, dtype)
+    if config.kind == "q":
+        from asynccorr.learners.q import make_q_learner
+
+        return make_q_learner(env, env_params, config, dtype)
     return make_learner(env, env_params, config, dtype)
 
 
