@@ -98,7 +98,7 @@ LEARNER_KINDS = ("gpi", "a3c", "q")
 OFF_POLICY_KINDS = ("none", "vtrace")  # learner.a3c.off_policy
 VTRACE_CRITICS = ("learner", "actor")  # learner.a3c.vtrace_critic
 Q_TARGETS = ("one-step", "sarsa", "n-step")  # learner.q.target
-Q_REPLAYS = ("none", "worker")  # learner.q.replay
+Q_REPLAYS = ("none", "worker", "central")  # learner.q.replay
 
 
 @dataclass(frozen=True)
@@ -178,12 +178,18 @@ class QConfig:
     epsilons: tuple[float, ...] = (0.1, 0.01, 0.5)
     epsilon_probs: tuple[float, ...] = (0.4, 0.3, 0.3)
     epsilon_anneal: int = 0  # ... reached linearly from 1 over this many of its batches (0: from the start)
-    # experience replay: "none" (each batch is the rollout just sampled) or "worker" (Gorila: each
+    # experience replay: "none" (each batch is the rollout just sampled), "worker" (Gorila: each
     # worker keeps its own buffer of its last ``replay_capacity`` transitions and its batch is
-    # ``replay_batch`` of them drawn uniformly; one-step targets only)
+    # ``replay_batch`` of them drawn uniformly) or "central" (Ape-X, with the ``learner`` scheme: the
+    # server keeps one buffer of every worker's last ``replay_capacity`` transitions, prioritised by
+    # |TD error| (the actors' at first), and draws its batch of ``replay_batch`` from it with
+    # probability p^priority_exponent, importance-weighted by (n P)^-importance_exponent); one-step
+    # targets only
     replay: str = "none"
     replay_capacity: int = 4096
     replay_batch: int = 256
+    priority_exponent: float = 0.6  # alpha (Schaul et al. 2016; Ape-X)
+    importance_exponent: float = 0.4  # beta
 
     def __post_init__(self) -> None:
         _check_types(self, "learner.q.")
@@ -210,6 +216,8 @@ class QConfig:
         _require(self.replay_capacity >= self.envs * self.n_steps, "learner.q.replay_capacity",
                  f"must hold at least one rollout (envs x n_steps = {self.envs * self.n_steps})", self.replay_capacity)
         _require(self.replay_batch >= 1, "learner.q.replay_batch", "must be >= 1", self.replay_batch)
+        _nonnegative("learner.q.priority_exponent", self.priority_exponent)
+        _nonnegative("learner.q.importance_exponent", self.importance_exponent)
 
     @property
     def batch_size(self) -> int:
@@ -575,7 +583,7 @@ def describe(record: dict[str, Any]) -> str:
         kind += f" with V-trace (rho_bar {a3c['vtrace_rho_bar']:g}, c_bar {a3c['vtrace_c_bar']:g}{critic})"
     if learner["kind"] == "q":
         q = {**to_dict(QConfig()), **learner.get("q", {})}
-        replay = ", per-worker replay" if q["replay"] == "worker" else ""
+        replay = {"worker": ", per-worker replay", "central": ", central prioritised replay"}.get(q["replay"], "")
         kind = f"value-based {q['target']} {'SARSA' if q['target'] == 'sarsa' else 'Q'}{replay}"
     optimizer = optim["name"].upper() if optim["name"] == "sgd" else optim["name"].capitalize()
     step = f"{optimizer} step {optim['policy_lr']:g} (value {optim['value_lr']:g})"

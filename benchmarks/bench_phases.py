@@ -17,6 +17,11 @@ after a compiling warm-up, every phase a job or the server can run
                      fit and the step; the cost model charges ``secant_pair_cost_ratio`` per
                      pair, the larger window's (server_apply subtracted, per pair; the fit's
                      matrix products grow faster than M, so the small window is over-charged).
+* ``learner_replay`` (a Q config with ``replay = "central"`` only) the ``learner`` scheme's server
+                     step through Ape-X's replay, the buffer full: insert the message, the
+                     prioritised draw, the direction on it, the re-prioritisation and the step;
+                     ``server_apply_cost_ratio`` is then this less one direction (what the cost
+                     model adds to the direction it charges the learner scheme's server).
 
 It prints each phase's best and median milliseconds and its ratio to ``direction``
 (medians: what a run sees), and the ``[workers]`` lines that set them as the cost
@@ -96,6 +101,18 @@ def main(argv: list[str] | None = None) -> int:
         secant_update = make_update(learner, optimizer, secant, tx, False)
         secant_cases[f"secant_{window}"] = (lambda u=secant_update, s=full, m=msg: u(s, m, jnp.int32(7)))
 
+    replay_cases = {}
+    if learner.server_direction is not None:  # Ape-X: the learner scheme's server step through its replay
+        learner_scheme = get_scheme("learner")
+        tx = correction_for("learner", config)
+        replay_server = init_server(params, optimizer, tx, learner, jax.random.PRNGKey(2))
+        replay_update = make_update(learner, optimizer, learner_scheme, tx, False)
+        msg = Shipped(None, None, None, batch, Losses(np.float32(0), np.float32(0)))
+        rows_per_message = int(np.asarray(batch.cost).size)
+        for _ in range(-(-config.learner.q.replay_capacity // rows_per_message)):  # a full buffer
+            replay_server, _ = replay_update(replay_server, msg, jnp.int32(0))
+        replay_cases["learner_replay"] = lambda: replay_update(replay_server, msg, jnp.int32(0))
+
     cases = {
         "sample": lambda: ops.sample(key, sampler, params),
         "direction": lambda: ops.direction(params, batch),
@@ -104,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         "apply": lambda: product(tangent),
         "server_apply": lambda: update(server, shipped, jnp.int32(3)),
         **secant_cases,
+        **replay_cases,
     }
     for fn in cases.values():
         jax.block_until_ready(fn())
@@ -135,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         "secant_pair_cost_ratio": round(max(0.0, rows[f"secant_{SECANT_WINDOWS[-1]}"]["ratio"]
                                             - rows["server_apply"]["ratio"]) / SECANT_WINDOWS[-1], 4),
     }
+    if "learner_replay" in rows:  # the learner scheme charges a direction plus server_apply per message
+        defaults["server_apply_cost_ratio"] = round(rows["learner_replay"]["ratio"] - 1.0, 2)
     # one worker's throughput (one thread, medians): real env steps it samples, directions it computes
     lc = config.learner
     steps = {"a3c": lc.a3c.envs * lc.a3c.n_steps, "q": lc.q.envs * lc.q.n_steps}.get(

@@ -3,7 +3,7 @@ directions and simulated seconds each needs to reach the tracking target.
 
     python experiments/a3c_study.py sweep   [--workers 1,4,16] [--seeds 0,1,2] [--learners a3c,gpi]
                                             [--results results/a3c-sweep] [--redraw]
-    python experiments/a3c_study.py targets results/a3c [results/paper ...]
+    python experiments/a3c_study.py targets results/a3c [results/paper ...] [--target-m 0.25]
 
 ``sweep`` trains, for each learner (``a3c``: experiments/a3c.toml; ``gpi``: experiments/paper.toml)
 and each worker count N, the schemes ``async``, ``modify`` and ``modify-safe`` (server protocol) on
@@ -52,6 +52,8 @@ def per_update(config: dict[str, Any], scheme: str) -> tuple[int, int, int, int]
     batches = n if scheme in ("sync", "sync-pipelined", "sync-pipelined-modify") else 1
     if learner.get("kind", "gpi") == "a3c":
         env, model = learner["a3c"]["envs"] * learner["a3c"]["n_steps"], 0
+    elif learner.get("kind") == "q":  # the real env steps sampled (a replayed batch is not new experience)
+        env, model = learner["q"]["envs"] * learner["q"]["n_steps"], 0
     else:
         env = learner["rollout_states"] * learner["sampler_steps"]
         model = (learner["rollout_states"] + learner["reset_states"]) * learner["horizon"]
@@ -59,13 +61,13 @@ def per_update(config: dict[str, Any], scheme: str) -> tuple[int, int, int, int]
     return env * batches, model * batches, batches, products * batches
 
 
-def run_row(run: Any) -> dict[str, Any]:
-    """One run's row of the table (``run``: ``runs.read.Run``)."""
+def run_row(run: Any, target_m: float = TARGET_M) -> dict[str, Any]:
+    """One run's row of the table (``run``: ``runs.read.Run``): the tracking target is ``target_m``."""
     from asynccorr.schemes.registry import label
 
     config, m, evals = run.config, run.metrics, run.evals
     kind = config["learner"].get("kind", "gpi")
-    ok = (evals["rms_lateral"] < TARGET_M) & (evals["left_road"] == 0) & (evals["iteration"] > 0)
+    ok = (evals["rms_lateral"] < target_m) & (evals["left_road"] == 0) & (evals["iteration"] > 0)
     valid = run.valid_rows
     reached = [int(k) for k in evals["iteration"][ok] if k <= valid]
     k = reached[0] if reached else None
@@ -89,10 +91,10 @@ def run_row(run: Any) -> dict[str, Any]:
     }
 
 
-def rows_of(folder: Path) -> list[dict[str, Any]]:
+def rows_of(folder: Path, target_m: float = TARGET_M) -> list[dict[str, Any]]:
     from asynccorr.api import load
 
-    return [run_row(r) for r in sorted(load(folder).runs, key=lambda r: (r.scheme, r.seed))]
+    return [run_row(r, target_m) for r in sorted(load(folder).runs, key=lambda r: (r.scheme, r.seed))]
 
 
 def _fmt(values: list[float], fmt: str) -> str:
@@ -260,7 +262,7 @@ def sweep(args: argparse.Namespace) -> int:
 
 
 def targets(args: argparse.Namespace) -> int:
-    rows = [row for folder in args.folders for row in rows_of(Path(folder))]
+    rows = [row for folder in args.folders for row in rows_of(Path(folder), args.target_m)]
     print(table(rows))
     return 0
 
@@ -276,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--redraw", action="store_true", help="only redraw the table and figures from sweep.csv")
     t = sub.add_parser("targets", help="the per-run table of existing experiment folders")
     t.add_argument("folders", nargs="+")
+    t.add_argument("--target-m", type=float, default=TARGET_M,
+                   help=f"the tracking target, RMS lateral error in m (default {TARGET_M}; docs/q.md: 0.25)")
     args = p.parse_args(argv)
     from asynccorr.compile.cache import compilation_cache
 

@@ -96,6 +96,7 @@ def run(config: ExperimentConfig, scheme: str, hooks: RunHooks = NO_HOOKS) -> Ru
     if backend.workers:
         scheme = resolve(scheme, config.schemes.protocol)
         check_backend_runs(backend.name, scheme)
+    check_learner_runs(config, scheme)
     with programs.scope(config, scheme):
         return backend.run_function()(config, scheme, hooks=hooks)
 
@@ -106,6 +107,14 @@ def check_backend_runs(backend_name: str, scheme_name: str) -> None:
         able = [b.name for b in BACKENDS.values() if b.workers and b.supports(scheme_name)]
         raise ConfigError(f"scheme {scheme_name} ({get_scheme(scheme_name).summary}) runs on workers.backend = "
                           f"{' or '.join(repr(n) for n in able)} only, not {backend_name!r}")
+
+
+def check_learner_runs(config: ExperimentConfig, scheme_name: str) -> None:
+    """A ``ConfigError`` when the learner cannot run the scheme: a central replay (Ape-X) lives on the
+    server and feeds its direction, so it needs the ``learner`` scheme (workers only sample)."""
+    if config.learner.kind == "q" and config.learner.q.replay == "central" and scheme_name != "learner":
+        raise ConfigError(f"learner.q.replay = 'central' (Ape-X: the server draws its batches from one "
+                          f"replay) needs the learner scheme, not {scheme_name}")
 
 
 def backend_help() -> str:

@@ -244,7 +244,7 @@ def _template_parts(sim: Sim, key: Array) -> tuple[ServerState, Worker, tuple[Ar
     worker = Worker(run_key, sim.learner.sampler_init(sampler_key),
                     jnp.zeros((_look_ahead_size(sim),), jnp.float32), tangent)
     batch, _ = sim.learner.sample(run_key, worker.sampler, params)
-    server = init_server(params, optimizer, correction_for(sim.scheme.name, sim.config))
+    server = init_server(params, optimizer, correction_for(sim.scheme.name, sim.config), sim.learner, k_params)
     return server, worker, (params, batch, params, tangent)
 
 

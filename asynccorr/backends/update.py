@@ -48,6 +48,7 @@ class ServerState(NamedTuple):
     params: Array  # theta_k, flat
     opt_state: optax.OptState
     correction_state: Any
+    learner_state: Any = None  # the learner's server-side state (``Learner.server_init``: Ape-X's replay)
 
 
 class UpdateMetrics(NamedTuple):
@@ -84,7 +85,8 @@ NO_FIT = (jnp.nan,) * len(FIT_FIELDS)  # a scheme without a fit
 
 def _finish(learner: Learner, optimizer: optax.GradientTransformation, server: ServerState, applied: Array,
             stale: Array, fresh: Array, losses: Any, correction_state: Any,
-            mismatch: tuple[Array, Array], fit: tuple = NO_FIT) -> tuple[ServerState, UpdateMetrics]:
+            mismatch: tuple[Array, Array], fit: tuple = NO_FIT, learner_state: Any = None
+            ) -> tuple[ServerState, UpdateMetrics]:
     updates, opt_state = optimizer.update(applied, server.opt_state, server.params)
     params = optax.apply_updates(server.params, updates)
     n = learner.num_policy
@@ -101,12 +103,18 @@ def _finish(learner: Learner, optimizer: optax.GradientTransformation, server: S
         policy_kl=mismatch[1],
         **dict(zip(FIT_FIELDS, (jnp.asarray(x, jnp.float32) for x in fit))),
     )
-    return ServerState(params, opt_state, correction_state), metrics
+    return ServerState(params, opt_state, correction_state, learner_state), metrics
 
 
 def init_server(params: Array, optimizer: optax.GradientTransformation,
-                correction: optax.GradientTransformationExtraArgs) -> ServerState:
-    return ServerState(params, optimizer.init(params), correction.init(params))
+                correction: optax.GradientTransformationExtraArgs, learner: Learner | None = None,
+                key: Array | None = None) -> ServerState:
+    """The server before its first update; with a learner that keeps server-side state
+    (``server_init``), that state from ``key`` (``learners.build.server_key``)."""
+    learner_state = None
+    if learner is not None and learner.server_init is not None:
+        learner_state = learner.server_init(key)
+    return ServerState(params, optimizer.init(params), correction.init(params), learner_state)
 
 
 @functools.lru_cache(maxsize=32)
@@ -114,10 +122,10 @@ def initial_server(learner: Learner, optimizer: optax.GradientTransformation,
                    correction: optax.GradientTransformationExtraArgs) -> Callable[[Array], ServerState]:
     """The jitted ``seed -> init_server(learner.init(run_keys(seed)[0]), ...)``: the server before its
     first update as one program (op by op it costs start-up in dispatches; the same values)."""
-    from asynccorr.learners.build import run_keys
+    from asynccorr.learners.build import run_keys, server_key
 
-    return programs.jit(lambda seed: init_server(learner.init(run_keys(seed)[0]), optimizer, correction),
-                        "server.init")
+    return programs.jit(lambda seed: init_server(learner.init(run_keys(seed)[0]), optimizer, correction, learner,
+                                                 server_key(seed)), "server.init")
 
 
 class Shipped(NamedTuple):
@@ -152,7 +160,11 @@ def make_update(
         if theta_i is not None:
             extra["worker_params"] = theta_i
         fresh = losses = None
-        if scheme.compute == "sample":  # learner: the fresh direction is the update
+        learner_state = server.learner_state
+        if scheme.compute == "sample" and learner.server_direction is not None:  # Ape-X: through its replay
+            fresh, losses, learner_state = learner.server_direction(learner_state, theta_k, batch)
+            stale = fresh
+        elif scheme.compute == "sample":  # learner: the fresh direction is the update
             fresh, losses = learner.direction(theta_k, batch)
             stale = fresh
         elif scheme.protocol == "oracle":
@@ -181,7 +193,7 @@ def make_update(
             fit = _secant_diagnostics(learner, correction_state, applied - stale, theta_i, theta_k, batch,
                                       diagnose and measure)
         return _finish(learner, optimizer, server, applied, stale, fresh, losses, correction_state,
-                       _ratio(learner, theta_k, batch if measure else None), fit)
+                       _ratio(learner, theta_k, batch if measure else None), fit, learner_state)
 
     return programs.jit(update, "server.update")
 
@@ -235,7 +247,8 @@ def make_round_update(
         first = None if msgs.batch is None else jax.tree.map(lambda x: x[0], msgs.batch)
         ratio = _ratio(learner, server.params, first if measure else None)  # sync: 1; pipelined: worker 0's
         if not scheme.pipelined:
-            return _finish(learner, optimizer, server, applied, applied, applied, losses, correction_state, ratio)
+            return _finish(learner, optimizer, server, applied, applied, applied, losses, correction_state, ratio,
+                           learner_state=server.learner_state)
         # pipelined: the error of worker 0's direction (its own correction included) against the fresh
         # direction at theta_k on its batch -- one direction per round instead of N; the workers are alike
         own_stale = msgs.direction[0]
@@ -246,7 +259,7 @@ def make_round_update(
         else:
             fresh = jnp.full_like(stale, jnp.nan)
         new, metrics = _finish(learner, optimizer, server, applied, own_stale, fresh, losses, correction_state,
-                               ratio)
+                               ratio, learner_state=server.learner_state)
         n = learner.num_policy
         return new, metrics._replace(grad_error=_relative(own, fresh), policy_grad_error=_relative(own[:n], fresh[:n]),
                                      correction_norm=jnp.linalg.norm(own - own_stale))

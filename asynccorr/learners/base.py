@@ -71,6 +71,11 @@ class Learner(NamedTuple):
     # what the server does to its parameters after its optimizer's step, every update (an optax
     # transformation chained after the optimizer): the Q learner's target-network refresh; None: nothing
     server_transform: Any = None
+    # server-side learner state (the Q learner's central replay, Ape-X): key -> state, and the
+    # ``learner`` scheme's direction at theta_k on a shipped batch through it:
+    # (state, theta_k, batch) -> (direction, losses, state'); None: the plain ``direction``
+    server_init: Callable[[Array], Any] | None = None
+    server_direction: Callable[[Any, Array, Batch], tuple[Array, Losses, Any]] | None = None
 
     @property
     def num_params(self) -> int:

@@ -82,6 +82,11 @@ def run_keys(seed: int) -> tuple[Array, Array]:
     return k_params, k_workers
 
 
+def server_key(seed: int) -> Array:
+    """The server's own key (its draws from a central replay): apart from every worker's stream."""
+    return jax.random.fold_in(run_keys(seed)[0], 1)
+
+
 def worker_stream(workers_key: Array, index: int) -> tuple[Array, Array]:
     """(run key, sampler key) of worker ``index``: the same derivation for every
     backend and for the sequential trainer (worker 0), so one worker reproduces it."""

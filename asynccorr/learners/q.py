@@ -28,7 +28,11 @@ time limit bootstraps, as for A3C.
 
 ``replay = "worker"`` is Gorila's per-worker uniform replay: each worker keeps a ring buffer of its
 last ``replay_capacity`` transitions in its sampler state and sends ``replay_batch`` of them,
-drawn uniformly (one-step targets only).
+drawn uniformly (one-step targets only). ``replay = "central"`` is Ape-X's (Horgan et al. 2018),
+with the ``learner`` scheme: workers send their rollouts with initial priorities (their |TD
+error| at ``theta_i``), and the server keeps one prioritised buffer of everybody's last
+``replay_capacity`` transitions, draws its batch from it (``server_direction``) and re-prioritises
+what it drew.
 
 ``Losses.policy_loss`` is the batch's mean target ``y``: the estimated discounted cost-to-go of the
 behaviour from the batch's states (a learning curve, as A3C's mean lambda-return);
@@ -51,6 +55,7 @@ from asynccorr.learners.base import Learner, Losses, flat_params, jvp_forms
 from asynccorr.learners.networks import MLP
 
 Array = jax.Array
+PRIORITY_FLOOR = 1e-6  # added to every |TD error| so that no stored transition has probability 0
 
 
 class QBatch(NamedTuple):
@@ -64,6 +69,10 @@ class QBatch(NamedTuple):
     terminated: Array  # left the road: the next value is the absorbing ``terminal_value``
     done: Array  # terminated or truncated: an n-step return bootstraps here
     terminal_value: Array
+    # central replay (Ape-X) only, else None: the actor's |TD error| at theta_i (the transition's
+    # initial priority) and, in a batch the server drew from its buffer, the importance weights
+    priority: Array | None = None
+    weight: Array | None = None
 
 
 class Replay(NamedTuple):
@@ -79,6 +88,15 @@ class QSamplerState(NamedTuple):
     epsilon: Array  # this worker's final epsilon
     batches: Array  # batches sampled so far: the annealing clock
     replay: Replay | None = None
+
+
+class CentralReplay(NamedTuple):
+    """The server's prioritised replay (Ape-X): every worker's transitions, leading axis = capacity."""
+
+    data: QBatch  # each field (capacity, ...); priority = |TD error| when last computed
+    size: Array
+    cursor: Array
+    key: Array  # the server's draws
 
 
 class TargetRefreshState(NamedTuple):
@@ -194,9 +212,13 @@ def make_q_learner(env: Environment, env_params: Any, config: LearnerConfig, dty
             y = batch.cost + gamma * bootstrap
         return jax.lax.stop_gradient(y)
 
+    def td_errors(online: Array, y: Array, batch: QBatch) -> Array:
+        return jnp.take_along_axis(qvalues(online, batch.obs), batch.actions[..., None], axis=-1)[..., 0] - y
+
     def td_loss(online: Array, y: Array, batch: QBatch) -> Array:
-        chosen = jnp.take_along_axis(qvalues(online, batch.obs), batch.actions[..., None], axis=-1)[..., 0]
-        return jnp.mean((chosen - y) ** 2)
+        """Mean squared TD error; importance-weighted in a prioritised draw (Schaul et al. 2016)."""
+        delta = td_errors(online, y, batch)
+        return jnp.mean(delta ** 2 if batch.weight is None else batch.weight * delta ** 2)
 
     def losses(flat: Array, batch: QBatch) -> Losses:
         online, target = split(flat)
@@ -272,6 +294,9 @@ def make_q_learner(env: Environment, env_params: Any, config: LearnerConfig, dty
     def sample(key: Array, sampler: QSamplerState, flat: Array) -> tuple[QBatch, QSamplerState]:
         k_roll, k_draw = jax.random.split(key)
         batch, states = rollout(k_roll, sampler, split(flat)[0])
+        if q.replay == "central":  # the actor's initial priorities, at its own theta_i and target block
+            online, target = split(flat)
+            batch = batch._replace(priority=jnp.abs(td_errors(online, targets(target, batch), batch)))
         replay = sampler.replay
         if replay is not None:
             replay = insert(replay, batch)
@@ -286,6 +311,42 @@ def make_q_learner(env: Environment, env_params: Any, config: LearnerConfig, dty
         flat_batch = jax.tree.map(lambda x: x.reshape((rows,) + x.shape[2:]), batch)
         data = jax.tree.map(lambda buf, x: buf.at[pos].set(x), replay.data, flat_batch)
         return Replay(data, jnp.minimum(replay.size + rows, cap), (replay.cursor + rows) % cap)
+
+    def server_init(key: Array) -> CentralReplay:
+        """The server's empty prioritised buffer (central replay only)."""
+        cap = q.replay_capacity
+        data = QBatch(obs=jnp.zeros((cap, obs_dim), dtype), actions=jnp.zeros((cap,), jnp.int32),
+                      cost=jnp.zeros((cap,), dtype), next_obs=jnp.zeros((cap, obs_dim), dtype),
+                      next_actions=jnp.zeros((cap,), jnp.int32), terminated=jnp.zeros((cap,), bool),
+                      done=jnp.zeros((cap,), bool), terminal_value=jnp.zeros((cap,), dtype),
+                      priority=jnp.zeros((cap,), dtype))
+        return CentralReplay(data, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), key)
+
+    def server_direction(state: CentralReplay, flat: Array, batch: QBatch) -> tuple[Array, Losses, CentralReplay]:
+        """Ape-X's learner step at ``flat`` (the server's theta_k): add the message's transitions with
+        the actor's priorities, draw ``replay_batch`` with probability ``p^alpha / sum p^alpha``, take the
+        importance-weighted direction on them (weights ``(n P(i))^-beta`` over their maximum) and set
+        their priorities to their TD errors at ``flat``."""
+        rows, cap = batch.cost.size, q.replay_capacity
+        pos = (state.cursor + jnp.arange(rows)) % cap
+        new = jax.tree.map(lambda x: x.reshape((rows,) + x.shape[2:]), batch._replace(weight=None))
+        data = jax.tree.map(lambda buf, x: buf.at[pos].set(x), state.data._replace(weight=None), new)
+        size = jnp.minimum(state.size + rows, cap)
+        key, k_draw = jax.random.split(state.key)
+        filled = jnp.arange(cap) < size
+        scaled = jnp.where(filled, (data.priority + PRIORITY_FLOOR) ** q.priority_exponent, 0.0)
+        probs = scaled / jnp.sum(scaled)
+        idx = jax.random.choice(k_draw, cap, (q.replay_batch,), p=probs)
+        weight = (size * probs[idx]) ** (-q.importance_exponent)
+        drawn = jax.tree.map(lambda x: x[idx][None], data._replace(priority=None))
+        drawn = drawn._replace(weight=(weight / jnp.max(weight))[None])
+        online, target = split(flat)
+        y = targets(target, drawn)
+        loss, g = jax.value_and_grad(td_loss)(online, y, drawn)
+        priority = data.priority.at[idx].set(jnp.abs(td_errors(online, y, drawn))[0])
+        direction = jnp.concatenate([g, jnp.zeros_like(target)])
+        return (direction, Losses(policy_loss=jnp.mean(y), value_loss=loss),
+                CentralReplay(data._replace(priority=priority), size, (state.cursor + rows) % cap, key))
 
     def act(flat: Array, obs: Array) -> Array:
         return jnp.asarray(grid_np, dtype)[greedy(split(flat)[0], obs)]
@@ -308,4 +369,6 @@ def make_q_learner(env: Environment, env_params: Any, config: LearnerConfig, dty
         sampler_init=sampler_init,
         sample=sample,
         server_transform=target_refresh(num_online, q.target_period),
+        server_init=server_init if q.replay == "central" else None,
+        server_direction=server_direction if q.replay == "central" else None,
     )

@@ -4,6 +4,8 @@ the workers' epsilon-greedy exploration and replay, and every scheme running it 
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import jax
@@ -13,11 +15,14 @@ import optax
 import pytest
 from small import q_config, sample, small_q
 
+from asynccorr.backends import registry
 from asynccorr.backends.sequential import run_sequential
 from asynccorr.backends.sim import run_sim
 from asynccorr.config import ConfigError, QConfig, describe, load_config, to_dict, with_overrides
 from asynccorr.learners import q
 from asynccorr.learners.build import build
+from asynccorr.runs.checkpoints import checkpoint_files
+from asynccorr.runs.run import train_run
 from asynccorr.schemes.registry import SCHEMES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -217,7 +222,9 @@ def test_a_workers_replay_buffer_keeps_its_last_transitions_and_sends_a_uniform_
     ({"epsilons": (0.1, 1.5, 0.5)}, "learner.q.epsilons"),
     ({"target_period": 0}, "learner.q.target_period"),
     ({"replay": "worker"}, "learner.q.replay"),  # n-step returns cannot be replayed
-    ({"replay": "central"}, "learner.q.replay"),
+    ({"replay": "central"}, "learner.q.replay"),  # likewise
+    ({"replay": "prioritised"}, "learner.q.replay"),
+    ({"target": "one-step", "replay": "central", "priority_exponent": -1.0}, "learner.q.priority_exponent"),
     ({"target": "one-step", "replay": "worker", "replay_capacity": 8}, "learner.q.replay_capacity"),
 ])
 def test_bad_q_settings_are_rejected_naming_the_field(knobs, field):
@@ -229,6 +236,63 @@ def test_the_q_experiment_is_n_step_q_on_the_kinematic_task_and_says_so():
     cfg = load_config(REPO / "experiments" / "q.toml")
     assert (cfg.learner.kind, cfg.learner.q.target, cfg.env.name) == ("q", "n-step", "kinematic")
     assert describe(to_dict(cfg)).startswith("value-based n-step Q, SGD step 0.003")
+
+
+# ----------------------------------------------------------------------------- Ape-X's central replay
+
+APEX = {"target": "one-step", "replay": "central", "envs": 4, "n_steps": 4, "target_period": 2,
+        "replay_capacity": 40, "replay_batch": 16}
+
+
+def test_an_actor_sends_its_transitions_with_their_td_errors_at_its_own_parameters_as_priorities():
+    learner = small_q(**{k: v for k, v in APEX.items() if k != "target_period"})
+    params, batch, _ = sample(learner)
+    y = jax.jit(learner.returns)(params, batch)
+    chosen = jnp.take_along_axis(q_of(learner, params[:learner.num_policy], batch.obs), batch.actions[..., None], -1)
+    np.testing.assert_allclose(np.asarray(batch.priority), np.abs(np.asarray(chosen[..., 0] - y)), rtol=1e-5, atol=1e-6)
+
+
+def test_the_server_draws_by_priority_weights_by_importance_and_reprioritises_what_it_drew():
+    learner = small_q(**{k: v for k, v in APEX.items() if k != "target_period"})
+    params, batch, _ = sample(learner)
+    step = jax.jit(learner.server_direction)
+    state = learner.server_init(jax.random.PRNGKey(5))
+    only_first = batch._replace(priority=jnp.zeros_like(batch.priority).at[0, 0].set(1.0))
+    _, _, state = step(state, params, only_first)  # 16 rows in; every draw is row 0 (the others: 1e-6)
+    assert int(state.size) == 16 and int(state.cursor) == 16
+    drawn = np.flatnonzero(np.asarray(state.data.priority[:16]) != np.asarray(only_first.priority).reshape(-1))
+    np.testing.assert_array_equal(drawn, [0])  # row 0 was drawn and re-prioritised, nothing else
+    y = jax.jit(learner.returns)(params, batch)
+    chosen = jnp.take_along_axis(q_of(learner, params[:learner.num_policy], batch.obs), batch.actions[..., None], -1)
+    td0 = abs(float(chosen[0, 0, 0] - y[0, 0]))
+    np.testing.assert_allclose(float(state.data.priority[0]), td0, rtol=1e-5)
+    for _ in range(3):  # 64 rows into 40: a ring
+        _, losses, state = step(state, params, batch)
+    assert int(state.size) == 40 and int(state.cursor) == 64 % 40
+    uniform = state._replace(data=state.data._replace(priority=jnp.ones(40)))
+    direction, losses, _ = step(uniform, params, batch._replace(priority=jnp.ones_like(batch.priority)))
+    assert np.all(np.isfinite(np.asarray(direction))) and float(losses.value_loss) > 0
+
+
+def test_central_replay_runs_with_the_learner_scheme_only_and_resumes_with_its_buffer(tmp_path):
+    """The buffer, its cursor, the server's key and the target refresh count are server state: a
+    run resumed from a checkpoint equals the uninterrupted one, file for file."""
+    cfg = q_config(learner={"q": QConfig(**APEX)}, workers={"count": 3},
+                   train={"iterations": 12, "eval_every": 4, "checkpoint_every": 4})
+    with pytest.raises(ConfigError, match="needs the learner scheme"):
+        registry.run(cfg, "async")
+    a, _, _ = train_run(cfg, "learner", tmp_path / "a")
+    c = tmp_path / "c" / a.parent.name / a.name
+    shutil.copytree(a, c)
+    checkpoint_files(c)[0].unlink()  # the one at 8: resume from the one at 4
+    for name in ("params.npy", "trajectory.csv"):
+        (c / name).unlink()
+    meta = json.loads((c / "meta.json").read_text())
+    (c / "meta.json").write_text(json.dumps({**meta, "status": "running"}))
+    resumed, result, _ = train_run(cfg, "learner", tmp_path / "c", resume=True)
+    assert result.status == "completed"
+    for name in ("params.npy", "metrics.csv", "eval.csv", "trajectory.csv"):
+        assert (a / name).read_bytes() == (c / name).read_bytes(), name
 
 
 # ----------------------------------------------------------------------------- every scheme runs it
@@ -254,6 +318,17 @@ def test_gorila_replay_and_sarsa_run_on_sim_with_several_workers():
         cfg = q_config(learner={"q": QConfig(envs=4, n_steps=4, target_period=2, **knobs)}, workers={"count": 3})
         result = run_sim(cfg, "modify")
         assert np.all(np.isfinite(result.params)) and result.metrics["staleness"].max() > 0
+
+
+def test_at_staleness_7_the_correction_cuts_the_td_gradient_error_only_while_the_steps_are_small():
+    """docs/q.md: on the small-step Q experiment the exact correction removes most of the gradient
+    error over the first 10 updates (staleness ramping up to 7), then its error passes async's as the
+    directions grow (and the run diverges soon after)."""
+    cfg = with_overrides(load_config(REPO / "experiments" / "q-small-step.toml"),
+                         train={"iterations": 24, "eval_every": 24, "checkpoint_every": 0})
+    stale, corrected = (run_sim(cfg, s).metrics for s in ("async", "modify@server"))
+    assert corrected["grad_error"][1:10].mean() < 0.5 * stale["grad_error"][1:10].mean()
+    assert corrected["grad_error"][12:24].mean() > stale["grad_error"][12:24].mean()
 
 
 # ----------------------------------------------------------------------------- it learns
