@@ -289,7 +289,7 @@ def test_central_replay_runs_with_the_learner_scheme_only_and_resumes_with_its_b
         (c / name).unlink()
     meta = json.loads((c / "meta.json").read_text())
     (c / "meta.json").write_text(json.dumps({**meta, "status": "running"}))
-    resumed, result, _ = train_run(cfg, "learner", tmp_path / "c", resume=True)
+    _, result, _ = train_run(cfg, "learner", tmp_path / "c", resume=True)
     assert result.status == "completed"
     for name in ("params.npy", "metrics.csv", "eval.csv", "trajectory.csv"):
         assert (a / name).read_bytes() == (c / name).read_bytes(), name
