@@ -578,6 +578,17 @@ def _integer_histograms(ax: Axes, runs: Sequence[Run], column: str) -> list[str]
     return list(data)
 
 
+def _with_zero_entry(handles: list, labels: list[str], runs: Sequence[Run], drawn: list[str], column: str
+                     ) -> tuple[list, list[str]]:
+    """The legend's entries plus one naming the schemes whose ``column`` is 0 throughout (no outline
+    is drawn for them, but they were run: the legend says so rather than leaving them out)."""
+    zero = [s for s, g in _by_scheme(runs).items() if s not in drawn and _pooled(g, column).size]
+    if not zero:
+        return handles, labels
+    names = ", ".join(s if realisable(s) else f"{s} (not realisable)" for s in zero)
+    return [*handles, Line2D([], [], ls="none")], [*labels, f"0 throughout: {names}"]
+
+
 def staleness(runs: Sequence[Run], smooth: int | None = None) -> Figure:
     """Distribution of the staleness of applied updates (pooled over seeds), per scheme with any.
 
@@ -585,8 +596,10 @@ def staleness(runs: Sequence[Run], smooth: int | None = None) -> Figure:
     one share it), so many schemes stay readable.
     """
     fig, (ax,) = _new_figure()
-    if _integer_histograms(ax, runs, "staleness"):
-        _legend(fig, ax, ncols=2)
+    drawn = _integer_histograms(ax, runs, "staleness")
+    if drawn:
+        handles, labels = ax.get_legend_handles_labels()
+        _legend(fig, ax, *_with_zero_entry(handles, labels, runs, drawn, "staleness"), ncols=2)
     else:
         _note(ax, "no scheme applied a stale update (staleness 0 throughout)")
     ax.set_xlabel("staleness: server updates between the worker's read and the application")
@@ -609,11 +622,7 @@ def residual_staleness(runs: Sequence[Run], smooth: int | None = None) -> Figure
         if curves:
             _draw_mean_band(bottom, curves, styles[scheme], "_" + scheme, index)
     handles, labels = top.get_legend_handles_labels()
-    zero = [s for s, g in _by_scheme(runs).items() if s not in drawn and _pooled(g, "residual_staleness").size]
-    if zero:
-        handles.append(Line2D([], [], ls="none"))
-        labels.append("0 throughout: " + ", ".join(s if realisable(s) else f"{s} (not realisable)" for s in zero))
-    _legend(fig, top, handles, labels, ncols=2)
+    _legend(fig, top, *_with_zero_entry(handles, labels, runs, drawn, "residual_staleness"), ncols=2)
     if not any(_pooled(g, "residual_staleness").size for g in _by_scheme(runs).values()):
         _note(top, "no residual_staleness column in these runs")
     top.set_xlabel("residual staleness: server updates the applied direction does not account for")

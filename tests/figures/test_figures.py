@@ -248,24 +248,27 @@ def test_the_tracking_figure_draws_only_the_on_road_part_and_the_reference(tmp_p
     assert any(line.get_label() == "reference" for line in fig.axes[0].get_lines())
 
 
-def test_the_staleness_histogram_shows_only_schemes_with_stale_updates_and_their_mean(experiment: Path):
+def test_the_staleness_histogram_draws_the_schemes_with_stale_updates_with_their_mean_and_names_the_rest(
+        experiment: Path):
     runs = load_runs(experiment)
     texts = legend_texts(plots.staleness(runs))
     means = {s: np.mean(np.concatenate([r.metrics["staleness"] for r in runs if r.scheme == s]))
              for s in ("async", "modify", "modify-safe")}
-    assert texts == [f"{s} (mean {m:.2f})" for s, m in means.items()]
+    fresh = sorted({r.scheme for r in runs} - set(means))
+    assert fresh and texts == [f"{s} (mean {m:.2f})" for s, m in means.items()] + [f"0 throughout: {', '.join(fresh)}"]
 
 
-def test_the_staleness_histogram_has_integer_bins_and_one_outline_for_schemes_with_the_same_distribution(
+def test_the_staleness_histogram_has_integer_bins_one_outline_per_distribution_and_names_the_zero_ones(
         tmp_path: Path):
     folder = tmp_path / "exp"
-    for scheme in ("async", "learner", "modify@server"):
+    for scheme in ("async", "learner", "modify@server", "sync"):
         run = make_run(folder, scheme, 0)
         metrics = read_csv(run / "metrics.csv")
-        metrics["staleness"] = np.tile([1.0, 2.0, 2.0, 3.0], 10)
+        metrics["staleness"] = np.zeros(40) if scheme == "sync" else np.tile([1.0, 2.0, 2.0, 3.0], 10)
         write_csv(run / "metrics.csv", metrics)
     fig = plots.staleness(load_runs(folder))
-    assert legend_texts(fig) == ["async = learner = modify@server (mean 2.00)"]
+    # a scheme that was run but never stale is named, not left out
+    assert legend_texts(fig) == ["async = learner = modify@server (mean 2.00)", "0 throughout: sync"]
     (outline,) = [p for p in fig.axes[0].patches]
     edges = outline.get_data().edges
     assert np.all(edges + 0.5 == np.round(edges + 0.5))  # bins centred on the integers
