@@ -305,7 +305,8 @@ def compare(
 
     title = (f"{cfg.name}: {describe(to_dict(cfg))}, {cfg.train.iterations} updates, "
              f"seeds {','.join(map(str, cfg.schemes.seeds))}")
-    headers = ("scheme", "final policy loss", f"sim time to loss < {cfg.report.target_loss:g} [s]", "gradient error",
+    reached = (f"RMS < {cfg.report.target_rms:g} m" if cfg.report.target_rms > 0 else f"loss < {cfg.report.target_loss:g}")
+    headers = ("scheme", "final policy loss", f"sim time to {reached} [s]", "gradient error",
                "RMS lateral [m]", "left road", "diverged", "mean staleness", "residual staleness", "time [s]",
                "wall [s]")
     body = [(label(a["scheme"]), mean_std_text(a["final_policy_loss"], ".3f"),

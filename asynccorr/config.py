@@ -319,11 +319,16 @@ class ReportConfig:
 
     target_loss: float = 2.5  # time to target: the first update whose moving-mean policy loss is below this
     target_window: int = 20  # updates in that moving mean (the update and the window - 1 before it)
+    # > 0: time to target is instead the first evaluation (train.eval_every) with the RMS lateral error on
+    # the fixed scenario below this many metres, on the road -- for a learner whose policy loss is not a
+    # learning curve to threshold (the Q learner's mean TD target rises from ~0 as Q learns)
+    target_rms: float = 0.0
 
     def __post_init__(self) -> None:
         _check_types(self, "report.")
         _require(math.isfinite(self.target_loss), "report.target_loss", "must be a finite number",
                  self.target_loss)
+        _nonnegative("report.target_rms", self.target_rms)
         _require(self.target_window >= 1, "report.target_window", "must be >= 1", self.target_window)
 
 

@@ -78,7 +78,7 @@ def mean_std_text(stat: MeanStd, fmt: str, sep: str = " Â± ", missing: str = "â€
 SUMMARY_FIELDS = (
     "scheme", "seed", "status", "diverged_at", "workers", "iterations", "sim_time", "mean_staleness",
     "mean_residual_staleness",
-    "max_staleness", "final_policy_loss", "target_loss", "updates_to_target", "time_to_target", "grad_error_mean",
+    "max_staleness", "final_policy_loss", "target_loss", "target_rms", "updates_to_target", "time_to_target", "grad_error_mean",
     "grad_error_after_warmup", "grad_error_final", "stale_grad_error_mean", "rms_lateral", "left_road", "finite",
     "wall_time_s",
 )
@@ -100,23 +100,41 @@ def smoothed_first_below(loss: np.ndarray, target: float, window: int) -> int | 
     return int(below[0]) + window - 1 if below.size else None
 
 
-def analysis_fields(metrics: dict[str, np.ndarray], diverged_at: int | None, report: ReportConfig) -> dict[str, Any]:
+def first_tracked(evals: dict[str, np.ndarray], target_m: float, last: int) -> int | None:
+    """The first evaluated server update ``k`` in ``(0, last]`` whose RMS lateral error is below
+    ``target_m`` on the road (``evals``: eval.csv's columns); ``None``: never."""
+    k = np.asarray(evals.get("iteration", []), np.float64)
+    ok = ((np.asarray(evals.get("rms_lateral", []), np.float64) < target_m)
+          & (np.asarray(evals.get("left_road", []), np.float64) == 0) & (k > 0) & (k <= last))
+    return int(k[ok][0]) if ok.any() else None
+
+
+def analysis_fields(metrics: dict[str, np.ndarray], diverged_at: int | None, report: ReportConfig,
+                    evals: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """The row's fields that ``report`` decides, from the metrics columns (computed in float64, so the
     metrics read back from ``metrics.csv`` give the same values as the ones in memory).
 
     ``updates_to_target`` / ``time_to_target``: the server update (and its simulated time) at which
     the ``report.target_window``-update moving mean of the policy loss first falls below
-    ``report.target_loss``; NaN when it never does (a diverged run: before ``diverged_at``).
-    ``grad_error_after_warmup``: the mean gradient error over the updates after the first 10 %.
+    ``report.target_loss`` -- or, with ``report.target_rms`` > 0, the first evaluation (``evals``:
+    eval.csv's columns) tracking below that RMS lateral error; NaN when it never does (a diverged
+    run: before ``diverged_at``). ``grad_error_after_warmup``: the mean gradient error over the
+    updates after the first 10 %.
     """
     n = len(metrics["iteration"]) if "iteration" in metrics else 0
     loss = np.asarray(metrics.get("policy_loss", np.zeros(n)), np.float64)
     if diverged_at is not None:  # the rows from the diverging update on are the blow-up itself
         loss = loss[: int(np.searchsorted(np.asarray(metrics["iteration"]), diverged_at))]
-    hit = smoothed_first_below(loss, report.target_loss, report.target_window)
+    if report.target_rms > 0:
+        last = int(diverged_at) - 1 if diverged_at is not None else (int(metrics["iteration"][-1]) if n else 0)
+        k = first_tracked(evals or {}, report.target_rms, last)
+        hit = None if k is None else int(np.flatnonzero(np.asarray(metrics["iteration"]) == k)[0])
+    else:
+        hit = smoothed_first_below(loss, report.target_loss, report.target_window)
     errors = np.asarray(metrics.get("grad_error", np.zeros(n)), np.float64)
     return {
         "target_loss": report.target_loss,
+        "target_rms": report.target_rms,
         "updates_to_target": float("nan") if hit is None else int(metrics["iteration"][hit]),
         "time_to_target": float("nan") if hit is None or "time" not in metrics else float(metrics["time"][hit]),
         "grad_error_after_warmup": _mean(errors[math.floor(round(WARMUP_FRACTION * n, 9)):]),
@@ -148,13 +166,21 @@ def summarize_run(scheme: str, config: ExperimentConfig, result: RunResult, wall
         "final_policy_loss": _mean(m["policy_loss"][-tail:]) if n and result.status != "diverged" else float("nan"),
         "grad_error_mean": _mean(grad_error),
         "grad_error_final": _mean(grad_error[-tail:]),
-        **analysis_fields(m, result.diverged_at if result.status == "diverged" else None, config.report),
+        **analysis_fields(m, result.diverged_at if result.status == "diverged" else None, config.report,
+                          eval_columns(result.evals)),
         "stale_grad_error_mean": _mean(stale_error),
         "rms_lateral": final.rms_lateral,
         "left_road": final.left_road,
         "finite": bool(np.all(np.isfinite(result.params))),
         "wall_time_s": round(wall, 3),
     }
+
+
+def eval_columns(evals: Sequence[Any]) -> dict[str, np.ndarray]:
+    """A run's ``EvalRecord``s as eval.csv's columns (what ``analysis_fields`` reads)."""
+    return {"iteration": np.array([e.iteration for e in evals], np.float64),
+            "rms_lateral": np.array([e.summary.rms_lateral for e in evals], np.float64),
+            "left_road": np.array([float(e.summary.left_road) for e in evals], np.float64)}
 
 
 def _number(value: Any) -> float:
@@ -203,7 +229,9 @@ def write_summary(folder: Path, rows: Sequence[dict[str, Any]], title: str,
     write_csv(folder / "summary.csv", {k: ["" if r.get(k) is None else r.get(k) for r in rows]
                                        for k in SUMMARY_FIELDS})
     target = report.target_loss
-    head = ("scheme", "seeds", "diverged", "final policy loss", f"updates to loss < {target:g} (per seed)",
+    reached = (f"RMS lateral error < {report.target_rms:g} m" if report.target_rms > 0
+               else f"loss < {target:g}")
+    head = ("scheme", "seeds", "diverged", "final policy loss", f"updates to {reached} (per seed)",
             "sim time then [s]", "gradient error (mean, all updates)", "gradient error (after the first 10%)",
             "RMS lateral [m]", "left road", "mean staleness", "residual staleness", "sim time [s]")
     lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
@@ -220,8 +248,11 @@ def write_summary(folder: Path, rows: Sequence[dict[str, Any]], title: str,
                      f"{pm(a, 'rms_lateral', '.4f')} | {a['left_road']}/{a['seeds']} | "
                      f"{pm(a, 'mean_staleness', '.2f')} | {pm(a, 'mean_residual_staleness', '.2f')} | "
                      f"{pm(a, 'sim_time', '.2f')} |")
-    lines += ["", (f"Time to target: the first server update at which the mean policy loss of the last "
-                   f"{report.target_window} updates is below {target:g} (`[report]` in the config), and the simulated "
+    when = (f"the first evaluation (every `train.eval_every` updates) at which the RMS lateral error on the "
+            f"fixed scenario is below {report.target_rms:g} m, on the road" if report.target_rms > 0 else
+            f"the first server update at which the mean policy loss of the last {report.target_window} updates "
+            f"is below {target:g}")
+    lines += ["", (f"Time to target: {when} (`[report]` in the config), and the simulated "
                    "time of that update, per seed. Simulated time is the modelled compute and communication "
                    "time of every party (`[workers]` cost model), not this machine's wall clock. The "
                    "gradient error is |applied direction - fresh gradient| / |fresh gradient|; its mean over all "

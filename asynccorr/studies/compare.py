@@ -83,10 +83,11 @@ def _analysis_of(run_dir: Path, row: dict[str, Any], config: ExperimentConfig) -
     metrics.csv (the same values as when it trained, whatever target it was summarised with then)."""
     try:
         metrics = read_csv(run_dir / "metrics.csv")
+        evals = read_csv(run_dir / "eval.csv") if config.report.target_rms > 0 else None
     except (OSError, ValueError) as exc:
-        raise ResumeError(f"cannot reuse {run_dir}: unreadable metrics.csv ({exc})") from None
+        raise ResumeError(f"cannot reuse {run_dir}: unreadable metrics.csv or eval.csv ({exc})") from None
     diverged_at = row.get("diverged_at") if row.get("status") == "diverged" else None
-    return analysis_fields(metrics, diverged_at, config.report)
+    return analysis_fields(metrics, diverged_at, config.report, evals)
 
 
 def check_unlocked(results_root: Path, plan: Sequence[tuple[str, ExperimentConfig]], take_over: bool) -> None:

@@ -76,6 +76,18 @@ def test_a_diverged_run_reaches_the_target_only_before_its_diverging_update():
     assert analysis_fields(m, None, ReportConfig(target_loss=2.5, target_window=1))["updates_to_target"] == 3
 
 
+def test_with_a_tracking_target_time_to_target_is_the_first_evaluation_tracking_below_it_on_the_road():
+    """report.target_rms: for a learner whose policy loss is not a curve to threshold (Q's rises)."""
+    m = _metrics([1.0] * 8)  # a loss far below target_loss: ignored when target_rms is set
+    evals = {"iteration": np.array([0.0, 2, 4, 6, 8]), "rms_lateral": np.array([0.1, 0.5, 0.2, 0.3, 0.1]),
+             "left_road": np.array([0.0, 0, 1, 0, 0])}
+    got = analysis_fields(m, None, ReportConfig(target_rms=0.25), evals)
+    # not 0 (before any update), not 4 (off the road)
+    assert (got["updates_to_target"], got["time_to_target"], got["target_rms"]) == (8, 4.0, 0.25)
+    assert math.isnan(analysis_fields(m, 8, ReportConfig(target_rms=0.25), evals)["updates_to_target"])  # diverged at 8
+    assert math.isnan(analysis_fields(m, None, ReportConfig(target_rms=0.05), evals)["updates_to_target"])
+
+
 def test_the_gradient_error_after_warmup_leaves_out_the_first_tenth_of_the_updates():
     errors = [10.0] * 10 + [1.0] * 90
     got = analysis_fields(_metrics([3.0] * 100, errors), None, ReportConfig())
