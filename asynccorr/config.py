@@ -321,7 +321,8 @@ class ReportConfig:
     target_window: int = 20  # updates in that moving mean (the update and the window - 1 before it)
     # > 0: time to target is instead the first evaluation (train.eval_every) with the RMS lateral error on
     # the fixed scenario below this many metres, on the road -- for a learner whose policy loss is not a
-    # learning curve to threshold (the Q learner's mean TD target rises from ~0 as Q learns)
+    # learning curve to threshold (the Q learner's mean TD target starts near the stage cost, as Q = 0 at
+    # first, overshoots and settles)
     target_rms: float = 0.0
 
     def __post_init__(self) -> None:
