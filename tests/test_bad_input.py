@@ -160,6 +160,9 @@ def cli_cases(earlier: Earlier) -> dict[str, tuple[list[str], str]]:
         "unknown scheme": ([*train, "--scheme", "hogwild"], "hogwild"),
         "unknown protocol": ([*train, "--scheme", "modify@telepathy"], "modify@telepathy"),
         "the oracle on real workers": ([*train, "--scheme", "modify@oracle", "--backend", "mp"], "'sim' only"),
+        "Ape-X's replay with a scheme other than learner": (
+            ["train", "--config", str(REPO / "experiments" / "q-apex.toml"), "--scheme", "async", "--results", res],
+            "needs the learner scheme"),
         "a scheme named twice": ([*compare, "--schemes", "modify,modify@server"], "twice"),
         "unknown backend": ([*train, "--backend", "mpi"], "workers.backend"),
         "unknown env": ([*train, "--env", "boat"], "boat"),

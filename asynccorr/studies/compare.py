@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 
 from asynccorr.backends.checkpoint import CheckpointError
 from asynccorr.backends.protocol import OnChunk
-from asynccorr.backends.registry import backend_for, check_backend_runs
+from asynccorr.backends.registry import backend_for, check_backend_runs, check_learner_runs
 from asynccorr.config import ConfigError, ExperimentConfig, describe, to_dict, with_overrides
 from asynccorr.learners.build import build
 from asynccorr.runs import locks
@@ -31,6 +31,7 @@ def planned_runs(config: ExperimentConfig, schemes: Sequence[str], seeds: Sequen
     if repeated:
         raise ConfigError(f"schemes.compare names {repeated[0]} twice (a bare modify is modify@<schemes.protocol>)")
     for scheme in schemes:
+        check_learner_runs(config, scheme)
         if backend_for(config, scheme).workers:  # (the sequential reference is no scheme of the registry)
             check_scheme_fits(get_scheme(scheme), learner.num_params, config.schemes)
             check_backend_runs(config.workers.backend, scheme)
