@@ -11,6 +11,12 @@ from asynccorr.config import A3CConfig, ExperimentConfig, LearnerConfig, QConfig
 from asynccorr.envs import make
 from asynccorr.learners.base import Learner, Losses
 from asynccorr.learners.build import make_any_learner, make_optimizer
+from asynccorr.schemes.registry import SCHEMES
+
+# Every scheme one worker can run (a pipelined round needs several; of the modify-safe protocols one
+# stands for the rest): with one worker each must equal the sequential learner
+ONE_WORKER_SCHEMES = sorted(s for s in SCHEMES if not SCHEMES[s].pipelined
+                            and not (s.startswith("modify-safe@") and s != "modify-safe@server"))
 
 
 def small_config(**sections) -> ExperimentConfig:

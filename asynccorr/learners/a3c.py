@@ -51,7 +51,7 @@ import numpy as np
 
 from asynccorr.config import LearnerConfig
 from asynccorr.envs import Environment
-from asynccorr.learners.base import Learner, Losses, SamplerState, flat_params, jvp_forms
+from asynccorr.learners.base import Learner, Losses, SamplerState, batched_env, flat_params, jvp_forms
 from asynccorr.learners.networks import GaussianPolicy, Value
 
 Array = jax.Array
@@ -211,13 +211,8 @@ def make_a3c_learner(env: Environment, env_params: Any, config: LearnerConfig, d
     layout = flat_params(policy_net, value_net, dummy, dtype)
     split, unravel_policy, unravel_value = layout.split, layout.unravel_policy, layout.unravel_value
     gamma, lam, envs, n_steps = config.gamma, a3c.gae_lambda, a3c.envs, a3c.n_steps
-    absorbing = float(env_params.max_steps) if gamma == 1.0 else 1.0 / (1.0 - gamma)
     vtrace_on = a3c.off_policy == "vtrace"
-
-    observe = jax.vmap(env.observation, in_axes=(0, None))
-    step_envs = jax.vmap(env.step, in_axes=(None, 0, 0, None))
-    utility = jax.vmap(env.utility, in_axes=(0, 0, None))
-    reset = jax.vmap(env.reset, in_axes=(0, None))
+    worlds = batched_env(env, env_params, envs, gamma)
 
     def pi(theta: Array, obs: Array) -> tuple[Array, Array]:
         return policy_net.apply(unravel_policy(theta), obs)
@@ -265,12 +260,8 @@ def make_a3c_learner(env: Environment, env_params: Any, config: LearnerConfig, d
     direction_jvp, linearize = jvp_forms(direction)
 
     def sampler_init(key: Array) -> SamplerState:
-        """``envs`` reset states with episode clocks staggered over [0, max_steps), so the
-        episodes do not all hit the time limit together (as the GPI sampler)."""
-        k_reset, k_clock = jax.random.split(key)
-        _, states = reset(jax.random.split(k_reset, envs), env_params)
-        clock = jax.random.randint(k_clock, (envs,), 0, env_params.max_steps)
-        return SamplerState(env_state=states.replace(step=clock.astype(states.step.dtype)))
+        """``envs`` reset states, their episode clocks staggered."""
+        return SamplerState(env_state=worlds.reset(*jax.random.split(key)))
 
     def sample(key: Array, sampler: SamplerState, flat: Array) -> tuple[A3CBatch, SamplerState]:
         """Roll the worker's envs ``n_steps`` with pi_theta, then fix advantages and returns with V_phi."""
@@ -278,17 +269,12 @@ def make_a3c_learner(env: Environment, env_params: Any, config: LearnerConfig, d
 
         def advance(states: Any, k: Array) -> tuple[Any, Transition]:
             k_noise, k_reset = jax.random.split(k)
-            obs = observe(states, env_params)
+            obs = worlds.observe(states)
             mean, log_std = pi(theta, obs)
             action = mean + jnp.exp(log_std) * jax.random.normal(k_noise, mean.shape, mean.dtype)
-            ts = step_envs(None, states, action, env_params)
-            done = jnp.logical_or(ts.terminated, ts.truncated)
-            _, fresh = reset(jax.random.split(k_reset, envs), env_params)
-            nxt = jax.tree.map(lambda f, s: jnp.where(done.reshape((-1,) + (1,) * (s.ndim - 1)), f, s),
-                               fresh, ts.state)
-            stuck = absorbing * utility(ts.state, jnp.zeros_like(action), env_params)
-            return nxt, Transition(obs, action, gaussian_log_prob(mean, log_std, action), mean, log_std,
-                                   -ts.reward, ts.obs, ts.terminated, done, stuck)
+            out = worlds.step(states, action, k_reset)
+            return out.state, Transition(obs, action, gaussian_log_prob(mean, log_std, action), mean, log_std,
+                                         out.cost, out.obs, out.terminated, out.done, out.terminal_value)
 
         states, tr = jax.lax.scan(advance, sampler.env_state, jax.random.split(key, n_steps))
         values = v(phi, tr.obs)

@@ -38,6 +38,54 @@ class SamplerState(NamedTuple):
     env_state: Any  # batched env state, leading axis = rollout_states
 
 
+class EnvStep(NamedTuple):
+    """One step of a model-free worker's ``envs`` environments (leading axis = envs)."""
+
+    state: Any  # the states after the step, a fresh reset where the episode ended
+    obs: Array  # the observation after the step, before any reset
+    cost: Array  # l(x_t, u_t)
+    terminated: Array  # left the road
+    done: Array  # terminated or truncated: the next step starts a fresh episode
+    terminal_value: Array  # l(x_{t+1}, 0) / (1 - gamma): leaving the road is absorbing
+
+
+class BatchedEnv(NamedTuple):
+    """A model-free worker's ``envs`` environments, vmapped (A3C and Q roll them the same way)."""
+
+    observe: Callable[[Any], Array]  # states -> observations
+    step: Callable[[Any, Array, Array], EnvStep]  # (states, actions, reset key) -> EnvStep
+    reset: Callable[[Array, Array], Any]  # (reset key, clock key) -> states, episode clocks staggered
+
+
+def batched_env(env: Environment, env_params: Any, envs: int, gamma: float) -> BatchedEnv:
+    """``envs`` copies of ``env`` stepped together. Leaving the road is absorbing: its terminal value
+    is the stage cost there paid for ever (``l / (1 - gamma)``; ``max_steps`` times at gamma = 1),
+    since with costs that simply stopped, leaving would be the cheapest thing to do; an episode that
+    ends is replaced by a fresh reset. The episode clocks of a reset start staggered over [0,
+    max_steps), so the episodes do not all hit the time limit together (as the GPI sampler)."""
+    absorbing = float(env_params.max_steps) if gamma == 1.0 else 1.0 / (1.0 - gamma)
+    observe = jax.vmap(env.observation, in_axes=(0, None))
+    step_envs = jax.vmap(env.step, in_axes=(None, 0, 0, None))
+    utility = jax.vmap(env.utility, in_axes=(0, 0, None))
+    reset_envs = jax.vmap(env.reset, in_axes=(0, None))
+
+    def step(states: Any, action: Array, k_reset: Array) -> EnvStep:
+        ts = step_envs(None, states, action, env_params)
+        done = jnp.logical_or(ts.terminated, ts.truncated)
+        _, fresh = reset_envs(jax.random.split(k_reset, envs), env_params)
+        nxt = jax.tree.map(lambda f, s: jnp.where(done.reshape((-1,) + (1,) * (s.ndim - 1)), f, s),
+                           fresh, ts.state)
+        stuck = absorbing * utility(ts.state, jnp.zeros_like(action), env_params)
+        return EnvStep(nxt, ts.obs, -ts.reward, ts.terminated, done, stuck)
+
+    def reset(k_reset: Array, k_clock: Array) -> Any:
+        _, states = reset_envs(jax.random.split(k_reset, envs), env_params)
+        clock = jax.random.randint(k_clock, (envs,), 0, env_params.max_steps)
+        return states.replace(step=clock.astype(states.step.dtype))
+
+    return BatchedEnv(lambda states: observe(states, env_params), step, reset)
+
+
 def no_likelihood(flat: Array, batch: Batch) -> tuple[Array, Array]:
     """``off_policy`` of a learner whose policy has no likelihood (GPI's deterministic one): nan, nan."""
     return (jnp.full((), jnp.nan, jnp.float32),) * 2

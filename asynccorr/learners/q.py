@@ -51,7 +51,7 @@ import optax
 
 from asynccorr.config import LearnerConfig
 from asynccorr.envs import Environment
-from asynccorr.learners.base import Learner, Losses, flat_params, jvp_forms
+from asynccorr.learners.base import Learner, Losses, batched_env, flat_params, jvp_forms
 from asynccorr.learners.networks import MLP
 
 Array = jax.Array
@@ -175,14 +175,9 @@ def make_q_learner(env: Environment, env_params: Any, config: LearnerConfig, dty
     layout = flat_params(net, net, dummy, dtype)  # [online; target], the same shapes
     num_online = layout.num_policy
     gamma, envs, n_steps = config.gamma, q.envs, q.n_steps
-    absorbing = float(env_params.max_steps) if gamma == 1.0 else 1.0 / (1.0 - gamma)
+    worlds = batched_env(env, env_params, envs, gamma)
     epsilons = jax.device_put(np.asarray(q.epsilons, np.float32))
     log_probs = jax.device_put(np.log(np.maximum(np.asarray(q.epsilon_probs, np.float64), 1e-30)).astype(np.float32))
-
-    observe = jax.vmap(env.observation, in_axes=(0, None))
-    step_envs = jax.vmap(env.step, in_axes=(None, 0, 0, None))
-    utility = jax.vmap(env.utility, in_axes=(0, 0, None))
-    reset = jax.vmap(env.reset, in_axes=(0, None))
 
     def init(key: Array) -> Array:
         """Online and target networks start equal (the target is a copy)."""
@@ -244,8 +239,6 @@ def make_q_learner(env: Environment, env_params: Any, config: LearnerConfig, dty
         """``envs`` reset states with staggered episode clocks (as the other samplers), this worker's
         epsilon, and (with replay) its empty buffer."""
         k_reset, k_clock, k_eps = jax.random.split(key, 3)
-        _, states = reset(jax.random.split(k_reset, envs), env_params)
-        clock = jax.random.randint(k_clock, (envs,), 0, env_params.max_steps)
         epsilon = epsilons[jax.random.categorical(k_eps, log_probs)]
         replay = None
         if q.replay == "worker":
@@ -255,8 +248,7 @@ def make_q_learner(env: Environment, env_params: Any, config: LearnerConfig, dty
                           next_actions=jnp.zeros((cap,), jnp.int32), terminated=jnp.zeros((cap,), bool),
                           done=jnp.zeros((cap,), bool), terminal_value=jnp.zeros((cap,), dtype))
             replay = Replay(data, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
-        return QSamplerState(states.replace(step=clock.astype(states.step.dtype)), epsilon,
-                             jnp.zeros((), jnp.int32), replay)
+        return QSamplerState(worlds.reset(k_reset, k_clock), epsilon, jnp.zeros((), jnp.int32), replay)
 
     def current_epsilon(sampler: QSamplerState) -> Array:
         if q.epsilon_anneal == 0:
@@ -272,17 +264,11 @@ def make_q_learner(env: Environment, env_params: Any, config: LearnerConfig, dty
 
         def advance(states: Any, k: Array) -> tuple[Any, tuple]:
             k_act, k_boot, k_reset = jax.random.split(k, 3)
-            obs = observe(states, env_params)
+            obs = worlds.observe(states)
             a = explore(k_act, online, obs, epsilon)
-            u = grid[a]
-            ts = step_envs(None, states, u, env_params)
-            done = jnp.logical_or(ts.terminated, ts.truncated)
-            _, fresh = reset(jax.random.split(k_reset, envs), env_params)
-            nxt = jax.tree.map(lambda f, s: jnp.where(done.reshape((-1,) + (1,) * (s.ndim - 1)), f, s),
-                               fresh, ts.state)
-            stuck = absorbing * utility(ts.state, jnp.zeros_like(u), env_params)
-            boot_action = explore(k_boot, online, ts.obs, epsilon)
-            return nxt, (obs, a, -ts.reward, ts.obs, boot_action, ts.terminated, done, stuck)
+            out = worlds.step(states, grid[a], k_reset)
+            boot_action = explore(k_boot, online, out.obs, epsilon)
+            return out.state, (obs, a, out.cost, out.obs, boot_action, out.terminated, out.done, out.terminal_value)
 
         states, (obs, a, cost, next_obs, boot, terminated, done, stuck) = jax.lax.scan(
             advance, sampler.env_state, jax.random.split(key, n_steps))

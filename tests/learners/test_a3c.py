@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from small import a3c_config, sample, small_a3c
+from small import ONE_WORKER_SCHEMES, a3c_config, sample, small_a3c
 
 from asynccorr.backends.sequential import run_sequential
 from asynccorr.backends.sim import run_sim
@@ -169,11 +169,7 @@ def test_bad_a3c_settings_are_rejected_naming_the_field(knobs, field):
 
 # ----------------------------------------------------------------------------- every scheme runs it
 
-ONE_WORKER = sorted(s for s in SCHEMES if not SCHEMES[s].pipelined
-                    and not (s.startswith("modify-safe@") and s != "modify-safe@server"))
-
-
-@pytest.mark.parametrize("scheme", ONE_WORKER)
+@pytest.mark.parametrize("scheme", ONE_WORKER_SCHEMES)
 def test_with_one_worker_every_scheme_equals_the_sequential_a3c_learner(scheme):
     cfg = a3c_config()
     reference = run_sequential(cfg)

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from small import q_config, sample, small_q
+from small import ONE_WORKER_SCHEMES, q_config, sample, small_q
 
 from asynccorr.backends import registry
 from asynccorr.backends.sequential import run_sequential
@@ -23,7 +23,6 @@ from asynccorr.learners import q
 from asynccorr.learners.build import build
 from asynccorr.runs.checkpoints import checkpoint_files
 from asynccorr.runs.run import train_run
-from asynccorr.schemes.registry import SCHEMES
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -297,11 +296,7 @@ def test_central_replay_runs_with_the_learner_scheme_only_and_resumes_with_its_b
 
 # ----------------------------------------------------------------------------- every scheme runs it
 
-ONE_WORKER = sorted(s for s in SCHEMES if not SCHEMES[s].pipelined
-                    and not (s.startswith("modify-safe@") and s != "modify-safe@server"))
-
-
-@pytest.mark.parametrize("scheme", ONE_WORKER)
+@pytest.mark.parametrize("scheme", ONE_WORKER_SCHEMES)
 def test_with_one_worker_every_scheme_equals_the_sequential_q_learner(scheme):
     """Target refreshes included (every 2 server updates), and on the dynamic vehicle."""
     cfg = q_config()
