@@ -99,16 +99,19 @@ def test_one_step_targets_equal_rlax_q_learning_and_sarsa_at_the_target_network(
 
 
 def test_leaving_the_road_is_absorbing_and_sarsa_bootstraps_from_the_next_action_taken():
-    learner = small_q(target="sarsa", n_steps=12)
+    learner = small_q(target="sarsa")
     params, batch, _ = sample(learner, seed=3)
     a, nxt, done = (np.asarray(x) for x in (batch.actions, batch.next_actions, batch.done))
     inner = ~done[:-1]
+    assert inner.any()
     np.testing.assert_array_equal(nxt[:-1][inner], a[1:][inner])  # a' is the action taken next
-    y = np.asarray(jax.jit(learner.returns)(params, batch))
-    term = np.asarray(batch.terminated)
-    if term.any():  # off the road: l + gamma * (stage cost for ever), whatever the network says
-        expected = np.asarray(batch.cost + learner.config.gamma * batch.terminal_value)[term]
-        np.testing.assert_allclose(y[term], expected, rtol=1e-6)
+    # off the road: l + gamma * (stage cost for ever), whatever the network says of the next state
+    off = np.zeros(batch.done.shape, bool)
+    off[1, :2] = True
+    ended = batch._replace(terminated=jnp.asarray(off), done=batch.done | off,
+                           terminal_value=jnp.full(off.shape, 7.0, batch.cost.dtype))
+    y = np.asarray(jax.jit(learner.returns)(params, ended))
+    np.testing.assert_allclose(y[off], np.asarray(batch.cost)[off] + learner.config.gamma * 7.0, rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------- the direction field
