@@ -235,6 +235,14 @@ def make_q_learner(env: Environment, env_params: Any, config: LearnerConfig, dty
         uniform = jax.random.randint(k_any, (rows,), 0, num_actions, jnp.int32)
         return jnp.where(jax.random.uniform(k_coin, (rows,)) < epsilon, uniform, greedy(online, obs))
 
+    def empty_buffer() -> QBatch:
+        """``replay_capacity`` zero transitions: a replay buffer before anything is stored."""
+        cap = q.replay_capacity
+        return QBatch(obs=jnp.zeros((cap, obs_dim), dtype), actions=jnp.zeros((cap,), jnp.int32),
+                      cost=jnp.zeros((cap,), dtype), next_obs=jnp.zeros((cap, obs_dim), dtype),
+                      next_actions=jnp.zeros((cap,), jnp.int32), terminated=jnp.zeros((cap,), bool),
+                      done=jnp.zeros((cap,), bool), terminal_value=jnp.zeros((cap,), dtype))
+
     def sampler_init(key: Array) -> QSamplerState:
         """``envs`` reset states with staggered episode clocks (as the other samplers), this worker's
         epsilon, and (with replay) its empty buffer."""
@@ -242,12 +250,7 @@ def make_q_learner(env: Environment, env_params: Any, config: LearnerConfig, dty
         epsilon = epsilons[jax.random.categorical(k_eps, log_probs)]
         replay = None
         if q.replay == "worker":
-            cap = q.replay_capacity
-            data = QBatch(obs=jnp.zeros((cap, obs_dim), dtype), actions=jnp.zeros((cap,), jnp.int32),
-                          cost=jnp.zeros((cap,), dtype), next_obs=jnp.zeros((cap, obs_dim), dtype),
-                          next_actions=jnp.zeros((cap,), jnp.int32), terminated=jnp.zeros((cap,), bool),
-                          done=jnp.zeros((cap,), bool), terminal_value=jnp.zeros((cap,), dtype))
-            replay = Replay(data, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+            replay = Replay(empty_buffer(), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
         return QSamplerState(worlds.reset(k_reset, k_clock), epsilon, jnp.zeros((), jnp.int32), replay)
 
     def current_epsilon(sampler: QSamplerState) -> Array:
@@ -300,12 +303,7 @@ def make_q_learner(env: Environment, env_params: Any, config: LearnerConfig, dty
 
     def server_init(key: Array) -> CentralReplay:
         """The server's empty prioritised buffer (central replay only)."""
-        cap = q.replay_capacity
-        data = QBatch(obs=jnp.zeros((cap, obs_dim), dtype), actions=jnp.zeros((cap,), jnp.int32),
-                      cost=jnp.zeros((cap,), dtype), next_obs=jnp.zeros((cap, obs_dim), dtype),
-                      next_actions=jnp.zeros((cap,), jnp.int32), terminated=jnp.zeros((cap,), bool),
-                      done=jnp.zeros((cap,), bool), terminal_value=jnp.zeros((cap,), dtype),
-                      priority=jnp.zeros((cap,), dtype))
+        data = empty_buffer()._replace(priority=jnp.zeros((q.replay_capacity,), dtype))
         return CentralReplay(data, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), key)
 
     def server_direction(state: CentralReplay, flat: Array, batch: QBatch) -> tuple[Array, Losses, CentralReplay]:
