@@ -10,7 +10,7 @@ offsets): the policy's tracking over the start distribution, not one scenario.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -51,6 +51,13 @@ class EvalRecord(NamedTuple):
 
     iteration: int
     summary: TrackingSummary
+
+
+def eval_columns(evals: Sequence[EvalRecord]) -> dict[str, list[Any]]:
+    """Evaluation records as ``eval.csv``'s columns: ``iteration`` and every ``TrackingSummary`` field
+    (what the run's files, its TensorBoard events and the summary's tracking target read)."""
+    return {"iteration": [e.iteration for e in evals],
+            **{field: [getattr(e.summary, field) for e in evals] for field in TrackingSummary._fields}}
 
 
 def rollout_scenario(learner: Learner, params: Array) -> Trajectory:

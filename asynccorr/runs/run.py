@@ -36,7 +36,7 @@ from asynccorr.backends.checkpoint import Checkpoint, CheckpointError
 from asynccorr.backends.protocol import OnChunk, RunHooks, RunResult, TrainingInterrupted
 from asynccorr.backends.registry import BACKENDS, backend_for, run
 from asynccorr.config import ExperimentConfig, to_dict
-from asynccorr.learners.evaluation import EvalRecord, TrackingSummary
+from asynccorr.learners.evaluation import EvalRecord, eval_columns
 from asynccorr.runs import locks
 from asynccorr.runs.checkpoints import load_latest_checkpoint, save_checkpoint
 from asynccorr.runs.files import (
@@ -49,7 +49,7 @@ from asynccorr.runs.files import (
     write_json,
 )
 from asynccorr.runs.summary import summarize_run
-from asynccorr.runs.tensorboard import TensorBoardLog, check_available, eval_columns
+from asynccorr.runs.tensorboard import TensorBoardLog, check_available
 
 FINISHED = ("completed", "diverged")  # statuses of a run that has nothing left to do
 
@@ -85,10 +85,7 @@ def run_dir_for(results_root: Path, config: ExperimentConfig, scheme: str) -> Pa
 
 
 def write_eval(run_dir: Path, evals: Sequence[EvalRecord]) -> None:
-    write_csv(run_dir / "eval.csv", {
-        "iteration": [e.iteration for e in evals],
-        **{field: [getattr(e.summary, field) for e in evals] for field in TrackingSummary._fields},
-    })
+    write_csv(run_dir / "eval.csv", eval_columns(evals))
 
 
 def write_progress(run_dir: Path, metrics: dict[str, np.ndarray], evals: Sequence[EvalRecord],

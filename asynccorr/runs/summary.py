@@ -29,7 +29,7 @@ import numpy as np
 from asynccorr.backends.protocol import RunResult
 from asynccorr.backends.registry import run_workers
 from asynccorr.config import ExperimentConfig, ReportConfig
-from asynccorr.learners.evaluation import TrackingSummary
+from asynccorr.learners.evaluation import TrackingSummary, eval_columns
 from asynccorr.runs.files import atomic_write_text, write_csv
 from asynccorr.schemes.registry import label, realisable
 
@@ -128,7 +128,8 @@ def analysis_fields(metrics: dict[str, np.ndarray], diverged_at: int | None, rep
     if report.target_rms > 0:
         last = int(diverged_at) - 1 if diverged_at is not None else (int(metrics["iteration"][-1]) if n else 0)
         k = first_tracked(evals or {}, report.target_rms, last)
-        hit = None if k is None else int(np.flatnonzero(np.asarray(metrics["iteration"]) == k)[0])
+        rows = np.flatnonzero(np.asarray(metrics["iteration"]) == k) if k is not None else np.zeros(0, int)
+        hit = int(rows[0]) if rows.size else None
     else:
         hit = smoothed_first_below(loss, report.target_loss, report.target_window)
     errors = np.asarray(metrics.get("grad_error", np.zeros(n)), np.float64)
@@ -174,13 +175,6 @@ def summarize_run(scheme: str, config: ExperimentConfig, result: RunResult, wall
         "finite": bool(np.all(np.isfinite(result.params))),
         "wall_time_s": round(wall, 3),
     }
-
-
-def eval_columns(evals: Sequence[Any]) -> dict[str, np.ndarray]:
-    """A run's ``EvalRecord``s as eval.csv's columns (what ``analysis_fields`` reads)."""
-    return {"iteration": np.array([e.iteration for e in evals], np.float64),
-            "rms_lateral": np.array([e.summary.rms_lateral for e in evals], np.float64),
-            "left_road": np.array([float(e.summary.left_road) for e in evals], np.float64)}
 
 
 def _number(value: Any) -> float:

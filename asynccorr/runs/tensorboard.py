@@ -118,15 +118,6 @@ class TensorBoardLog:
             self.writer.close()
 
 
-def eval_columns(evals: Sequence[Any]) -> dict[str, list[float]]:
-    """Evaluation records (``learners.evaluation.EvalRecord``) as ``eval.csv``'s columns."""
-    if not evals:
-        return {"iteration": []}
-    fields = evals[0].summary._fields
-    return {"iteration": [e.iteration for e in evals],
-            **{f: [float(getattr(e.summary, f)) for e in evals] for f in fields}}
-
-
 def convert(run_dir: Path) -> Path:
     """Write the event files of a finished (or partial) run from its metrics.csv and eval.csv; the folder."""
     from asynccorr.runs.files import parse_run_dir_name
