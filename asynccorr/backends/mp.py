@@ -338,5 +338,5 @@ def run_mp(config: ExperimentConfig, scheme_name: str, hooks: RunHooks = NO_HOOK
     ``hung``, each with ``pid``). ``hang = (worker, job)`` is a test hook: the
     first process of that worker hangs forever on that job.
     """
-    role = ServerRole(config, scheme_name, hooks)
+    role = ServerRole(config, scheme_name, hooks, record=True)
     return supervise(role, Processes(role.count, role.params.size, role.wants_replies), on_event, hang)

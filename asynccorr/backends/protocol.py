@@ -106,13 +106,17 @@ class RunHooks(NamedTuple):
       evaluation point (the logging interval), so a crash loses at most one interval;
     * ``on_checkpoint(checkpoint)``: the backend's whole state, at the first evaluation
       point after each ``train.checkpoint_every`` updates;
-    * ``resume``: a checkpoint to continue from instead of starting afresh.
+    * ``resume``: a checkpoint to continue from instead of starting afresh;
+    * ``on_schedule(lines)``: a real backend's schedule lines (``backends.schedule``: the
+      messages received since the last call, then the end line), at each evaluation point
+      and at the end.
     """
 
     on_chunk: OnChunk | None = None
     on_flush: Callable[[Columns, list[EvalRecord]], None] | None = None
     on_checkpoint: Callable[[Checkpoint], None] | None = None
     resume: Checkpoint | None = None
+    on_schedule: Callable[[list], None] | None = None
 
 
 NO_HOOKS = RunHooks()  # a run with no progress, no files and no resume (runs in memory)

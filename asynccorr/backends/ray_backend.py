@@ -267,5 +267,5 @@ def run_ray(config: ExperimentConfig, scheme_name: str, hooks: RunHooks = NO_HOO
     ``on_event`` and ``hang`` as in ``mp.run_mp`` (``ready``, ``died`` and ``hung`` events carry
     the actor's pid once it is ready).
     """
-    role = ServerRole(config, scheme_name, hooks)
+    role = ServerRole(config, scheme_name, hooks, record=True)
     return supervise(role, Actors.start(config, role.scheme.synchronous), on_event, hang)

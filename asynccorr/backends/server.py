@@ -31,6 +31,7 @@ import numpy as np
 
 from asynccorr.backends.checkpoint import Checkpoint
 from asynccorr.backends.protocol import BASE_COLUMNS, Columns, Recorder, RunHooks, RunResult, is_eval_point
+from asynccorr.backends.schedule import Entry, end_line
 from asynccorr.backends.update import (
     ServerState,
     Shipped,
@@ -61,7 +62,7 @@ class ServerRole:
     """
 
     def __init__(self, config: ExperimentConfig, scheme_name: str, hooks: RunHooks | None = None,
-                 measure: bool | None = None, diagnose: bool = False) -> None:
+                 measure: bool | None = None, diagnose: bool = False, record: bool = False) -> None:
         self.config = config
         self.scheme = get_scheme(resolve(scheme_name, config.schemes.protocol))
         self.learner, self.optimizer = build(config)
@@ -92,6 +93,8 @@ class ServerRole:
         self.server_seconds: list[float] = [0.0, 0]  # the server's measured time per message (sum, count)
         self.received = 0  # worker messages received (gradient throughput)
         self.events: list[dict[str, Any]] = []
+        self.record = record  # a real backend: keep the schedule (``backends.schedule``) for ``hooks.on_schedule``
+        self.schedule: list[Entry] = []  # its entries since the last evaluation point
         self.t0: float | None = None
         self._host: tuple[int, np.ndarray] | None = None
 
@@ -190,17 +193,22 @@ class ServerRole:
         self._record_phases(msg)
         if self.scheme.synchronous:
             if msg.version != self.version:
+                self._log(msg, at, "late")
                 return False
             self.round[msg.worker] = msg
             if len(self.round) < self.count:
+                self._log(msg, at, "held")
                 return False
             msgs = [self.round[i] for i in sorted(self.round)]
             self.round.clear()
+            self._log(msg, at, "round")
             self.apply_round(msgs, at)
         else:
             staleness = self.admit(msg.version)
             if staleness is None:
+                self._log(msg, at, "dropped")
                 return False
+            self._log(msg, at, "applied")
             self._apply(lambda s: self._update(s, shipped(msg), np.int32(staleness)), at, msg.worker, staleness,
                         (self.residual(msg), msg.compute_time))
             if self.wants_replies:
@@ -208,6 +216,20 @@ class ServerRole:
         if flush:
             self.flush_if_due()
         return True
+
+    def _log(self, msg: Message, at: float, outcome: str) -> None:
+        """One schedule entry (a real backend's run records its schedule)."""
+        if self.record:
+            self.schedule.append(Entry(msg.worker, msg.incarnation, msg.job, msg.version, msg.version_k, outcome,
+                                       float(at), float(msg.compute_time), tuple(map(float, msg.phase_times)),
+                                       float(msg.pulled), float(msg.lead)))
+
+    def flush_schedule(self, end: dict[str, Any] | None = None) -> None:
+        """The schedule entries so far (and the end line, if given) to ``hooks.on_schedule``."""
+        if self.record and self.hooks.on_schedule is not None and (self.schedule or end is not None):
+            lines: list = [*self.schedule, *([end] if end is not None else [])]
+            self.schedule = []
+            self.hooks.on_schedule(lines)
 
     def _record_phases(self, msg: Message) -> None:
         names = [p for p in self.scheme.phases if p != "pull"]
@@ -260,6 +282,7 @@ class ServerRole:
         self.rows, self.pending, self.before, self.drops = [], [], [], []
         self.final = self.recorder.flush(new, self.server.params, before=lambda b: before[b],
                                          dropped=lambda b: drops[b], snapshot=self.snapshot)
+        self.flush_schedule()
 
     def _columns(self, rows: list[tuple], fetched: list[UpdateMetrics]) -> Columns:
         names = (*BASE_COLUMNS, *self.columns)
@@ -277,12 +300,14 @@ class ServerRole:
         ``status = "interrupted"`` with every update recorded so far."""
         events = tuple(self.events)
         if self.final is not None:
+            self.flush_schedule(end_line("diverged", self.final.diverged_at or 0, self.final.dropped))
             return self.final._replace(events=events, timing=self.timing())
         self.evaluate_initial()
         n = min(len(self.rows), len(self.pending))
         extra = self._columns(self.rows[:n], jax.device_get(self.pending[:n])) if n or not self.metrics else None
         params = self.before[n] if n < len(self.before) else self.server.params
         dropped = self.drops[n - 1] if 0 < n <= len(self.drops) else self.dropped
+        self.flush_schedule(end_line(status, self.iteration - len(self.rows) + n, dropped))
         return self.recorder.result(params, status, extra=extra, dropped=dropped, events=events)._replace(
             timing=self.timing())
 

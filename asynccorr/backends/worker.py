@@ -98,6 +98,10 @@ class Message(NamedTuple):
     phase_times: tuple[float, ...] = ()  # seconds per non-pull phase, in Scheme.phases order
     tangent: Any | None = None  # secant: the tangent v the worker chose before its pass
     tangent_product: Any | None = None  # secant: dF/dtheta(theta_i) . v on its batch, from the same pass
+    incarnation: int = 0  # the worker's incarnation (0, +1 per replacement): with ``job``, what re-derives its keys
+    job: int = 0  # its job index in that incarnation (1-based; 0: not a real worker's job)
+    pulled: float = 0.0  # look-ahead: the worker's clock at its mid-job pull (``aim``'s now)
+    lead: float = 0.0  # look-ahead: the pull-to-send seconds ``aim`` used (its previous job's)
 
 
 class WorkerSpec(NamedTuple):
@@ -235,7 +239,10 @@ def ships(scheme: Any, measure: bool) -> tuple[bool, bool]:
 class WorkerCompute:
     """A real worker's state and its jitted compute (built inside the worker process)."""
 
-    def __init__(self, spec: WorkerSpec) -> None:
+    def __init__(self, spec: WorkerSpec, learner: Any = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        """``learner``: one already built for this config (a replay's workers share it); ``clock``: the
+        moment of a mid-job pull (look-ahead's ``aim``; a replay gives the recorded one)."""
         import jax
 
         from asynccorr.config import ExperimentConfig, from_dict
@@ -247,7 +254,8 @@ class WorkerCompute:
         self.scheme = get_scheme(resolve(spec.scheme, config.schemes.protocol))
         if self.scheme.compute == "dense" or not self.scheme.realisable or self.scheme.pipelined:
             raise ValueError(f"scheme {spec.scheme} is not supported on real workers")
-        learner, _ = build(config)
+        learner = build(config)[0] if learner is None else learner
+        self.clock = clock
         self.ship_batch, self.ship_params = ships(self.scheme, config.workers.measure_grad_error)
         k_params, k_workers = run_keys(config.train.seed)
         key, sampler_key = worker_stream(k_workers, spec.worker)
@@ -315,8 +323,8 @@ class WorkerCompute:
         target, version_k = theta_i, version
         if PULL in scheme.phases:
             theta_k, version_k = pull()
-            pulled = time.perf_counter()
-            target = aim(theta_k, version_k, pulled, self.last_pull, self.lead) \
+            pulled, lead = self.clock(), self.lead
+            target = aim(theta_k, version_k, pulled, self.last_pull, lead) \
                 if scheme.protocol == "look-ahead" else theta_k
             self.last_pull = (theta_k, version_k, pulled)
         tangent = self.tangent
@@ -335,4 +343,5 @@ class WorkerCompute:
                        jax.device_get(batch) if self.ship_batch else None,
                        nan if losses is None else float(losses.policy_loss),
                        nan if losses is None else float(losses.value_loss), compute,
-                       np.asarray(theta_i) if self.ship_params else None, phase_times, tangent, tangent_product)
+                       np.asarray(theta_i) if self.ship_params else None, tuple(phase_times), tangent, tangent_product,
+                       self.spec.incarnation, self.jobs, *((pulled, lead) if PULL in scheme.phases else ()))

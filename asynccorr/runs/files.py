@@ -122,6 +122,27 @@ class CsvLog:
         self.rows = n
 
 
+class ScheduleLog:
+    """A run's ``schedule.jsonl`` while it trains (``backends.schedule``): the header and the first
+    lines written atomically, later lines appended and flushed to disk (a crash leaves a file
+    without its end line, which ``schedule.parse`` calls truncated)."""
+
+    def __init__(self, path: Path, header: dict[str, Any]) -> None:
+        self.path, self.header, self.started = Path(path), header, False
+
+    def __call__(self, lines: list) -> None:
+        from asynccorr.backends.schedule import encode
+
+        if not self.started:
+            atomic_write_text(self.path, encode([self.header, *lines]))
+            self.started = True
+            return
+        with open(self.path, "a") as f:
+            f.write(encode(lines))
+            f.flush()
+            os.fsync(f.fileno())
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, (np.floating, float)):
         return repr(float(value))

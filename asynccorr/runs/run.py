@@ -11,6 +11,7 @@ The glue between the backends (pure computation) and the results layout::
         metrics.csv     one row per server update (new rows appended at every evaluation point)
         eval.csv        periodic closed-loop tracking evaluation (likewise)
         trajectory.csv  final policy on the fixed scenario
+        schedule.jsonl  mp and ray: the order the server received the messages in (``asynccorr replay``)
         params.npy      final flat parameter vector (of a diverged run: before the bad update)
         checkpoint/     the two latest checkpoints (``train --resume``)
     results/<experiment>/summary.csv, summary.md   written by ``compare``
@@ -32,6 +33,7 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
+from asynccorr.backends import schedule
 from asynccorr.backends.checkpoint import Checkpoint, CheckpointError
 from asynccorr.backends.protocol import OnChunk, RunHooks, RunResult, TrainingInterrupted
 from asynccorr.backends.registry import BACKENDS, backend_for, run
@@ -41,6 +43,7 @@ from asynccorr.runs import locks
 from asynccorr.runs.checkpoints import load_latest_checkpoint, save_checkpoint
 from asynccorr.runs.files import (
     CsvLog,
+    ScheduleLog,
     atomic_write_bytes,
     prepare_run_dir,
     run_dir_name,
@@ -187,6 +190,9 @@ def _lookup(record: dict[str, Any], dotted: str) -> Any:
     return value
 
 
+Execute = Callable[[ExperimentConfig, str, RunHooks], RunResult]  # trains one run in memory
+
+
 def train_run(
     config: ExperimentConfig,
     scheme: str,
@@ -195,6 +201,7 @@ def train_run(
     on_chunk: OnChunk | None = None,
     resume: bool | Checkpoint = False,
     tensorboard: bool = False,
+    execute: tuple[str, Execute, dict[str, Any]] | None = None,
 ) -> tuple[Path, RunResult, dict[str, Any]]:
     """Train one run and write its directory; returns (run dir, result, summary row); with
     ``tensorboard`` also its event files, as the metrics are (``runs.tensorboard``).
@@ -202,25 +209,28 @@ def train_run(
     While it trains, ``meta.json`` says ``"status": "running"``, the metrics so far are
     appended at every evaluation point and checkpoints are saved when due. With
     ``resume`` the run continues from its latest checkpoint (see ``resume_checkpoint``), or
-    from the given one.
+    from the given one. ``execute = (backend name, run function, meta fields)`` trains it with
+    something other than its backend (a replay: ``runs.replay``). A real backend's schedule is
+    written to ``schedule.jsonl`` as it trains (``backends.schedule``).
     Ctrl-C writes the partial run (status ``interrupted``) and raises ``RunInterrupted``.
     """
     run_dir = run_dir_for(results_root, config, scheme)
-    backend = backend_for(config, scheme).name
+    backend = backend_for(config, scheme).name if execute is None else execute[0]
     if resume is not False and not backend_for(config, scheme).resumable:
         able = " or ".join(repr(b.name) for b in BACKENDS.values() if b.workers and b.resumable)
         raise ResumeError(f"cannot resume {run_dir}: resume needs workers.backend = {able} (an {backend} run is "
                           "not reproducible from a checkpoint); start it again with --overwrite")
     owner = locks.acquire(run_dir, take_over=overwrite or resume is not False)
     try:
-        return _train_owned(run_dir, backend, config, scheme, overwrite, on_chunk, resume, tensorboard)
+        return _train_owned(run_dir, backend, config, scheme, overwrite, on_chunk, resume, tensorboard,
+                            execute or (backend, run, {}))
     finally:
         locks.release(run_dir, owner)
 
 
 def _train_owned(run_dir: Path, backend: str, config: ExperimentConfig, scheme: str, overwrite: bool,
-                 on_chunk: OnChunk | None, resume: bool | Checkpoint, tensorboard: bool = False
-                 ) -> tuple[Path, RunResult, dict[str, Any]]:
+                 on_chunk: OnChunk | None, resume: bool | Checkpoint, tensorboard: bool,
+                 execute: tuple[str, Execute, dict[str, Any]]) -> tuple[Path, RunResult, dict[str, Any]]:
     """``train_run`` once this process owns the run directory."""
     if tensorboard:
         check_available()  # before anything is written
@@ -232,8 +242,9 @@ def _train_owned(run_dir: Path, backend: str, config: ExperimentConfig, scheme: 
         checkpoint = None
         prepare_run_dir(run_dir, overwrite)
         write_json(run_dir / "config.json", config_record(config, scheme))
+    _, function, extra = execute
     write_json(run_dir / "meta.json", run_meta(backend, scheme, config.train.seed, {
-        "experiment": config.name, "status": "running",
+        "experiment": config.name, "status": "running", **extra,
         **({"resumed_from": checkpoint.iteration} if checkpoint else {})}))
     metrics_log = CsvLog(run_dir / "metrics.csv")
     events = TensorBoardLog(run_dir) if tensorboard else None
@@ -248,17 +259,19 @@ def _train_owned(run_dir: Path, backend: str, config: ExperimentConfig, scheme: 
         on_flush=flush,
         on_checkpoint=lambda ckpt: save_checkpoint(run_dir, ckpt),
         resume=checkpoint,
+        on_schedule=ScheduleLog(run_dir / schedule.FILE, schedule.header(backend, scheme, config.workers.count,
+                                                                           config.train.seed)),
     )
     start = time.perf_counter()
     try:
         try:
-            result = run(config, scheme, hooks)
+            result = function(config, scheme, hooks)
         except TrainingInterrupted as exc:
-            _finish(run_dir, config, scheme, backend, exc.result, time.perf_counter() - start, checkpoint)
+            _finish(run_dir, config, scheme, backend, exc.result, time.perf_counter() - start, checkpoint, extra)
             if events is not None:
                 events.write(exc.result.metrics, eval_columns(exc.result.evals))
             raise RunInterrupted(run_dir) from None
-        summary = _finish(run_dir, config, scheme, backend, result, time.perf_counter() - start, checkpoint)
+        summary = _finish(run_dir, config, scheme, backend, result, time.perf_counter() - start, checkpoint, extra)
         if events is not None:
             events.write(result.metrics, eval_columns(result.evals))
     finally:
@@ -268,10 +281,10 @@ def _train_owned(run_dir: Path, backend: str, config: ExperimentConfig, scheme: 
 
 
 def _finish(run_dir: Path, config: ExperimentConfig, scheme: str, backend: str, result: RunResult, wall: float,
-            checkpoint: Checkpoint | None) -> dict[str, Any]:
+            checkpoint: Checkpoint | None, extra: dict[str, Any]) -> dict[str, Any]:
     summary = summarize_run(scheme, config, result, wall)
     meta = run_meta(backend, scheme, config.train.seed, {
-        "experiment": config.name, "wall_time_s": round(wall, 3), "summary": summary,
+        "experiment": config.name, "wall_time_s": round(wall, 3), "summary": summary, **extra,
         "status": result.status, "diverged_at": result.diverged_at, "dropped": result.dropped,
         "final_tracking": result.evals[-1].summary._asdict(),
         **({"workers_replaced": sum(e["kind"] in ("died", "hung") for e in result.events),

@@ -1,0 +1,148 @@
+"""Replay: a real run's recorded schedule re-executed in one process, message for message.
+
+A real run (``mp``, ``ray``) records its schedule (``backends.schedule``): which worker
+incarnation's which job was received when, at which parameter versions, and what the
+server did with it. ``run_replay`` re-executes it with the same components as every
+backend (Sample Factory's serial mode): one ``worker.WorkerCompute`` per worker
+incarnation (its key stream and sampler re-derived from the run's seed, its worker id
+and incarnation, exactly as the real worker's), the same ``server.ServerRole``, and the
+messages handed to ``ServerRole.receive`` in the recorded order at the recorded server
+times. Each job is computed at the parameters of its recorded versions (the server's
+own, as published: every version a job still needs is kept), a worker's jobs in their
+job order (a worker whose later job arrived first -- ``ray`` keeps two in flight -- has
+its earlier one computed first and held), with the recorded ``compute_time`` and, for
+``look-ahead``, the recorded pull moment and lead. Nothing is timed or drawn: the
+interleaving is the recorded one.
+
+Replayed under the recorded scheme, the run is the real run again: the same updates in
+the same order on the same inputs, so (with the real workers' numerics, see
+``docs/replay.md``) the same parameters and metrics, bit for bit. Replayed under
+another scheme it is a what-if on the very same interleaving: the same workers pull the
+same versions and their messages arrive in the same order, while what they compute and
+what the server applies follow the new scheme (``check_replayable`` says which schemes
+a schedule can drive).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from asynccorr.backends.protocol import NO_HOOKS, RunHooks, RunResult, TrainingInterrupted, check_interrupt
+from asynccorr.backends.schedule import Entry, Schedule, ScheduleError
+from asynccorr.backends.server import ServerRole
+from asynccorr.backends.worker import Message, WorkerCompute, WorkerSpec
+from asynccorr.config import ExperimentConfig, to_dict
+from asynccorr.schemes.registry import PULL, Scheme, get_scheme, resolve
+
+
+def check_replayable(schedule: Schedule, scheme: Scheme) -> None:
+    """A ``ScheduleError`` unless ``schedule`` can drive ``scheme``: the same rounds (sync or
+    not), and a mid-job pull only where the recorded workers made one (its version and moment
+    come from the record); a secant ``applied`` tangent only from ``mp`` (on ``ray`` the reply a
+    job reads depends on timing the schedule does not hold)."""
+    recorded = get_scheme(schedule.scheme)
+    if recorded.synchronous != scheme.synchronous:
+        kind = "synchronous rounds" if recorded.synchronous else "asynchronous messages"
+        raise ScheduleError(f"a schedule of {recorded.name} ({kind}) cannot drive {scheme.name}")
+    if PULL in scheme.phases and PULL not in recorded.phases:
+        raise ScheduleError(f"{scheme.name} pulls mid-job and the {recorded.name} workers of this schedule did "
+                            "not: replay it under a scheme without a worker-side pull (async, modify@server, "
+                            "learner, ...)")
+    if scheme.protocol == "look-ahead" and recorded.protocol != "look-ahead":
+        raise ScheduleError(f"{scheme.name} aims at a predicted point from its own pull times; only a "
+                            "look-ahead schedule holds them")
+
+
+class _Workers:
+    """The replay's workers: one ``WorkerCompute`` per live incarnation, jobs computed in job order
+    on demand, messages held until their turn."""
+
+    def __init__(self, role: ServerRole, schedule: Schedule) -> None:
+        self.role, self.spec_config = role, to_dict(role.config)
+        self.computes: dict[int, WorkerCompute] = {}
+        self.held: dict[tuple[int, int, int], Message] = {}
+        self.entry_of = {(e.worker, e.incarnation, e.job): e for e in schedule.entries}
+        self.clock = 0.0  # the recorded pull moment of the job being computed (look-ahead)
+        self.replies: dict[int, np.ndarray] = {}  # secant "applied": each worker's reply slot (mp's shared row)
+
+    def message(self, entry: Entry, params: dict[int, np.ndarray]) -> Message:
+        """The message of ``entry``'s job, computing its worker's jobs up to it."""
+        key = (entry.worker, entry.incarnation, entry.job)
+        if key not in self.held:
+            compute = self._compute(entry)
+            for job in range(compute.jobs + 1, entry.job + 1):
+                recorded = self.entry_of.get((entry.worker, entry.incarnation, job))
+                if recorded is None:
+                    raise ScheduleError(f"the schedule has worker {entry.worker}'s job {entry.job} (incarnation "
+                                        f"{entry.incarnation}) but not its job {job}: it is inconsistent")
+                self.held[(entry.worker, entry.incarnation, job)] = self._job(compute, recorded, params)
+        return self.held.pop(key)
+
+    def _compute(self, entry: Entry) -> WorkerCompute:
+        compute = self.computes.get(entry.worker)
+        if compute is None or compute.spec.incarnation < entry.incarnation:
+            spec = WorkerSpec(self.spec_config, self.role.scheme.name, entry.worker, entry.incarnation)
+            compute = self.computes[entry.worker] = WorkerCompute(spec, self.role.learner, clock=lambda: self.clock)
+        elif compute.spec.incarnation > entry.incarnation or compute.jobs >= entry.job:
+            raise ScheduleError(f"the schedule has worker {entry.worker}'s job {entry.job} (incarnation "
+                                f"{entry.incarnation}) out of order: it is inconsistent")
+        return compute
+
+    def _job(self, compute: WorkerCompute, entry: Entry, params: dict[int, np.ndarray]) -> Message:
+        for version in (entry.version, entry.version_k):
+            if version not in params:
+                raise ScheduleError(f"worker {entry.worker}'s job {entry.job} used version {version}, which this "
+                                    f"replay's server never published (it has {self.role.version})")
+        if compute.wants_reply:
+            compute.reply(self.replies.get(entry.worker, np.zeros_like(params[entry.version])))
+        self.clock, compute.lead = entry.pulled, entry.lead
+        msg = compute.job(params[entry.version], entry.version, lambda: (params[entry.version_k], entry.version_k))
+        return msg._replace(compute_time=entry.compute_time, phase_times=entry.phase_times)
+
+    def replied(self, worker: int) -> None:
+        """After a message of ``worker`` was received: the server's reply, if any, in its slot."""
+        if worker in self.role.replies:
+            self.replies[worker] = self.role.replies.pop(worker)
+
+
+def _last_use(entries: tuple[Entry, ...]) -> dict[int, int]:
+    """Per version: the index of the last entry whose job used it (older versions are then freed)."""
+    last: dict[int, int] = defaultdict(int)
+    for n, e in enumerate(entries):
+        last[e.version] = last[e.version_k] = n
+    return last
+
+
+def run_replay(config: ExperimentConfig, scheme_name: str, schedule: Schedule,
+               hooks: RunHooks = NO_HOOKS) -> RunResult:
+    """Re-execute ``schedule`` under ``scheme_name`` (the recorded scheme: the run again; another:
+    a what-if on the same interleaving). The run ends where the recorded one did: its update
+    count reached, a divergence, or the schedule's end (an interrupted run: ``interrupted``)."""
+    role = ServerRole(config, resolve(scheme_name, config.schemes.protocol), hooks)
+    check_replayable(schedule, role.scheme)
+    if role.scheme.protocol == "secant" and config.schemes.secant_tangent == "applied" and schedule.backend != "mp":
+        raise ScheduleError(f"a {schedule.backend} schedule cannot drive the secant 'applied' tangent exactly "
+                            "(which reply a job read depends on timing it does not hold); record on mp")
+    workers = _Workers(role, schedule)
+    params = {0: role.params}
+    last_use = _last_use(schedule.entries)
+    stop = int(schedule.end.get("updates", config.train.iterations)) if schedule.end.get("end") == "interrupted" \
+        else config.train.iterations
+    role.start_clock()
+    role.evaluate_initial()
+    try:
+        for n, entry in enumerate(schedule.entries):
+            if role.done or role.iteration >= stop:
+                break
+            check_interrupt()
+            msg = workers.message(entry, params)
+            if role.receive(msg, at=entry.at):
+                params[role.version] = role.params
+            workers.replied(entry.worker)
+            for version in [v for v in params if v < role.version and last_use.get(v, -1) <= n]:
+                del params[version]
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(role.result("interrupted")) from None
+    return role.result() if role.done else role.result("interrupted")
