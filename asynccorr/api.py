@@ -39,6 +39,7 @@ from asynccorr.studies.compare import (  # the comparison's operations are the A
 )
 
 if TYPE_CHECKING:
+    from asynccorr.runs.replay import ReplayPlan
     from asynccorr.studies.regimes import RegimeConfig
 
 __all__ = [
@@ -120,6 +121,34 @@ def compare(config: ExperimentConfig, schemes: Sequence[str] | None = None, seed
     else ``jobs`` at a time here), and the summary files."""
     return run_compare(plan_compare(config, schemes, seeds, results, overwrite, resume, on_warning, cluster, jobs,
                                     tensorboard))
+
+
+def plan_replay(run: str | Path, scheme: str | None = None, results: str | Path | None = None,
+                overwrite: bool = False) -> ReplayPlan:
+    """Check a replay of a real (``mp``, ``ray``) run before anything is written (``runs.replay``): its
+    schedule is there, whole and of this version, can drive ``scheme`` (default: the recorded one),
+    and the replay's run directory ``<results>/<experiment>-replay/<scheme>-seed<k>/`` may be written
+    (``results`` defaults to the recorded run's results root). Raises ``ScheduleError`` (a
+    ``ConfigError``), ``RunExistsError``, ``ResultsPathError``."""
+    from asynccorr.runs.replay import plan_replay as plan
+
+    checked = plan(Path(run), scheme, None if results is None else Path(results), overwrite)
+    check_writable(checked.results, [(checked.scheme, checked.config)], overwrite, False)
+    return checked
+
+
+def run_replay(plan: ReplayPlan, on_chunk: OnChunk | None = None) -> TrainedRun:
+    """Re-execute a planned replay in this process: under the recorded scheme the run again, bit for
+    bit; under another a what-if on the same interleaving."""
+    from asynccorr.runs.replay import replay_run
+
+    return TrainedRun(*replay_run(plan, on_chunk))
+
+
+def replay(run: str | Path, scheme: str | None = None, results: str | Path | None = None, overwrite: bool = False,
+           on_chunk: OnChunk | None = None) -> TrainedRun:
+    """``plan_replay`` then ``run_replay``."""
+    return run_replay(plan_replay(run, scheme, results, overwrite), on_chunk)
 
 
 def tensorboard(path: str | Path) -> list[Path]:

@@ -216,6 +216,11 @@ def train(
 
         run_dir, result, summary = api.run_train(plan, on_chunk)
 
+    _report_run(cfg, scheme, run_dir, result, summary)
+
+
+def _report_run(cfg: Any, scheme: str, run_dir: Path, result: Any, summary: dict[str, Any]) -> None:
+    """The initial and final tracking of one run, its staleness and gradient error, where it is."""
     first, last = result.evals[0].summary, result.evals[-1].summary
     workers_text = "1 worker" if summary["workers"] == 1 else f"{summary['workers']} workers"
     out = Console()
@@ -231,6 +236,34 @@ def train(
         out.print(f"[bold red]diverged[/] at update {result.diverged_at} (train.divergence_loss = "
                   f"{cfg.train.divergence_loss:g}); results up to there")
     out.print(f"results: {run_dir}")
+
+
+@app.command()
+@_interruptible
+def replay(
+    run: Annotated[Path, typer.Argument(help="A run directory of an mp or ray run (it holds schedule.jsonl).")],
+    scheme: Annotated[str | None, typer.Option(help="Replay the schedule under this scheme instead (a what-if on "
+                                                    "the same interleaving); default: the recorded one.")] = None,
+    results: Annotated[Path | None, typer.Option(help="Root folder for the replay's run directory (default: the "
+                                                      "recorded run's).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing replay.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Re-execute a real run's recorded schedule on one process: <results>/<experiment>-replay/<scheme>-seed<k>/."""
+    from asynccorr import api
+
+    if scheme is not None:
+        _check_scheme(scheme)
+    plan = api.plan_replay(run, scheme, results, overwrite)
+    cfg = plan.config
+    with _progress(quiet) as progress:
+        task = progress.add_task(f"replay {plan.scheme}", total=cfg.train.iterations, rms="-")
+
+        def on_chunk(done: int, record: Any) -> None:
+            progress.update(task, completed=done, rms=f"{record.summary.rms_lateral:.3f} m")
+
+        run_dir, result, summary = api.run_replay(plan, on_chunk)
+    _report_run(cfg, plan.scheme, run_dir, result, summary)
 
 
 @app.command()

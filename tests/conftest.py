@@ -41,7 +41,7 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 # The modules whose tests start real worker processes, Ray or a two-node cluster, or time a kill or
 # a Ctrl-C: under pytest-xdist (``make test``) they form one group, run in order by one worker.
 REAL_MODULES = {"test_mp.py", "test_ray.py", "test_cluster.py", "test_hardening.py", "test_locks.py",
-                "test_compare_jobs.py"}  # file names
+                "test_compare_jobs.py", "test_replay.py"}  # file names
 
 
 def pytest_collection_modifyitems(config, items):

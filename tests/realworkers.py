@@ -13,7 +13,10 @@ from pathlib import Path
 import numpy as np
 from clitools import tiny_toml
 
+from asynccorr.backends import schedule
 from asynccorr.backends.protocol import RunHooks
+from asynccorr.backends.replay import run_replay
+from asynccorr.backends.schedule import Schedule
 from asynccorr.config import ExperimentConfig, with_overrides
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,7 +74,8 @@ def assert_worker_corrected_modify_run(result) -> None:
 def run_with_a_killed_and_a_hung_worker(run, backend: str):
     """Run 60 async updates with ``run`` (``run_mp`` or ``run_ray``): worker 0 is SIGKILLed after
     the first 20, worker 1 hangs on its 3rd job; both must be replaced and the run complete, and
-    the ``died`` and ``hung`` events name the pids of the processes that died and hung."""
+    the ``died`` and ``hung`` events name the pids of the processes that died and hung. Returns the
+    result and its recorded schedule."""
     first: dict[int, int] = {}  # worker -> pid of its first incarnation (from its ready event)
     killed: list[int] = []
 
@@ -85,7 +89,8 @@ def run_with_a_killed_and_a_hung_worker(run, backend: str):
             os.kill(first[0], signal.SIGKILL)
 
     cfg = tiny_config(backend, train={"iterations": 60, "eval_every": 20}, workers={"timeout": 2.0})
-    result = run(cfg, "async", RunHooks(on_chunk=on_chunk), on_event=on_event, hang=(1, 3))
+    lines: list = []
+    result = run(cfg, "async", RunHooks(on_chunk=on_chunk, on_schedule=lines.extend), on_event=on_event, hang=(1, 3))
     assert_complete_async_run(result, 60)
     kinds = [(e["kind"], e["worker"]) for e in result.events]
     assert ("died", 0) in kinds and ("hung", 1) in kinds
@@ -93,7 +98,33 @@ def run_with_a_killed_and_a_hung_worker(run, backend: str):
     assert restarted == {0, 1}
     assert next(e for e in result.events if e["kind"] == "died")["pid"] == killed[0]
     assert next(e for e in result.events if e["kind"] == "hung")["pid"] == first[1]
-    return result
+    return cfg, result, schedule_of(lines, backend, "async", cfg)
+
+
+def recorded_run(run, cfg: ExperimentConfig, scheme: str, backend: str):
+    """``run(cfg, scheme)`` (``run_mp`` or ``run_ray``) with its schedule recorded: (result, schedule)."""
+    lines: list = []
+    result = run(cfg, scheme, RunHooks(on_schedule=lines.extend))
+    return result, schedule_of(lines, backend, scheme, cfg)
+
+
+def schedule_of(lines: list, backend: str, scheme: str, cfg: ExperimentConfig) -> Schedule:
+    """The schedule a run directory would hold for these recorded lines (written and parsed back)."""
+    return schedule.parse(schedule.encode([schedule.header(backend, scheme, cfg.workers.count, cfg.train.seed),
+                                           *lines]))
+
+
+def assert_replays_bit_for_bit(cfg: ExperimentConfig, scheme: str, result, recorded: Schedule):
+    """The schedule re-executed in this process gives the real run's parameters and every metric
+    column, bit for bit (NaNs included); returns the replay's result."""
+    replayed = run_replay(cfg, scheme, recorded)
+    assert replayed.status == result.status
+    assert replayed.params.tobytes() == np.asarray(result.params).tobytes()
+    assert list(replayed.metrics) == list(result.metrics)
+    for name, column in result.metrics.items():
+        assert replayed.metrics[name].tobytes() == column.tobytes(), name
+    assert [e.iteration for e in replayed.evals] == [e.iteration for e in result.evals]
+    return replayed
 
 
 def tagged_processes(tag: str) -> list[int]:

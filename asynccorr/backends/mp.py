@@ -140,7 +140,7 @@ class SharedBlock:
 # ----------------------------------------------------------------------------- worker process
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Linux: the kernel sends SIGKILL to this process when its parent dies (no orphans)."""
     if sys.platform.startswith("linux"):
         with contextlib.suppress(Exception):
@@ -152,7 +152,7 @@ def _die_with_parent() -> None:
 def _worker_main(spec: WorkerSpec, shm_name: str, workers: int, size: int,
                  conn: connection.Connection, parent: int, replies: bool = False) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with_parent()
+    die_with_parent()
     if os.getppid() != parent:
         return
     block = SharedBlock.attach(shm_name, workers, size, replies)
@@ -190,7 +190,7 @@ def _worker_main(spec: WorkerSpec, shm_name: str, workers: int, size: int,
 
 
 @contextlib.contextmanager
-def _spawn_environment() -> Iterator[None]:
+def spawn_environment() -> Iterator[None]:
     """Worker thread limits in the environment a spawned child inherits; SIGINT ignored in it."""
     saved = {k: os.environ.get(k) for k in worker_env()}
     os.environ.update(worker_env({k: v for k, v in saved.items() if v is not None}))
@@ -248,7 +248,7 @@ class Processes(Transport):
         args = (spec, self.block.name, self.block.workers, self.block.size, writer, os.getpid(), self.replies)
         process = self.ctx.Process(target=_worker_main, args=args, name=f"asynccorr-worker-{spec.worker}",
                                    daemon=True)
-        with _spawn_environment():
+        with spawn_environment():
             process.start()
         writer.close()
         self.procs[spec.worker] = _Process(process, reader)

@@ -26,6 +26,7 @@ a schedule can drive).
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Any, Self
 
 import numpy as np
 
@@ -55,51 +56,132 @@ def check_replayable(schedule: Schedule, scheme: Scheme) -> None:
                             "look-ahead schedule holds them")
 
 
-class _Workers:
-    """The replay's workers: one ``WorkerCompute`` per live incarnation, jobs computed in job order
-    on demand, messages held until their turn."""
+class _Jobs:
+    """The replay's workers in the process that computes their jobs: one ``WorkerCompute`` per live
+    incarnation (built on one shared learner), each job given its recorded inputs."""
 
-    def __init__(self, role: ServerRole, schedule: Schedule) -> None:
-        self.role, self.spec_config = role, to_dict(role.config)
+    def __init__(self, config: dict[str, Any], scheme: str, learner: Any) -> None:
+        self.config, self.scheme, self.learner = config, scheme, learner
         self.computes: dict[int, WorkerCompute] = {}
+        self.clock = 0.0  # the recorded pull moment of the job being computed (look-ahead)
+
+    def job(self, entry: Entry, theta_i: np.ndarray, theta_k: np.ndarray, reply: np.ndarray | None) -> Message:
+        compute = self.computes.get(entry.worker)
+        if compute is None or compute.spec.incarnation != entry.incarnation:
+            spec = WorkerSpec(self.config, self.scheme, entry.worker, entry.incarnation)
+            compute = self.computes[entry.worker] = WorkerCompute(spec, self.learner, clock=lambda: self.clock)
+        if compute.wants_reply:
+            compute.reply(np.zeros_like(theta_i) if reply is None else reply)
+        self.clock, compute.lead = entry.pulled, entry.lead
+        msg = compute.job(theta_i, entry.version, lambda: (theta_k, entry.version_k))
+        return msg._replace(compute_time=entry.compute_time, phase_times=entry.phase_times)
+
+
+def _host_main(conn: Any, config: dict[str, Any], scheme: str, parent: int) -> None:
+    """The worker host process: jobs in, messages out, until the pipe closes."""
+    import os
+    import signal
+
+    from asynccorr.backends.mp import die_with_parent
+    from asynccorr.config import from_dict
+    from asynccorr.learners.build import build
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()
+    if os.getppid() != parent:
+        return
+    jobs = _Jobs(config, scheme, build(from_dict(ExperimentConfig, config))[0])
+    with conn:
+        while True:
+            try:
+                request = conn.recv()
+            except (EOFError, OSError):
+                return
+            try:
+                conn.send(("message", jobs.job(*request)))
+            except Exception as exc:  # noqa: BLE001 -- reported by the replay's process, which raises it
+                conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+class WorkerHost:
+    """A process that computes the replay's jobs with the real workers' numerics: spawned as an ``mp``
+    worker is, with one XLA/BLAS thread (``worker.WORKER_ENV``: XLA's single-threaded CPU path
+    compiles other kernels than its multi-threaded one, which round differently), so every message
+    is bit for bit the one the real worker sent. Close it (a context manager)."""
+
+    def __init__(self, config: ExperimentConfig, scheme: str) -> None:
+        import multiprocessing as mp
+        import os
+
+        from asynccorr.backends.mp import spawn_environment
+
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_host_main, args=(child, to_dict(config), scheme, os.getpid()),
+                                   name="asynccorr-replay-workers", daemon=True)
+        with spawn_environment():
+            self.process.start()
+        child.close()
+
+    def job(self, entry: Entry, theta_i: np.ndarray, theta_k: np.ndarray, reply: np.ndarray | None) -> Message:
+        self.conn.send((entry, np.asarray(theta_i), np.asarray(theta_k), reply))
+        try:
+            kind, value = self.conn.recv()
+        except (EOFError, OSError):
+            raise RuntimeError(f"the replay's worker process ended (exit code {self.process.exitcode})") from None
+        if kind == "error":
+            raise RuntimeError(f"the replay's worker process failed: {value}")
+        return value
+
+    def close(self) -> None:
+        self.conn.close()
+        self.process.join(5.0)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(1.0)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Workers:
+    """The replay's workers as the server sees them: each worker's jobs computed in job order on
+    demand (by the ``WorkerHost``), messages held until their turn, replies kept per worker."""
+
+    def __init__(self, role: ServerRole, schedule: Schedule, host: WorkerHost) -> None:
+        self.role, self.host = role, host
         self.held: dict[tuple[int, int, int], Message] = {}
         self.entry_of = {(e.worker, e.incarnation, e.job): e for e in schedule.entries}
-        self.clock = 0.0  # the recorded pull moment of the job being computed (look-ahead)
+        self.done: dict[int, tuple[int, int]] = {}  # worker -> (incarnation, jobs computed)
         self.replies: dict[int, np.ndarray] = {}  # secant "applied": each worker's reply slot (mp's shared row)
 
     def message(self, entry: Entry, params: dict[int, np.ndarray]) -> Message:
         """The message of ``entry``'s job, computing its worker's jobs up to it."""
         key = (entry.worker, entry.incarnation, entry.job)
         if key not in self.held:
-            compute = self._compute(entry)
-            for job in range(compute.jobs + 1, entry.job + 1):
+            incarnation, computed = self.done.get(entry.worker, (-1, 0))
+            if incarnation > entry.incarnation or (incarnation == entry.incarnation and computed >= entry.job):
+                raise ScheduleError(f"the schedule has worker {entry.worker}'s job {entry.job} (incarnation "
+                                    f"{entry.incarnation}) out of order: it is inconsistent")
+            start = computed + 1 if incarnation == entry.incarnation else 1
+            for job in range(start, entry.job + 1):
                 recorded = self.entry_of.get((entry.worker, entry.incarnation, job))
                 if recorded is None:
                     raise ScheduleError(f"the schedule has worker {entry.worker}'s job {entry.job} (incarnation "
                                         f"{entry.incarnation}) but not its job {job}: it is inconsistent")
-                self.held[(entry.worker, entry.incarnation, job)] = self._job(compute, recorded, params)
+                self.held[(entry.worker, entry.incarnation, job)] = self._job(recorded, params)
+                self.done[entry.worker] = (entry.incarnation, job)
         return self.held.pop(key)
 
-    def _compute(self, entry: Entry) -> WorkerCompute:
-        compute = self.computes.get(entry.worker)
-        if compute is None or compute.spec.incarnation < entry.incarnation:
-            spec = WorkerSpec(self.spec_config, self.role.scheme.name, entry.worker, entry.incarnation)
-            compute = self.computes[entry.worker] = WorkerCompute(spec, self.role.learner, clock=lambda: self.clock)
-        elif compute.spec.incarnation > entry.incarnation or compute.jobs >= entry.job:
-            raise ScheduleError(f"the schedule has worker {entry.worker}'s job {entry.job} (incarnation "
-                                f"{entry.incarnation}) out of order: it is inconsistent")
-        return compute
-
-    def _job(self, compute: WorkerCompute, entry: Entry, params: dict[int, np.ndarray]) -> Message:
+    def _job(self, entry: Entry, params: dict[int, np.ndarray]) -> Message:
         for version in (entry.version, entry.version_k):
             if version not in params:
                 raise ScheduleError(f"worker {entry.worker}'s job {entry.job} used version {version}, which this "
                                     f"replay's server never published (it has {self.role.version})")
-        if compute.wants_reply:
-            compute.reply(self.replies.get(entry.worker, np.zeros_like(params[entry.version])))
-        self.clock, compute.lead = entry.pulled, entry.lead
-        msg = compute.job(params[entry.version], entry.version, lambda: (params[entry.version_k], entry.version_k))
-        return msg._replace(compute_time=entry.compute_time, phase_times=entry.phase_times)
+        return self.host.job(entry, params[entry.version], params[entry.version_k], self.replies.get(entry.worker))
 
     def replied(self, worker: int) -> None:
         """After a message of ``worker`` was received: the server's reply, if any, in its slot."""
@@ -125,7 +207,13 @@ def run_replay(config: ExperimentConfig, scheme_name: str, schedule: Schedule,
     if role.scheme.protocol == "secant" and config.schemes.secant_tangent == "applied" and schedule.backend != "mp":
         raise ScheduleError(f"a {schedule.backend} schedule cannot drive the secant 'applied' tangent exactly "
                             "(which reply a job read depends on timing it does not hold); record on mp")
-    workers = _Workers(role, schedule)
+    with WorkerHost(config, role.scheme.name) as host:
+        return _replay(role, schedule, _Workers(role, schedule, host))
+
+
+def _replay(role: ServerRole, schedule: Schedule, workers: _Workers) -> RunResult:
+    """The loop of ``run_replay``: each entry's message to the server role, in order."""
+    config = role.config
     params = {0: role.params}
     last_use = _last_use(schedule.entries)
     stop = int(schedule.end.get("updates", config.train.iterations)) if schedule.end.get("end") == "interrupted" \

@@ -14,7 +14,7 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from asynccorr.backends import schedule as sched
 from asynccorr.backends.protocol import OnChunk, RunResult
@@ -57,12 +57,22 @@ def read_recorded(run_dir: Path) -> tuple[ExperimentConfig, str, Schedule, str]:
     return config, scheme, schedule, hashlib.sha256(data).hexdigest()
 
 
-def replay_run(run_dir: Path, scheme: str | None = None, results_root: Path | None = None, overwrite: bool = False,
-               on_chunk: OnChunk | None = None) -> tuple[Path, RunResult, dict[str, Any]]:
-    """Replay the run in ``run_dir`` under its own scheme or ``scheme`` (a what-if); returns (its
-    run directory, result, summary row) as ``train_run`` does."""
-    from asynccorr.backends.replay import check_replayable, run_replay
-    from asynccorr.runs.run import train_run
+class ReplayPlan(NamedTuple):
+    """A replay, checked before anything is written (``plan_replay``)."""
+
+    config: ExperimentConfig  # the recorded run's, named <experiment>-replay
+    scheme: str  # the scheme it is replayed under
+    schedule: Schedule
+    results: Path  # the results root its run directory goes under
+    meta: dict[str, Any]  # what its meta.json says of the run it replays
+    overwrite: bool = False  # replace an existing replay
+
+
+def plan_replay(run_dir: Path, scheme: str | None = None, results_root: Path | None = None,
+                overwrite: bool = False) -> ReplayPlan:
+    """Read and check a replay of the run in ``run_dir`` under its own scheme or ``scheme`` (a what-if);
+    its run directory goes under ``results_root`` (default: the recorded run's results root)."""
+    from asynccorr.backends.replay import check_replayable
 
     run_dir = Path(run_dir)
     config, recorded, schedule, digest = read_recorded(run_dir)
@@ -72,5 +82,15 @@ def replay_run(run_dir: Path, scheme: str | None = None, results_root: Path | No
     root = Path(results_root) if results_root is not None else run_dir.parent.parent
     meta = {"replay_of": {"run": str(run_dir), "scheme": recorded, "backend": schedule.backend,
                           "messages": len(schedule.entries), "schedule_sha256": digest}}
-    return train_run(out, target, root, overwrite=overwrite, on_chunk=on_chunk,
-                     execute=("replay", lambda c, s, h: run_replay(c, s, schedule, h), meta))
+    return ReplayPlan(out, target, schedule, root, meta, overwrite)
+
+
+def replay_run(plan: ReplayPlan, on_chunk: OnChunk | None = None) -> tuple[Path, RunResult, dict[str, Any]]:
+    """Train a planned replay into its run directory; returns (run dir, result, summary row) as
+    ``train_run`` does."""
+    from asynccorr.backends.replay import run_replay
+    from asynccorr.runs.run import train_run
+
+    schedule = plan.schedule
+    return train_run(plan.config, plan.scheme, plan.results, overwrite=plan.overwrite, on_chunk=on_chunk,
+                     execute=("replay", lambda c, s, h: run_replay(c, s, schedule, h), plan.meta))

@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 from realworkers import (  # noqa: F401
     assert_complete_async_run,
+    assert_replays_bit_for_bit,
     assert_secant_run,
     assert_worker_corrected_modify_run,
     interrupt_cli_run,
+    recorded_run,
     run_with_a_killed_and_a_hung_worker,
     tiny_config,
 )
@@ -139,7 +141,7 @@ def test_the_oracle_and_the_pipelined_rounds_are_refused_on_real_workers(scheme)
 
 
 @pytest.mark.slow
-def test_on_real_workers_the_server_protocol_removes_the_gradient_error_and_pull_first_sees_almost_nothing():
+def test_on_real_workers_the_server_protocol_removes_the_gradient_error_replays_bit_for_bit_and_pull_first_sees_little():
     """Issue 12's acceptance on 2 mp workers, the default experiment (seed 0; 150 updates here, 300 in
     the README's figures: python experiments/gradient_error_split.py --backend mp ...): the
     server-side product has residual staleness 0, and once out of the first updates' nonlinear
@@ -147,13 +149,16 @@ def test_on_real_workers_the_server_protocol_removes_the_gradient_error_and_pull
     0.004x). Over all 300 updates the mean is dominated by the first 20, where a first-order
     correction cannot help at one step of staleness: 0.70x (docs/simulation.md, "The simulation checked against
     real workers"). pull-first (the worker pulls before its fused pass) sees none of the staleness
-    on most updates."""
+    on most updates. The modify@server run, replayed from its recorded schedule, is bit for bit the same
+    (issue 27's acceptance: N = 2, >= 100 updates; the async run's: tests/backends/test_replay.py)."""
     from asynccorr.config import load_config
 
     cfg = with_overrides(load_config(REPO / "experiments" / "paper.toml"),
                          train={"iterations": 150, "eval_every": 150, "checkpoint_every": 0},
                          workers={"backend": "mp", "count": 2, "timeout": 120.0})
-    server, pull_first = (run_mp(cfg, s).metrics for s in ("modify@server", "modify@pull-first"))
+    result, recorded = recorded_run(run_mp, cfg, "modify@server", "mp")
+    assert_replays_bit_for_bit(cfg, "modify@server", result, recorded)
+    server, pull_first = result.metrics, run_mp(cfg, "modify@pull-first").metrics
     assert server["staleness"].mean() > 0.5
     assert np.all(server["residual_staleness"] == 0)
     # against the same stale directions uncorrected (what async would have applied, message by message)
@@ -174,13 +179,17 @@ def test_a_rule_that_reads_theta_i_runs_on_real_workers():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("tangent", ["previous", "applied"])
-def test_the_secant_protocol_runs_on_real_workers_and_its_applied_tangent_comes_with_the_reply(tangent):
+def test_the_secant_protocol_runs_on_real_workers_its_applied_tangent_comes_with_the_reply_and_replays(tangent):
     """Each message carries its pair; the server's fit covers the gap and corrects the stale
     directions with no product of its own. ``applied``: the worker's tangent is the update the
     server applied to its previous message, written into its slot of the shared block before the
-    reply -- so the second message of a worker carries a non-zero tangent."""
+    reply -- so the second message of a worker carries a non-zero tangent. Replayed from its schedule,
+    the run is bit for bit the same: the replay hands each worker the same reply at the same point."""
     cfg = tiny_config("mp", schemes={"secant_tangent": tangent})
-    assert_secant_run(run_mp(cfg, "modify-safe@secant"))
+    result, recorded = recorded_run(run_mp, cfg, "modify-safe@secant", "mp")
+    assert_secant_run(result)
+    if tangent == "applied":
+        assert_replays_bit_for_bit(cfg, "modify-safe@secant", result, recorded)
 
 
 @pytest.mark.slow
@@ -231,8 +240,12 @@ def test_sync_on_mp_averages_one_direction_per_worker_per_version():
 
 
 @pytest.mark.slow
-def test_a_killed_worker_and_a_hung_worker_are_replaced_and_the_run_completes():
-    run_with_a_killed_and_a_hung_worker(run_mp, "mp")
+def test_a_killed_worker_and_a_hung_worker_are_replaced_and_the_run_completes_and_it_replays_bit_for_bit():
+    """The replay re-derives each replacement's key stream from its incarnation and applies the
+    drained messages of the dead and the hung where the real server did."""
+    cfg, result, recorded = run_with_a_killed_and_a_hung_worker(run_mp, "mp")
+    assert {e.incarnation for e in recorded.entries} == {0, 1}
+    assert_replays_bit_for_bit(cfg, "async", result, recorded)
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from realworkers import (  # noqa: F401
     assert_complete_async_run,
+    assert_replays_bit_for_bit,
     assert_secant_run,
     assert_worker_corrected_modify_run,
     interrupt_cli_run,
@@ -59,8 +60,11 @@ def test_the_a3c_learner_runs_on_ray_workers_with_the_server_side_correction(loc
     assert np.all(np.isfinite(m["importance_ratio"])) and np.all(m["policy_kl"][m["staleness"] > 0] > 0)
 
 
-def test_a_killed_ray_worker_and_a_hung_one_are_replaced_and_the_run_completes(local_ray):
-    run_with_a_killed_and_a_hung_worker(run_ray, "ray")
+def test_a_killed_ray_worker_and_a_hung_one_are_replaced_and_the_run_completes_and_it_replays_bit_for_bit(local_ray):
+    """Ray keeps two jobs in flight per actor: the replay computes a worker's jobs in their own
+    order whatever order their results were applied in."""
+    cfg, result, recorded = run_with_a_killed_and_a_hung_worker(run_ray, "ray")
+    assert_replays_bit_for_bit(cfg, "async", result, recorded)
 
 
 def test_sync_on_ray_averages_one_direction_per_worker_per_version(local_ray):

@@ -1,0 +1,82 @@
+"""Specification of record and replay: a real run's schedule, re-executed in one process, is the run again."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from realworkers import assert_replays_bit_for_bit, recorded_run, tiny_config
+
+from asynccorr.backends import schedule
+from asynccorr.backends.mp import run_mp
+from asynccorr.backends.replay import run_replay
+from asynccorr.backends.schedule import ScheduleError
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def async_recording():
+    """100 async updates of two mp workers, with the schedule the server recorded."""
+    cfg = tiny_config("mp", train={"iterations": 100, "eval_every": 25})
+    result, recorded = recorded_run(run_mp, cfg, "async", "mp")
+    return cfg, result, recorded
+
+
+def test_an_mp_async_run_of_100_updates_replays_bit_for_bit(async_recording):
+    cfg, result, recorded = async_recording
+    assert result.metrics["staleness"].max() > 0  # a real interleaving, not a sequential one
+    assert [e.outcome for e in recorded.entries] == ["applied"] * 100
+    assert recorded.end == {"end": "completed", "updates": 100, "dropped": 0}
+    assert_replays_bit_for_bit(cfg, "async", result, recorded)  # modify@server's and secant's: test_mp.py
+
+
+def test_a_what_if_replays_the_same_interleaving_under_another_scheme(async_recording):
+    """modify@server on the async run's schedule: the same worker applies at every update with the same
+    staleness and server time, while the parameters it computes at and applies follow the new scheme."""
+    cfg, result, recorded = async_recording
+    what_if = run_replay(cfg, "modify@server", recorded)
+    for name in ("iteration", "time", "worker", "staleness", "compute_time"):
+        np.testing.assert_array_equal(what_if.metrics[name], result.metrics[name])
+    assert not np.array_equal(what_if.params, result.params)
+    stale = result.metrics["staleness"] > 0
+    assert what_if.metrics["correction_norm"][stale].min() > 0 and result.metrics["correction_norm"].max() == 0
+
+
+def test_a_schedule_that_ended_early_replays_up_to_where_the_run_stopped(async_recording):
+    """An interrupted run's schedule ends with its update count: the replay stops there, interrupted,
+    with the recorded run's first rows."""
+    cfg, result, recorded = async_recording
+    cut = recorded._replace(entries=recorded.entries[:45], end=schedule.end_line("interrupted", 40, 0))
+    replayed = run_replay(cfg, "async", cut)
+    assert replayed.status == "interrupted"
+    assert list(replayed.metrics["iteration"]) == list(range(1, 41))
+    for name in ("policy_loss", "grad_error", "update_norm"):
+        assert replayed.metrics[name].tobytes() == result.metrics[name][:40].tobytes()
+
+
+def test_a_schedule_with_a_missing_job_or_a_pull_it_did_not_record_is_refused(async_recording):
+    cfg, _, recorded = async_recording
+    gap = recorded._replace(entries=recorded.entries[:2] + recorded.entries[4:])
+    with pytest.raises(ScheduleError, match="not its job"):
+        run_replay(cfg, "async", gap)
+    with pytest.raises(ScheduleError, match="pulls mid-job"):
+        run_replay(cfg, "modify@pull-first", recorded)
+    with pytest.raises(ScheduleError, match="cannot drive sync"):
+        run_replay(cfg, "sync", recorded)
+
+
+def test_the_schedule_file_is_json_lines_with_a_versioned_header_and_an_end_line(async_recording):
+    _, _, recorded = async_recording
+    text = schedule.encode([recorded.header, *recorded.entries, recorded.end])
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert lines[0]["format"] == "asynccorr-schedule" and lines[0]["backend"] == "mp" and lines[0]["workers"] == 2
+    assert set(lines[1]) >= {"worker", "incarnation", "job", "version", "version_k", "outcome", "at", "compute_time"}
+    assert schedule.parse(text) == recorded
+    with pytest.raises(ScheduleError, match="truncated"):
+        schedule.parse(text[:-5])
+    with pytest.raises(ScheduleError, match="no end line"):
+        schedule.parse("".join(text.splitlines(keepends=True)[:-1]))
+    with pytest.raises(ScheduleError, match="recorded by asynccorr 0.0.1"):
+        schedule.parse(schedule.encode([{**recorded.header, "package": "0.0.1"}, *recorded.entries, recorded.end]))
