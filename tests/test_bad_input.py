@@ -304,6 +304,42 @@ def test_plot_on_an_unusable_folder_is_rejected_with_one_line(capsys, tmp_path, 
                     also_untouched=target if target.is_dir() else None)
 
 
+# ----------------------------------------------------------------------------- replay
+
+
+def _recorded(tmp: Path, e: Earlier, schedule_text: str | None) -> Path:
+    """A copy of the earlier run with ``schedule_text`` as its schedule (None: without one)."""
+    from asynccorr.backends import schedule
+
+    run = tmp / "results" / "tiny" / "async-seed0"
+    shutil.copytree(e.run_dir, run)
+    if schedule_text is not None:
+        record = json.loads((run / "config.json").read_text())
+        head = schedule.header("mp", "async", record["workers"]["count"], record["train"]["seed"])
+        entry = {"worker": 0, "incarnation": 0, "job": 1, "version": 0, "version_k": 0, "outcome": "applied",
+                 "at": 0.01, "compute_time": 0.01}
+        (run / schedule.FILE).write_text(schedule_text.format(
+            head=json.dumps(head), old=json.dumps({**head, "package": "0.0.1"}), entry=json.dumps(entry)))
+    return run
+
+
+REPLAY_CASES = {
+    "a run directory without a schedule": (None, "no schedule in"),
+    "a schedule from another version": ('{old}\n{entry}\n{{"end": "completed", "updates": 1, "dropped": 0}}\n',
+                                        "recorded by asynccorr 0.0.1"),
+    "a truncated schedule": ("{head}\n{entry}\n" + '{{"worker": 1, "incarn', "truncated"),
+    "a schedule without its end line": ("{head}\n{entry}\n", "truncated"),
+    "not a run directory": ("", "no run directory"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REPLAY_CASES))
+def test_replaying_a_run_without_a_usable_schedule_is_one_line_and_writes_nothing(capsys, tmp_path, earlier, case):
+    text, needle = REPLAY_CASES[case]
+    run = tmp_path / "nothing-here" if case == "not a run directory" else _recorded(tmp_path, earlier, text)
+    assert_rejected(capsys, earlier, ["replay", str(run)], needle, also_untouched=tmp_path)
+
+
 # ----------------------------------------------------------------------------- results paths
 
 

@@ -31,8 +31,8 @@ from typing import Any, Self
 import numpy as np
 
 from asynccorr.backends.protocol import NO_HOOKS, RunHooks, RunResult, TrainingInterrupted, check_interrupt
-from asynccorr.backends.schedule import Entry, Schedule, ScheduleError
-from asynccorr.backends.server import ServerRole
+from asynccorr.backends.schedule import Entry, Schedule, ScheduleError, server_xla_flags
+from asynccorr.backends.server import ServerRole, log
 from asynccorr.backends.worker import Message, WorkerCompute, WorkerSpec
 from asynccorr.config import ExperimentConfig, to_dict
 from asynccorr.schemes.registry import PULL, Scheme, get_scheme, resolve
@@ -207,6 +207,10 @@ def run_replay(config: ExperimentConfig, scheme_name: str, schedule: Schedule,
     if role.scheme.protocol == "secant" and config.schemes.secant_tangent == "applied" and schedule.backend != "mp":
         raise ScheduleError(f"a {schedule.backend} schedule cannot drive the secant 'applied' tangent exactly "
                             "(which reply a job read depends on timing it does not hold); record on mp")
+    recorded_flags = schedule.header.get("xla_flags", "")
+    if recorded_flags != server_xla_flags():
+        log.warning("the recorded server ran with XLA_FLAGS=%r, this process has %r: its updates may round "
+                    "differently", recorded_flags, server_xla_flags())
     with WorkerHost(config, role.scheme.name) as host:
         return _replay(role, schedule, _Workers(role, schedule, host))
 

@@ -16,7 +16,8 @@ The ``mp`` and ``ray`` backends record, for every message the server role receiv
   ``compute_time`` and ``phase_times``.
 
 The file (``schedule.jsonl`` in the run directory) is JSON lines: a header (the format,
-the package version that wrote it, backend, scheme, workers, seed), one line per message,
+the package version that wrote it, backend, scheme, workers, seed, the server's XLA flags),
+one line per message,
 appended at every evaluation point like ``metrics.csv``, and an end line (the run's
 status and its update count) once the run is over. ``parse`` checks all of it and says
 in one line what is wrong (``ScheduleError``).
@@ -25,6 +26,7 @@ in one line what is wrong (``ScheduleError``).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
@@ -77,9 +79,14 @@ class Schedule(NamedTuple):
 
 
 def header(backend: str, scheme: str, workers: int, seed: int) -> dict[str, Any]:
-    """The first line of a schedule file."""
+    """The first line of a schedule file; ``xla_flags``: the server process's (its updates' numerics)."""
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "package": __version__, "backend": backend,
-            "scheme": scheme, "workers": workers, "seed": seed}
+            "scheme": scheme, "workers": workers, "seed": seed, "xla_flags": server_xla_flags()}
+
+
+def server_xla_flags() -> str:
+    """This process's ``XLA_FLAGS``: a replay's server computes as the recorded one only with the same."""
+    return os.environ.get("XLA_FLAGS", "")
 
 
 def end_line(status: str, updates: int, dropped: int) -> dict[str, Any]:
