@@ -234,6 +234,8 @@ def _reap(process: Any, grace: float) -> None:
 class Processes(Transport):
     """Worker processes, a pipe each, and the shared block (see the module docstring)."""
 
+    name = "mp"
+
     def __init__(self, workers: int, size: int, replies: bool = False) -> None:
         self.ctx = mp.get_context("spawn")
         self.replies = replies

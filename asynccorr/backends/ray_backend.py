@@ -140,6 +140,8 @@ class _Actor:
 class Actors(Transport):
     """Worker actors, the parameter store and the calls in flight (see the module docstring)."""
 
+    name = "ray"
+
     def __init__(self, synchronous: bool, started_ray: bool) -> None:
         import ray
 

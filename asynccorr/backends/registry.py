@@ -1,7 +1,7 @@
 """The execution backends, in one registry: what trains a run, and where its workers run.
 
-Each entry declares its name, what it is, whether a run continues bit-exactly from a
-checkpoint, which schemes it cannot run, and its run function
+Each entry declares its name, what it is, whether a run continues from a checkpoint (and
+whether bit for bit), which schemes it cannot run, and its run function
 ``run(config, scheme_name, hooks)`` returning a ``protocol.RunResult``. The worker
 backends (``sim``, ``mp``, ``ray``: ``workers.backend``) run the same server role
 (``backends.server``); ``sequential`` is the single-worker, always-fresh reference
@@ -32,7 +32,9 @@ class Backend:
     name: str
     summary: str  # a few words for the CLI help
     run: str  # "module:function" of the run function
-    resumable: bool  # a checkpoint reproduces the run bit for bit (so --resume is allowed)
+    resumable: bool  # a run continues from its checkpoint (--resume)
+    exact_resume: bool = True  # ... as the uninterrupted run would have, bit for bit (real workers: continued
+    # by new worker incarnations; the whole resumed run replays bit for bit from its schedule)
     refuses: tuple[str, ...] = ()  # the scheme kinds it cannot run (``scheme_kinds``)
     workers: bool = True  # a worker backend (a ``workers.backend``); False: the sequential reference
     in_process: bool = True  # the whole run runs in the calling process (so a cluster runs it as one task)
@@ -60,10 +62,10 @@ BACKENDS: dict[str, Backend] = {
         Backend("sequential", "the single-worker, always-fresh reference trainer",
                 "asynccorr.backends.sequential:run_sequential", True, workers=False),
         Backend("sim", "a deterministic simulation on one process", "asynccorr.backends.sim:run_sim", True),
-        Backend("mp", "worker processes on this machine", "asynccorr.backends.mp:run_mp", False,
-                refuses=REAL_REFUSES, in_process=False),
-        Backend("ray", "Ray actors on a local or remote cluster", "asynccorr.backends.ray_backend:run_ray", False,
-                refuses=REAL_REFUSES, in_process=False),
+        Backend("mp", "worker processes on this machine", "asynccorr.backends.mp:run_mp", True,
+                exact_resume=False, refuses=REAL_REFUSES, in_process=False),
+        Backend("ray", "Ray actors on a local or remote cluster", "asynccorr.backends.ray_backend:run_ray", True,
+                exact_resume=False, refuses=REAL_REFUSES, in_process=False),
     )
 }
 

@@ -31,7 +31,7 @@ from typing import Any, Self
 import numpy as np
 
 from asynccorr.backends.protocol import NO_HOOKS, RunHooks, RunResult, TrainingInterrupted, check_interrupt
-from asynccorr.backends.schedule import Entry, Schedule, ScheduleError, server_xla_flags
+from asynccorr.backends.schedule import Entry, Resume, Schedule, ScheduleError, server_xla_flags
 from asynccorr.backends.server import ServerRole, log
 from asynccorr.backends.worker import Message, WorkerCompute, WorkerSpec
 from asynccorr.config import ExperimentConfig, to_dict
@@ -154,7 +154,7 @@ class _Workers:
     def __init__(self, role: ServerRole, schedule: Schedule, host: WorkerHost) -> None:
         self.role, self.host = role, host
         self.held: dict[tuple[int, int, int], Message] = {}
-        self.entry_of = {(e.worker, e.incarnation, e.job): e for e in schedule.entries}
+        self.entry_of = {(e.worker, e.incarnation, e.job): e for e in schedule.entries if isinstance(e, Entry)}
         self.done: dict[int, tuple[int, int]] = {}  # worker -> (incarnation, jobs computed)
         self.replies: dict[int, np.ndarray] = {}  # secant "applied": each worker's reply slot (mp's shared row)
 
@@ -183,18 +183,35 @@ class _Workers:
                                     f"replay's server never published (it has {self.role.version})")
         return self.host.job(entry, params[entry.version], params[entry.version_k], self.replies.get(entry.worker))
 
+    def resume(self) -> None:
+        """The run continued from a checkpoint: every worker starts again as a new incarnation (the
+        jobs of the first part not applied by then are gone, and so are the replies)."""
+        self.held.clear()
+        self.replies.clear()
+
     def replied(self, worker: int) -> None:
         """After a message of ``worker`` was received: the server's reply, if any, in its slot."""
         if worker in self.role.replies:
             self.replies[worker] = self.role.replies.pop(worker)
 
 
-def _last_use(entries: tuple[Entry, ...]) -> dict[int, int]:
+def _last_use(entries: tuple[Entry | Resume, ...]) -> dict[int, int]:
     """Per version: the index of the last entry whose job used it (older versions are then freed)."""
     last: dict[int, int] = defaultdict(int)
     for n, e in enumerate(entries):
-        last[e.version] = last[e.version_k] = n
+        if isinstance(e, Entry):
+            last[e.version] = last[e.version_k] = n
     return last
+
+
+def _part_ends(entries: tuple[Entry | Resume, ...], stop: int) -> list[int]:
+    """Per entry: the update count its part of the run ends at (the next resume's, else ``stop``)."""
+    ends, end = [], stop
+    for e in reversed(entries):
+        ends.append(end)
+        if isinstance(e, Resume):
+            end = e.iteration
+    return ends[::-1]
 
 
 def run_replay(config: ExperimentConfig, scheme_name: str, schedule: Schedule,
@@ -222,12 +239,21 @@ def _replay(role: ServerRole, schedule: Schedule, workers: _Workers) -> RunResul
     last_use = _last_use(schedule.entries)
     stop = int(schedule.end.get("updates", config.train.iterations)) if schedule.end.get("end") == "interrupted" \
         else config.train.iterations
+    ends = _part_ends(schedule.entries, stop)
     role.start_clock()
     role.evaluate_initial()
     try:
         for n, entry in enumerate(schedule.entries):
-            if role.done or role.iteration >= stop:
-                break
+            if isinstance(entry, Resume):
+                if role.iteration != entry.iteration:
+                    raise ScheduleError(f"the schedule resumes after update {entry.iteration}, but its part "
+                                        f"before that reaches update {role.iteration}: it is inconsistent")
+                workers.resume()
+                continue
+            if role.done or role.iteration >= ends[n]:
+                if ends[n] == stop:
+                    break
+                continue  # received after the checkpoint the run continued from: not part of the run
             check_interrupt()
             msg = workers.message(entry, params)
             if role.receive(msg, at=entry.at):

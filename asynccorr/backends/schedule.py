@@ -19,7 +19,9 @@ The file (``schedule.jsonl`` in the run directory) is JSON lines: a header (the 
 the package version that wrote it, backend, scheme, workers, seed, the server's XLA flags),
 one line per message,
 appended at every evaluation point like ``metrics.csv``, and an end line (the run's
-status and its update count) once the run is over. ``parse`` checks all of it and says
+status and its update count) once the run is over. A run continued from a checkpoint
+(``train --resume``) keeps the lines of its first part (less that part's end line) and
+goes on after a resume line (``{"resume": update}``). ``parse`` checks all of it and says
 in one line what is wrong (``ScheduleError``).
 """
 
@@ -66,7 +68,7 @@ class Schedule(NamedTuple):
     """A whole schedule: its header, its entries in the order received, its end line."""
 
     header: dict[str, Any]
-    entries: tuple[Entry, ...]
+    entries: tuple[Entry | Resume, ...]  # a resumed run's parts, each after its ``Resume``
     end: dict[str, Any]
 
     @property
@@ -89,15 +91,31 @@ def server_xla_flags() -> str:
     return os.environ.get("XLA_FLAGS", "")
 
 
+class Resume(NamedTuple):
+    """Where a run continued from its checkpoint after ``iteration`` updates: what its first part
+    received after that update is not part of the run; new worker incarnations follow."""
+
+    iteration: int
+
+
+def resume_line(iteration: int) -> dict[str, Any]:
+    return {"resume": iteration}
+
+
 def end_line(status: str, updates: int, dropped: int) -> dict[str, Any]:
     """The last line: how the run ended."""
     return {"end": status, "updates": updates, "dropped": dropped}
 
 
-def encode(lines: Iterable[Entry | dict[str, Any]]) -> str:
+def encode(lines: Iterable[Entry | Resume | dict[str, Any]]) -> str:
     """Lines of a schedule file (floats as their shortest round-trip repr: exact)."""
-    return "".join(json.dumps(line._asdict() if isinstance(line, Entry) else line, separators=(",", ":")) + "\n"
-                   for line in lines)
+    return "".join(json.dumps(_record(line), separators=(",", ":")) + "\n" for line in lines)
+
+
+def _record(line: Entry | Resume | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(line, Entry):
+        return line._asdict()
+    return resume_line(line.iteration) if isinstance(line, Resume) else line
 
 
 def parse(text: str, where: str = FILE) -> Schedule:
@@ -131,9 +149,13 @@ def _json(line: str, where: str, n: int) -> Any:
         raise ScheduleError(f"{where}: line {n} is not JSON (a damaged or truncated file)") from None
 
 
-def _entry(record: Any, where: str, n: int) -> Entry:
+def _entry(record: Any, where: str, n: int) -> Entry | Resume:
     if not isinstance(record, dict):
         raise ScheduleError(f"{where}: line {n} is not a schedule entry")
+    if "resume" in record:
+        if not isinstance(record["resume"], int) or record["resume"] < 0:
+            raise ScheduleError(f"{where}: line {n} is a malformed resume line")
+        return Resume(record["resume"])
     try:
         fields = {name: int(record[name]) for name in _INT_FIELDS}
         fields.update({name: float(record.get(name, 0.0)) for name in _FLOAT_FIELDS})

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asynccorr.backends.checkpoint import Checkpoint
+from asynccorr.backends.checkpoint import Checkpoint, restore_run, run_checkpoint
 from asynccorr.backends.protocol import BASE_COLUMNS, Columns, Recorder, RunHooks, RunResult, is_eval_point
 from asynccorr.backends.schedule import Entry, end_line
 from asynccorr.backends.update import (
@@ -96,6 +96,8 @@ class ServerRole:
         self.record = record  # a real backend: keep the schedule (``backends.schedule``) for ``hooks.on_schedule``
         self.schedule: list[Entry] = []  # its entries since the last evaluation point
         self.t0: float | None = None
+        self.clock_offset = 0.0  # a resumed real run: the server time its checkpoint was taken at
+        self.incarnations: dict[int, int] = {}  # a real run: each worker's newest incarnation (the supervisor's)
         self._host: tuple[int, np.ndarray] | None = None
 
     def restore(self, server: ServerState, version: int, iteration: int, dropped: int, metrics: Columns,
@@ -103,6 +105,31 @@ class ServerRole:
         """Continue from a checkpointed state (everything up to an evaluation point)."""
         self.server, self.version, self.iteration, self.dropped = server, version, iteration, dropped
         self.recorder = Recorder(self.config, self.learner, self.hooks, metrics, evals, done=iteration)
+
+    # ------------------------------------------------------------------ a real run's checkpoints
+
+    def real_identity(self, backend: str) -> dict[str, Any]:
+        """What a real run's checkpoint must say to be continued by this run."""
+        return {"backend": backend, "scheme": self.scheme.name, "workers": self.count}
+
+    def real_checkpoint(self, backend: str) -> Checkpoint:
+        """A real run's state at an evaluation point: the server's (its state, version, counters, clock,
+        the metrics and evaluations so far) and each worker's newest incarnation. The workers' own state
+        lives in their processes: a run continued from it starts new incarnations of them."""
+        info = {"version": self.version, "dropped": self.dropped, "clock": self.now(),
+                "incarnations": {str(w): i for w, i in sorted(self.incarnations.items())}}
+        return run_checkpoint(self.iteration, self.real_identity(backend), {"server": self.server}, self.metrics,
+                              self.evals, info)
+
+    def restore_real(self, checkpoint: Checkpoint, backend: str) -> dict[int, int]:
+        """Continue a real run from ``real_checkpoint``'s checkpoint; returns each worker's first
+        incarnation in this run (one past its newest before)."""
+        trees, metrics, evals = restore_run(checkpoint, self.real_identity(backend), {"server": self.server})
+        info = checkpoint.info
+        self.restore(trees["server"], int(info["version"]), checkpoint.iteration, int(info["dropped"]), metrics, evals)
+        self.clock_offset = float(info["clock"])
+        before = {int(w): int(i) for w, i in info["incarnations"].items()}
+        return {w: before.get(w, -1) + 1 for w in range(self.count)}
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -126,7 +153,7 @@ class ServerRole:
         return self.iteration >= self.config.train.iterations or self.final is not None
 
     def now(self) -> float:
-        return 0.0 if self.t0 is None else time.perf_counter() - self.t0
+        return self.clock_offset + (0.0 if self.t0 is None else time.perf_counter() - self.t0)
 
     def start_clock(self) -> None:
         """Time 0: every worker is ready (start-up and compilation are not training time)."""

@@ -32,6 +32,11 @@ The loop, in one place:
   ``RunResult.events`` and logged, and a fresh incarnation takes the same worker id.
   A worker that dies ``START_FAILURES`` times in a row before it is ready aborts the
   run with ``WorkerStartError`` (a bug or a broken environment, not a fault to heal).
+* **checkpoints and resume**: at evaluation points when due, the server role's state and each
+  worker's incarnation (``ServerRole.real_checkpoint``); a run continued from one
+  (``hooks.resume``) restores the server and starts the workers as their next incarnations
+  (fresh key streams: a real run continues, it is not re-run; its schedule says where, and
+  ``backends.replay`` re-executes both parts).
 * **Ctrl-C**: ``KeyboardInterrupt`` anywhere in the loop stops the run and raises
   ``protocol.TrainingInterrupted`` carrying every update recorded so far.
 * **cleanup**: whatever ends the run (completion, divergence, Ctrl-C, an error),
@@ -83,8 +88,10 @@ class Transport(ABC):
     """How one backend starts, feeds, hears from and stops its workers; ``supervise`` does the rest.
 
     Workers are named by their id (0 .. N-1); a replacement takes its predecessor's id,
-    after ``stop``.
+    after ``stop``. ``name`` is the backend's (``mp``, ``ray``): its checkpoints say it.
     """
+
+    name: str
 
     @abstractmethod
     def spawn(self, spec: WorkerSpec) -> int | None:
@@ -152,6 +159,10 @@ class Supervisor:
         self.failures = dict.fromkeys(range(role.count), 0)  # consecutive deaths before ready, per worker
         self.dead: dict[int, Death] = {}  # this step's dead and hung, replaced at its end
         self.going = False
+        self.first = dict.fromkeys(range(role.count), 0)  # each worker's first incarnation in this run
+        if role.hooks.resume is not None:
+            self.first = role.restore_real(role.hooks.resume, transport.name)
+        role.snapshot = lambda: role.real_checkpoint(transport.name)
 
     def run(self) -> RunResult:
         """Train to the end (or to divergence); Ctrl-C raises ``TrainingInterrupted``."""
@@ -173,7 +184,7 @@ class Supervisor:
     def _start(self) -> None:
         self.transport.publish(self.role.params, self.role.version)
         for i in range(self.role.count):
-            self._spawn(i, 0)
+            self._spawn(i, self.first[i])
         self.role.warm_up()
         self.role.evaluate_initial()
 
@@ -285,6 +296,7 @@ class Supervisor:
     def _spawn(self, i: int, incarnation: int) -> None:
         hang_at = self.hang[1] if self.hang is not None and self.hang[0] == i else 0
         spec = WorkerSpec(self.config_dict, self.role.scheme.name, i, incarnation, hang_at)
+        self.role.incarnations[i] = incarnation
         pid = self.transport.spawn(spec)
         self.workers[i] = _Worker(spec, time.monotonic(), pid)
         self._event("started", i, **({} if pid is None else {"pid": pid}), incarnation=incarnation)

@@ -125,22 +125,38 @@ class CsvLog:
 class ScheduleLog:
     """A run's ``schedule.jsonl`` while it trains (``backends.schedule``): the header and the first
     lines written atomically, later lines appended and flushed to disk (a crash leaves a file
-    without its end line, which ``schedule.parse`` calls truncated)."""
+    without its end line, which ``schedule.parse`` calls truncated). A run continued from a
+    checkpoint at update ``resumed_at`` keeps the lines already there (less a torn last line and
+    the end line of the part that stopped) and goes on after a resume line."""
 
-    def __init__(self, path: Path, header: dict[str, Any]) -> None:
-        self.path, self.header, self.started = Path(path), header, False
+    def __init__(self, path: Path, header: dict[str, Any], resumed_at: int | None = None) -> None:
+        self.path, self.header, self.resumed_at, self.started = Path(path), header, resumed_at, False
 
     def __call__(self, lines: list) -> None:
-        from asynccorr.backends.schedule import encode
+        from asynccorr.backends.schedule import encode, resume_line
 
         if not self.started:
-            atomic_write_text(self.path, encode([self.header, *lines]))
+            before = encode([self.header])
+            if self.resumed_at is not None:
+                before = self._kept() or before
+                lines = [resume_line(self.resumed_at), *lines]
+            atomic_write_text(self.path, before + encode(lines))
             self.started = True
             return
         with open(self.path, "a") as f:
             f.write(encode(lines))
             f.flush()
             os.fsync(f.fileno())
+
+    def _kept(self) -> str:
+        """The earlier part's complete lines, without its end line ("" when there is none)."""
+        try:
+            kept = [line for line in self.path.read_text().splitlines(keepends=True) if line.endswith("\n")]
+        except (OSError, UnicodeDecodeError):
+            return ""
+        if kept and kept[-1].startswith('{"end"'):
+            kept.pop()
+        return "".join(kept)
 
 
 def _fmt(value: Any) -> str:

@@ -218,8 +218,8 @@ def train_run(
     backend = backend_for(config, scheme).name if execute is None else execute[0]
     if resume is not False and not backend_for(config, scheme).resumable:
         able = " or ".join(repr(b.name) for b in BACKENDS.values() if b.workers and b.resumable)
-        raise ResumeError(f"cannot resume {run_dir}: resume needs workers.backend = {able} (an {backend} run is "
-                          "not reproducible from a checkpoint); start it again with --overwrite")
+        raise ResumeError(f"cannot resume {run_dir}: resume needs workers.backend = {able} (an {backend} run "
+                          "cannot continue from a checkpoint); start it again with --overwrite")
     owner = locks.acquire(run_dir, take_over=overwrite or resume is not False)
     try:
         return _train_owned(run_dir, backend, config, scheme, overwrite, on_chunk, resume, tensorboard,
@@ -260,7 +260,8 @@ def _train_owned(run_dir: Path, backend: str, config: ExperimentConfig, scheme: 
         on_checkpoint=lambda ckpt: save_checkpoint(run_dir, ckpt),
         resume=checkpoint,
         on_schedule=ScheduleLog(run_dir / schedule.FILE, schedule.header(backend, scheme, config.workers.count,
-                                                                           config.train.seed)),
+                                                                           config.train.seed),
+                                resumed_at=checkpoint.iteration if checkpoint else None),
     )
     start = time.perf_counter()
     try:

@@ -13,7 +13,6 @@ from asynccorr.backends.registry import (
     backend_for,
     backend_help,
     check_backend_runs,
-    get_backend,
     run,
     run_workers,
 )
@@ -84,14 +83,20 @@ def test_a_new_backend_entry_and_its_name_are_all_it_takes_to_train_on_it(monkey
     assert not backend_for(config, "async").resumable and backend_for(config, SEQUENTIAL).resumable
 
 
-def test_resume_is_refused_on_a_backend_a_checkpoint_cannot_reproduce(tmp_path):
-    for name, backend in BACKENDS.items():
-        if backend.resumable:
-            continue
-        config = with_overrides(ExperimentConfig(), workers={"backend": name})
-        with pytest.raises(ResumeError, match="resume needs workers.backend = 'sim'"):
-            train_run(config, "async", tmp_path, resume=True)
-    assert get_backend("sim").resumable
+def test_resume_is_refused_on_a_backend_that_cannot_continue_from_a_checkpoint(tmp_path, monkeypatch):
+    """Every backend here continues from a checkpoint (sim and sequential bit for bit; mp and ray with
+    new worker incarnations); one that could not is refused, naming those that can."""
+    from asynccorr import config as config_module
+    from asynccorr.backends import registry
+
+    assert all(b.resumable for b in BACKENDS.values())
+    assert [b.name for b in BACKENDS.values() if not b.exact_resume] == ["mp", "ray"]
+    monkeypatch.setattr(config_module, "WORKER_BACKENDS", (*WORKER_BACKENDS, "probe"))
+    monkeypatch.setitem(registry.BACKENDS, "probe",
+                        Backend("probe", "a test backend", f"{__name__}:_probe_run", resumable=False))
+    config = with_overrides(ExperimentConfig(), workers={"backend": "probe"})
+    with pytest.raises(ResumeError, match="resume needs workers.backend = 'sim' or 'mp' or 'ray'"):
+        train_run(config, "async", tmp_path, resume=True)
 
 
 def _probe_run(*args, **kwargs):  # replaced by the test that registers the probe backend

@@ -80,3 +80,30 @@ def test_the_schedule_file_is_json_lines_with_a_versioned_header_and_an_end_line
         schedule.parse("".join(text.splitlines(keepends=True)[:-1]))
     with pytest.raises(ScheduleError, match="recorded by asynccorr 0.0.1"):
         schedule.parse(schedule.encode([{**recorded.header, "package": "0.0.1"}, *recorded.entries, recorded.end]))
+
+
+def test_an_mp_run_continued_from_its_checkpoint_replays_bit_for_bit(tmp_path):
+    """Ctrl-C after 40 updates (its checkpoint: 20), ``train --resume`` to 60: the server continues from
+    the checkpoint and the workers as new incarnations; the schedule keeps both parts, and the replay
+    (the first part up to the checkpoint, then the second) is the resumed run, file for file."""
+    from asynccorr import api
+    from asynccorr.runs.run import RunInterrupted, train_run
+
+    cfg = tiny_config("mp", train={"iterations": 60, "eval_every": 10, "checkpoint_every": 20})
+
+    def ctrl_c_at_40(done, record):
+        if done == 40:
+            raise KeyboardInterrupt
+
+    with pytest.raises(RunInterrupted):
+        train_run(cfg, "async", tmp_path, on_chunk=ctrl_c_at_40)
+    run_dir, result, _ = train_run(cfg, "async", tmp_path, resume=True)
+    assert result.status == "completed" and json.loads((run_dir / "meta.json").read_text())["resumed_from"] == 20
+    recorded = schedule.parse((run_dir / schedule.FILE).read_text())
+    [at] = [n for n, e in enumerate(recorded.entries) if isinstance(e, schedule.Resume)]
+    first, second = recorded.entries[:at], recorded.entries[at + 1:]
+    assert sum(e.outcome == "applied" for e in first) >= 40  # its part after the checkpoint is in the file
+    assert {e.incarnation for e in first} == {0} and {e.incarnation for e in second} == {1}
+    replay_dir = api.replay(run_dir, results=tmp_path / "replays").run_dir
+    for name in ("params.npy", "metrics.csv", "eval.csv"):
+        assert (replay_dir / name).read_bytes() == (run_dir / name).read_bytes(), name

@@ -53,6 +53,8 @@ Instruction = Callable[["FakeTransport"], Iterator[Arrival]]
 class FakeTransport(Transport):
     """Scripted in-process workers; every call the loop makes is logged (``log``)."""
 
+    name = "fake"
+
     def __init__(self, role: ServerRole, script: list[list[Instruction]]) -> None:
         self.role, self.script = role, deque(script)
         self.workers: dict[int, FakeWorker] = {}
