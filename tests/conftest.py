@@ -18,6 +18,14 @@ if not (os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.environ.get("ASYNCCORR
     atexit.register(shutil.rmtree, _SESSION_CACHE, True)
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _SESSION_CACHE
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# The suite compiles with XLA's backend optimisation off (LLVM's passes over the CPU kernels; the
+# HLO and its optimisations are the same): most of the suite's time is compiling the programs of
+# many small configs once each, and this cuts that by about a third. Every process the suite starts
+# inherits it, so runs compared with each other compile alike; the benchmarks, the committed results
+# and users' runs use XLA's default. ASYNCCORR_TEST_XLA_OPT=default keeps the default here too.
+if os.environ.get("ASYNCCORR_TEST_XLA_OPT") != "default" and "xla_backend_optimization_level" not in \
+        os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
 # The CLI calls of the suite are mostly runs of configs and schemes no earlier call ran: they keep no
 # programs (asynccorr.compile.programs) and read the session's compilation cache instead, which makes them
 # cheaper (a process that keeps programs reads no compilation cache). The tests of the programs

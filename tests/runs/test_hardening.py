@@ -439,7 +439,7 @@ def test_compare_resume_refuses_runs_of_another_config_and_changes_nothing(capsy
 
 
 def test_resume_plan_restarts_unfinished_runs_that_cannot_continue(tmp_path):
-    """No checkpoint yet (or a real backend, not reproducible from one): the partial run starts afresh."""
+    """No checkpoint yet (on sim, or on a real backend): the partial run starts afresh."""
     from asynccorr.runs.run import run_dir_for
     from asynccorr.studies.compare import resume_plan
 
