@@ -6,12 +6,14 @@ import json
 
 import numpy as np
 import pytest
+from clitools import run_cli
 from realworkers import assert_replays_bit_for_bit, recorded_run, tiny_config
 
 from asynccorr.backends import schedule
 from asynccorr.backends.mp import run_mp
 from asynccorr.backends.replay import run_replay
 from asynccorr.backends.schedule import ScheduleError
+from asynccorr.runs.files import read_csv
 
 pytestmark = pytest.mark.slow
 
@@ -82,10 +84,11 @@ def test_the_schedule_file_is_json_lines_with_a_versioned_header_and_an_end_line
         schedule.parse(schedule.encode([{**recorded.header, "package": "0.0.1"}, *recorded.entries, recorded.end]))
 
 
-def test_an_mp_run_continued_from_its_checkpoint_replays_bit_for_bit(tmp_path):
+def test_an_mp_run_continued_from_its_checkpoint_replays_bit_for_bit(tmp_path, capsys):
     """Ctrl-C after 40 updates (its checkpoint: 20), ``train --resume`` to 60: the server continues from
     the checkpoint and the workers as new incarnations; the schedule keeps both parts, and the replay
-    (the first part up to the checkpoint, then the second) is the resumed run, file for file."""
+    (the first part up to the checkpoint, then the second) is the resumed run, file for file. From
+    the command line, ``asynccorr replay --scheme`` replays the same two parts under another scheme."""
     from asynccorr import api
     from asynccorr.runs.run import RunInterrupted, train_run
 
@@ -107,3 +110,13 @@ def test_an_mp_run_continued_from_its_checkpoint_replays_bit_for_bit(tmp_path):
     replay_dir = api.replay(run_dir, results=tmp_path / "replays").run_dir
     for name in ("params.npy", "metrics.csv", "eval.csv"):
         assert (replay_dir / name).read_bytes() == (run_dir / name).read_bytes(), name
+
+    code, out, err = run_cli(capsys, "replay", str(run_dir), "--scheme", "modify@server", "--results",
+                             str(tmp_path / "replays"), "--quiet")
+    assert code == 0, err
+    what_if = tmp_path / "replays" / "real-replay" / "modify@server-seed0"
+    assert "results:" in out and (what_if / "params.npy").is_file()
+    assert json.loads((what_if / "meta.json").read_text())["replay_of"]["run"] == str(run_dir)
+    original, replayed = read_csv(run_dir / "metrics.csv"), read_csv(what_if / "metrics.csv")
+    for name in ("worker", "staleness", "time"):
+        np.testing.assert_array_equal(replayed[name], original[name])
