@@ -8,7 +8,8 @@ committed) is replayed under ``async`` -- checked to be the real run again, bit 
 -- and under the other realisable asynchronous schemes that need no mid-job pull, each
 worker pulling the same versions and its messages arriving in the same order. The table
 (``results/replay/what-if.md``) gives per scheme the final policy loss, the gradient error,
-the RMS tracking error and the staleness (the same in every row: one interleaving).
+the RMS tracking error and the staleness (the same in every row: one interleaving); the
+figures of ``results/replay/paper-replay/figures/`` draw the six replays side by side.
 
     python experiments/replay_what_if.py            # replay the committed schedule (deterministic)
     python experiments/replay_what_if.py --record   # record a new mp run first (a new interleaving)
@@ -78,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
                      f"{summary['mean_staleness']:.2f} |")
     (OUT / "what-if.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    from asynccorr.figures.experiment import plot_path
+
+    plot_path(OUT / "paper-replay")  # results/replay/paper-replay/figures/: the six replays side by side
     return 0
 
 
