@@ -319,7 +319,8 @@ def _recorded(tmp: Path, e: Earlier, schedule_text: str | None) -> Path:
         entry = {"worker": 0, "incarnation": 0, "job": 1, "version": 0, "version_k": 0, "outcome": "applied",
                  "at": 0.01, "compute_time": 0.01}
         (run / schedule.FILE).write_text(schedule_text.format(
-            head=json.dumps(head), old=json.dumps({**head, "package": "0.0.1"}), entry=json.dumps(entry)))
+            head=json.dumps(head), old=json.dumps({**head, "package": "0.0.1"}), entry=json.dumps(entry),
+            second=json.dumps({**entry, "job": 2})))
     return run
 
 
@@ -329,6 +330,8 @@ REPLAY_CASES = {
                                         "recorded by asynccorr 0.0.1"),
     "a truncated schedule": ("{head}\n{entry}\n" + '{{"worker": 1, "incarn', "truncated"),
     "a schedule without its end line": ("{head}\n{entry}\n", "truncated"),
+    "a schedule with a job missing": ('{head}\n{second}\n{{"end": "completed", "updates": 1, "dropped": 0}}\n',
+                                      "without a gap"),
     "not a run directory": ("", "no run directory"),
 }
 

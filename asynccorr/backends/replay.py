@@ -38,7 +38,7 @@ from asynccorr.config import ExperimentConfig, to_dict
 from asynccorr.schemes.registry import PULL, Scheme, get_scheme, resolve
 
 
-def check_replayable(schedule: Schedule, scheme: Scheme) -> None:
+def check_replayable(schedule: Schedule, scheme: Scheme, config: ExperimentConfig) -> None:
     """A ``ScheduleError`` unless ``schedule`` can drive ``scheme``: the same rounds (sync or
     not), and a mid-job pull only where the recorded workers made one (its version and moment
     come from the record); a secant ``applied`` tangent only from ``mp`` (on ``ray`` the reply a
@@ -54,6 +54,9 @@ def check_replayable(schedule: Schedule, scheme: Scheme) -> None:
     if scheme.protocol == "look-ahead" and recorded.protocol != "look-ahead":
         raise ScheduleError(f"{scheme.name} aims at a predicted point from its own pull times; only a "
                             "look-ahead schedule holds them")
+    if scheme.protocol == "secant" and config.schemes.secant_tangent == "applied" and schedule.backend != "mp":
+        raise ScheduleError(f"a {schedule.backend} schedule cannot drive the secant 'applied' tangent exactly "
+                            "(which reply a job read depends on timing it does not hold); record on mp")
 
 
 class _Jobs:
@@ -220,10 +223,7 @@ def run_replay(config: ExperimentConfig, scheme_name: str, schedule: Schedule,
     a what-if on the same interleaving). The run ends where the recorded one did: its update
     count reached, a divergence, or the schedule's end (an interrupted run: ``interrupted``)."""
     role = ServerRole(config, resolve(scheme_name, config.schemes.protocol), hooks)
-    check_replayable(schedule, role.scheme)
-    if role.scheme.protocol == "secant" and config.schemes.secant_tangent == "applied" and schedule.backend != "mp":
-        raise ScheduleError(f"a {schedule.backend} schedule cannot drive the secant 'applied' tangent exactly "
-                            "(which reply a job read depends on timing it does not hold); record on mp")
+    check_replayable(schedule, role.scheme, config)
     recorded_flags = schedule.header.get("xla_flags", "")
     if recorded_flags != server_xla_flags():
         log.warning("the recorded server ran with XLA_FLAGS=%r, this process has %r: its updates may round "

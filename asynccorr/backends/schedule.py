@@ -139,7 +139,26 @@ def parse(text: str, where: str = FILE) -> Schedule:
     if not isinstance(last, dict) or "end" not in last:
         raise ScheduleError(f"{where} is truncated (no end line: the run was cut off or the file shortened)")
     entries = tuple(_entry(_json(line, where, n), where, n) for n, line in enumerate(lines[1:-1], start=2))
+    _check_jobs(entries, where)
     return Schedule(head, entries, last)
+
+
+def _check_jobs(entries: tuple[Entry | Resume, ...], where: str) -> None:
+    """Each worker incarnation's jobs are 1, 2, ... with none missing or repeated (a job's keys and
+    sampler state follow from the jobs before it), and resume lines go forward."""
+    jobs: dict[tuple[int, int], list[int]] = {}
+    resumed = 0
+    for e in entries:
+        if isinstance(e, Resume):
+            if e.iteration < resumed:
+                raise ScheduleError(f"{where}: it resumes after update {e.iteration} after resuming after {resumed}")
+            resumed = e.iteration
+        else:
+            jobs.setdefault((e.worker, e.incarnation), []).append(e.job)
+    for (worker, incarnation), got in jobs.items():
+        if sorted(got) != list(range(1, len(got) + 1)):
+            raise ScheduleError(f"{where}: worker {worker}'s jobs (incarnation {incarnation}) are not 1 to "
+                                f"{len(got)} without a gap: it is inconsistent")
 
 
 def _json(line: str, where: str, n: int) -> Any:

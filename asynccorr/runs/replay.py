@@ -77,7 +77,7 @@ def plan_replay(run_dir: Path, scheme: str | None = None, results_root: Path | N
     run_dir = Path(run_dir)
     config, recorded, schedule, digest = read_recorded(run_dir)
     target = resolve(scheme or recorded, config.schemes.protocol)
-    check_replayable(schedule, get_scheme(target))
+    check_replayable(schedule, get_scheme(target), config)
     out = dataclasses.replace(config, name=config.name + REPLAY_SUFFIX)
     root = Path(results_root) if results_root is not None else run_dir.parent.parent
     meta = {"replay_of": {"run": str(run_dir), "scheme": recorded, "backend": schedule.backend,

@@ -80,6 +80,9 @@ def test_the_schedule_file_is_json_lines_with_a_versioned_header_and_an_end_line
         schedule.parse(text[:-5])
     with pytest.raises(ScheduleError, match="no end line"):
         schedule.parse("".join(text.splitlines(keepends=True)[:-1]))
+    gap = schedule.encode([recorded.header, *recorded.entries[:2], *recorded.entries[4:], recorded.end])
+    with pytest.raises(ScheduleError, match="without a gap"):
+        schedule.parse(gap)
     with pytest.raises(ScheduleError, match="recorded by asynccorr 0.0.1"):
         schedule.parse(schedule.encode([{**recorded.header, "package": "0.0.1"}, *recorded.entries, recorded.end]))
 
