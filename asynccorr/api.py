@@ -8,6 +8,7 @@ which is a thin layer over it.
     comp = api.compare(cfg, schemes=["async", "modify"], seeds=[0, 1])
     comp.table                                               # per scheme: mean ± std over seeds
     api.compare(cfg, cluster="head:6379")                    # each run a Ray task on a cluster
+    api.replay("results/paper/async-seed0", "modify@server")  # an mp/ray run's schedule, another scheme
     res = api.load("results/paper")                          # a results folder read back
     study = api.regime_study("experiments/regimes.toml")     # the regime study: run it, or redraw it
     api.regimes(study, jobs=2)
