@@ -8,9 +8,9 @@ compilation cache, and prints the process's wall and CPU time and a digest of th
 parameters: a flag that changes the digest changes what the suite computes (its outcome tests may
 move), not only how fast it compiles.
 
-    python benchmarks/bench_compile_flags.py [--flags "--xla_backend_optimization_level=0" ...] [--json PATH]
+    python benchmarks/bench_compile_flags.py [--flags=--xla_backend_optimization_level=0 ...] [--json PATH]
 
-Each ``--flags`` value is one ``XLA_FLAGS`` string; the default compares the suite's flag (backend
+Each ``--flags=`` value is one ``XLA_FLAGS`` string (written with ``=``: it starts with ``--``); the default compares the suite's flag (backend
 optimisation off) with XLA's default and with two alternatives tried on 2026-12-07.
 """
 

@@ -13,12 +13,12 @@ processes the tests start (mp, Ray, the CLI in a subprocess) compile too and are
 from __future__ import annotations
 
 import collections
-import json
 import os
 import tempfile
 from pathlib import Path
 
 import pytest
+from profiles import by_file, gather, save
 
 _CURRENT: list[str | None] = [None]
 _STATS: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0, 0.0])  # compile s, compiles, trace s
@@ -52,26 +52,18 @@ def pytest_runtest_protocol(item, nextitem):
 
 
 def pytest_sessionfinish(session):
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-    _FOLDER.mkdir(parents=True, exist_ok=True)
-    (_FOLDER / f"stats-{worker}.json").write_text(json.dumps(dict(_STATS)))
+    save(_FOLDER, "stats", dict(_STATS))
 
 
 def pytest_terminal_summary(terminalreporter):
-    stats: dict[str, list[float]] = {}
-    for path in _FOLDER.glob("stats-*.json"):
-        stats.update(json.loads(path.read_text()))
+    stats = gather(_FOLDER, "stats")
     if not stats:
         return
     write = terminalreporter.write_line
     compile_s, compiles, trace_s = (sum(v[i] for v in stats.values()) for i in range(3))
     write(f"compile profile (pytest processes only): {compiles:.0f} XLA compiles, {compile_s:.0f} s compiling, "
           f"{trace_s:.0f} s tracing and lowering")
-    by_file: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0, 0.0])
-    for test, values in stats.items():
-        for i, value in enumerate(values):
-            by_file[test.split("::")[0]][i] += value
-    for name, (c, n, t) in sorted(by_file.items(), key=lambda kv: -kv[1][0])[:12]:
+    for name, (c, n, t) in sorted(by_file(stats).items(), key=lambda kv: -kv[1][0])[:12]:
         write(f"  {c:7.1f} s {n:5.0f} compiles {t:6.1f} s trace  {name}")
     write("tests compiling most:")
     for name, (c, n, t) in sorted(stats.items(), key=lambda kv: -kv[1][0])[:12]:

@@ -14,8 +14,6 @@ under a machine-wide CPU count, is the way to see those).
 
 from __future__ import annotations
 
-import collections
-import json
 import os
 import resource
 import tempfile
@@ -23,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+from profiles import by_file, gather, save
 
 _STATS: dict[str, list[float]] = {}  # test -> [own CPU s, children's CPU s, wall s]
 _FOLDER = Path(os.environ.setdefault("ASYNCCORR_CPU_PROFILE", tempfile.mkdtemp(prefix="cpuprof-")))
@@ -41,27 +40,19 @@ def pytest_runtest_protocol(item, nextitem):
 
 
 def pytest_sessionfinish(session):
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-    _FOLDER.mkdir(parents=True, exist_ok=True)
-    (_FOLDER / f"cpu-{worker}.json").write_text(json.dumps(_STATS))
+    save(_FOLDER, "cpu", _STATS)
 
 
 def pytest_terminal_summary(terminalreporter):
-    stats: dict[str, list[float]] = {}
-    for path in _FOLDER.glob("cpu-*.json"):
-        stats.update(json.loads(path.read_text()))
+    stats = gather(_FOLDER, "cpu")
     if not stats:
         return
     write = terminalreporter.write_line
     own, children, wall = (sum(v[i] for v in stats.values()) for i in range(3))
     write(f"cpu profile: {own:.0f} s in the pytest processes, {children:.0f} s in the processes they reaped, "
           f"{wall:.0f} s of test wall time (Ray's daemons and actors not counted)")
-    by_file: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0, 0.0])
-    for test, values in stats.items():
-        for i, value in enumerate(values):
-            by_file[test.split("::")[0]][i] += value
     write("     own  children      wall  file")
-    for name, (o, c, w) in sorted(by_file.items(), key=lambda kv: -(kv[1][0] + kv[1][1]))[:15]:
+    for name, (o, c, w) in sorted(by_file(stats).items(), key=lambda kv: -(kv[1][0] + kv[1][1]))[:15]:
         write(f"  {o:6.1f} s {c:6.1f} s {w:7.1f} s  {name}")
     write("tests using most CPU:")
     for name, (o, c, w) in sorted(stats.items(), key=lambda kv: -(kv[1][0] + kv[1][1]))[:15]:
