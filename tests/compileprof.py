@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from profiles import by_file, gather, save
+from profiles import gather, report, save
 
 _CURRENT: list[str | None] = [None]
 _STATS: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0, 0.0])  # compile s, compiles, trace s
@@ -63,8 +63,5 @@ def pytest_terminal_summary(terminalreporter):
     compile_s, compiles, trace_s = (sum(v[i] for v in stats.values()) for i in range(3))
     write(f"compile profile (pytest processes only): {compiles:.0f} XLA compiles, {compile_s:.0f} s compiling, "
           f"{trace_s:.0f} s tracing and lowering")
-    for name, (c, n, t) in sorted(by_file(stats).items(), key=lambda kv: -kv[1][0])[:12]:
-        write(f"  {c:7.1f} s {n:5.0f} compiles {t:6.1f} s trace  {name}")
-    write("tests compiling most:")
-    for name, (c, n, t) in sorted(stats.items(), key=lambda kv: -kv[1][0])[:12]:
-        write(f"  {c:6.1f} s {n:4.0f} compiles {t:5.1f} s trace  {name}")
+    report(write, stats, lambda v: f"{v[0]:7.1f} s {v[1]:5.0f} compiles {v[2]:6.1f} s trace", lambda v: v[0],
+           "tests compiling most:", count=12)

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from profiles import by_file, gather, save
+from profiles import gather, report, save
 
 _STATS: dict[str, list[float]] = {}  # test -> [own CPU s, children's CPU s, wall s]
 _FOLDER = Path(os.environ.setdefault("ASYNCCORR_CPU_PROFILE", tempfile.mkdtemp(prefix="cpuprof-")))
@@ -52,8 +52,5 @@ def pytest_terminal_summary(terminalreporter):
     write(f"cpu profile: {own:.0f} s in the pytest processes, {children:.0f} s in the processes they reaped, "
           f"{wall:.0f} s of test wall time (Ray's daemons and actors not counted)")
     write("     own  children      wall  file")
-    for name, (o, c, w) in sorted(by_file(stats).items(), key=lambda kv: -(kv[1][0] + kv[1][1]))[:15]:
-        write(f"  {o:6.1f} s {c:6.1f} s {w:7.1f} s  {name}")
-    write("tests using most CPU:")
-    for name, (o, c, w) in sorted(stats.items(), key=lambda kv: -(kv[1][0] + kv[1][1]))[:15]:
-        write(f"  {o:6.1f} s {c:6.1f} s {w:7.1f} s  {name}")
+    report(write, stats, lambda v: f"{v[0]:6.1f} s {v[1]:6.1f} s {v[2]:7.1f} s", lambda v: v[0] + v[1],
+           "tests using most CPU:")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -30,3 +31,13 @@ def by_file(stats: dict[str, list[float]]) -> dict[str, list[float]]:
         for i, value in enumerate(values):
             files[test.split("::")[0]][i] += value
     return dict(files)
+
+
+def report(write: Callable[[str], None], stats: dict[str, list[float]], row: Callable[[list[float]], str],
+           weight: Callable[[list[float]], float], tests_heading: str, count: int = 15) -> None:
+    """The files, then the tests, that weigh most: one ``row(figures)`` line each, its name after it."""
+    for name, values in sorted(by_file(stats).items(), key=lambda kv: -weight(kv[1]))[:count]:
+        write(f"  {row(values)}  {name}")
+    write(tests_heading)
+    for name, values in sorted(stats.items(), key=lambda kv: -weight(kv[1]))[:count]:
+        write(f"  {row(values)}  {name}")
