@@ -8,7 +8,12 @@ The loop, in one place:
 * **start**: ``theta_0`` is published, the N workers are spawned (event ``started``,
   with the ``pid`` where the transport knows it at once), and while they import and
   compile the server compiles its own update (``ServerRole.warm_up``) and evaluates
-  the initial policy.
+  the initial policy. Where the workers share a persistent compilation cache
+  (``compile.cache``), the first worker starts alone and the others when it is ready
+  (or was replaced before it got ready): the N workers compile the same programs,
+  and started together each would compile them; after the first they load its
+  executables from the cache (``compile_once``). The clock starts only when every
+  worker is ready, so the run's training is the same either way.
 * **ready**: each worker's ``Ready`` (event ``ready``, with its ``pid``). When every
   initial worker is ready the clock starts (``ServerRole.start_clock``: start-up is
   not training time), the log says ``training: all N workers ready`` and the workers
@@ -49,9 +54,10 @@ the tests read them).
 
 from __future__ import annotations
 
+import os
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -65,6 +71,12 @@ from asynccorr.config import to_dict
 STARTUP_TIMEOUT = 300.0  # seconds a new worker may take to start, import JAX and compile before it counts as hung
 START_FAILURES = 3  # a worker that dies this many times in a row before getting ready aborts the run
 POLL_S = 0.25  # the longest the loop waits for an arrival before it looks for hung workers
+
+
+def compile_once(environ: Mapping[str, str]) -> bool:
+    """Whether the workers started from here share a persistent compilation cache (``compile.cache``
+    sets it in the environment they inherit), so that one worker's compile serves the others."""
+    return bool(environ.get("JAX_COMPILATION_CACHE_DIR")) and environ.get("ASYNCCORR_JAX_CACHE") != "off"
 
 OnEvent = Callable[[dict[str, Any]], None]
 
@@ -152,13 +164,15 @@ class Supervisor:
     """One run of the loop in the module docstring (use ``supervise``)."""
 
     def __init__(self, role: ServerRole, transport: Transport, on_event: OnEvent | None = None,
-                 hang: tuple[int, int] | None = None) -> None:
+                 hang: tuple[int, int] | None = None, first_alone: bool | None = None) -> None:
         self.role, self.transport, self.on_event, self.hang = role, transport, on_event, hang
+        self.first_alone = compile_once(os.environ) if first_alone is None else first_alone
         self.config_dict = to_dict(role.config)
         self.workers: dict[int, _Worker] = {}
         self.failures = dict.fromkeys(range(role.count), 0)  # consecutive deaths before ready, per worker
         self.dead: dict[int, Death] = {}  # this step's dead and hung, replaced at its end
         self.going = False
+        self.waiting: list[int] = []  # workers whose start waits for the first one's compile
         self.first = dict.fromkeys(range(role.count), 0)  # each worker's first incarnation in this run
         if role.hooks.resume is not None:
             self.first = role.restore_real(role.hooks.resume, transport.name)
@@ -183,7 +197,9 @@ class Supervisor:
 
     def _start(self) -> None:
         self.transport.publish(self.role.params, self.role.version)
-        for i in range(self.role.count):
+        first = 1 if self.first_alone else self.role.count
+        self.waiting = list(range(first, self.role.count))
+        for i in range(first):
             self._spawn(i, self.first[i])
         self.role.warm_up()
         self.role.evaluate_initial()
@@ -214,10 +230,17 @@ class Supervisor:
             if self.role.done:
                 return
 
+    def _release(self) -> None:
+        """Start the workers that waited for the first one (its programs are in the cache now)."""
+        waiting, self.waiting = self.waiting, []
+        for i in waiting:
+            self._spawn(i, self.first[i])
+
     def _ready(self, i: int, ready: Ready) -> None:
         worker = self.workers[i]
         worker.ready, worker.pid = True, ready.pid
         self._event("ready", i, pid=ready.pid)
+        self._release()
         if self.going:
             self.transport.hand_out(i)
         elif len(self._ready_workers()) == self.role.count:
@@ -290,6 +313,7 @@ class Supervisor:
         del self.workers[i]
         self._event(death.kind, i, pid=worker.pid, **fields)
         self._spawn(i, worker.spec.incarnation + 1)
+        self._release()  # the first worker did not get ready: the others need not wait for it
 
     # ------------------------------------------------------------------ workers and events
 
@@ -308,10 +332,12 @@ class Supervisor:
 
 
 def supervise(role: ServerRole, transport: Transport, on_event: OnEvent | None = None,
-              hang: tuple[int, int] | None = None) -> RunResult:
+              hang: tuple[int, int] | None = None, first_alone: bool | None = None) -> RunResult:
     """Run ``role``'s training with the workers of ``transport`` (the loop of the module docstring).
 
     ``on_event`` sees every worker event as it happens. ``hang = (worker, job)`` is a test
     hook: the first incarnation of that worker hangs forever on that job (1-based).
+    ``first_alone``: start the first worker alone and the others once it is ready (default:
+    ``compile_once`` of the environment).
     """
-    return Supervisor(role, transport, on_event, hang).run()
+    return Supervisor(role, transport, on_event, hang, first_alone).run()

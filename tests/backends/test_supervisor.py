@@ -27,6 +27,7 @@ from asynccorr.backends.supervisor import (
     Death,
     Transport,
     WorkerStartError,
+    compile_once,
     supervise,
 )
 from asynccorr.backends.worker import Message, Ready, WorkerSpec
@@ -188,10 +189,12 @@ def transport(scheme: str, script: list[list[Instruction]], iterations: int = 4)
     return FakeTransport(ServerRole(config, scheme), script)
 
 
-def run(scheme: str, script: list[list[Instruction]], iterations: int = 4) -> tuple[RunResult, FakeTransport]:
-    """Supervise ``transport(scheme, script, iterations)`` to its end."""
+def run(scheme: str, script: list[list[Instruction]], iterations: int = 4,
+        first_alone: bool = False) -> tuple[RunResult, FakeTransport]:
+    """Supervise ``transport(scheme, script, iterations)`` to its end (every worker started at once
+    unless ``first_alone``)."""
     fake = transport(scheme, script, iterations)
-    return supervise(fake.role, fake), fake
+    return supervise(fake.role, fake, first_alone=first_alone), fake
 
 
 def events(result: RunResult, kind: str) -> list[dict[str, Any]]:
@@ -214,6 +217,31 @@ def test_the_clock_starts_and_the_workers_go_only_once_every_worker_is_ready():
     assert all(e["time"] == 0.0 for e in result.events if e["kind"] == "ready")
     assert fake.jobs[:2] == [(0, 0, 0), (1, 0, 0)]  # the first jobs, after go
     assert result.status == "completed"
+
+
+def test_with_a_shared_compilation_cache_the_first_worker_starts_alone_and_the_others_once_it_is_ready():
+    """The others then load the first one's programs from the cache instead of compiling them too;
+    the clock still starts when every worker is ready."""
+    result, fake = run("async", [[ready(0)], [ready(1)]], first_alone=True)
+    assert fake.log[:7] == ["publish 0", "spawn 0#0", "ready 0", "spawn 1#0", "ready 1", "go", "hand_out 0"]
+    assert not dict(zip(fake.log, fake.clock))["ready 1"]
+    assert fake.jobs[:2] == [(0, 0, 0), (1, 0, 0)] and result.status == "completed"
+
+
+def test_a_first_worker_that_dies_before_it_is_ready_does_not_hold_the_others_back():
+    result, fake = run("async", [[dies(0)], [ready(1)], [ready(0)]], first_alone=True)
+    assert fake.log[:6] == ["publish 0", "spawn 0#0", "died 0", "drain 0", "stop 0 died", "spawn 0#1"]
+    assert fake.log[6] == "spawn 1#0"
+    assert result.status == "completed" and [e["worker"] for e in events(result, "died")] == [0]
+
+
+@pytest.mark.parametrize(("environ", "expected"), [
+    ({"JAX_COMPILATION_CACHE_DIR": "/cache"}, True),
+    ({"JAX_COMPILATION_CACHE_DIR": "/cache", "ASYNCCORR_JAX_CACHE": "off"}, False),
+    ({}, False),
+])
+def test_the_first_worker_starts_alone_only_where_the_workers_share_a_compilation_cache(environ, expected):
+    assert compile_once(environ) is expected
 
 
 def test_every_message_goes_to_the_server_and_each_new_version_is_published_before_the_next_job():
