@@ -228,6 +228,9 @@ def test_two_mp_workers_run_modify_with_measured_staleness_and_worker_corrected_
     result = run_mp(tiny_config("mp", workers={"slowdown": (1.0, 2.0)}), "modify@deferred")
     assert_worker_corrected_modify_run(result)
     assert np.all(np.isfinite(result.metrics["grad_error"]))
+    # the suite's workers share a compilation cache: the second starts once the first is ready
+    order = [(e["kind"], e["worker"]) for e in result.events]
+    assert order.index(("started", 1)) > order.index(("ready", 0))
 
 
 @pytest.mark.slow
