@@ -165,7 +165,9 @@ class Actors(Transport):
             if cpus < count:
                 raise ConfigError(f"workers.count = {count} needs {count} CPUs (one actor each); "
                                   f"the Ray cluster has {cpus:g}")
-            return cls(synchronous, started_ray)
+            actors = cls(synchronous, started_ray)
+            actors.shares_cache = not config.workers.address  # a joined cluster's nodes have their own environment
+            return actors
         except BaseException:
             if started_ray:
                 ray.shutdown()

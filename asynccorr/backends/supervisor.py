@@ -9,7 +9,8 @@ The loop, in one place:
   with the ``pid`` where the transport knows it at once), and while they import and
   compile the server compiles its own update (``ServerRole.warm_up``) and evaluates
   the initial policy. Where the workers share a persistent compilation cache
-  (``compile.cache``), the first worker starts alone and the others when it is ready
+  (``compile.cache``; a transport whose workers inherit this process's environment),
+  the first worker starts alone and the others when it is ready
   (or was replaced before it got ready): the N workers compile the same programs,
   and started together each would compile them; after the first they load its
   executables from the cache (``compile_once``). The clock starts only when every
@@ -104,6 +105,7 @@ class Transport(ABC):
     """
 
     name: str
+    shares_cache: bool = True  # its workers inherit this process's environment, compilation cache included
 
     @abstractmethod
     def spawn(self, spec: WorkerSpec) -> int | None:
@@ -166,7 +168,9 @@ class Supervisor:
     def __init__(self, role: ServerRole, transport: Transport, on_event: OnEvent | None = None,
                  hang: tuple[int, int] | None = None, first_alone: bool | None = None) -> None:
         self.role, self.transport, self.on_event, self.hang = role, transport, on_event, hang
-        self.first_alone = compile_once(os.environ) if first_alone is None else first_alone
+        if first_alone is None:
+            first_alone = transport.shares_cache and compile_once(os.environ)
+        self.first_alone = first_alone
         self.config_dict = to_dict(role.config)
         self.workers: dict[int, _Worker] = {}
         self.failures = dict.fromkeys(range(role.count), 0)  # consecutive deaths before ready, per worker
@@ -337,7 +341,7 @@ def supervise(role: ServerRole, transport: Transport, on_event: OnEvent | None =
 
     ``on_event`` sees every worker event as it happens. ``hang = (worker, job)`` is a test
     hook: the first incarnation of that worker hangs forever on that job (1-based).
-    ``first_alone``: start the first worker alone and the others once it is ready (default:
-    ``compile_once`` of the environment).
+    ``first_alone``: start the first worker alone and the others once it is ready (default: where
+    the transport's workers share this process's compilation cache, ``compile_once``).
     """
     return Supervisor(role, transport, on_event, hang, first_alone).run()

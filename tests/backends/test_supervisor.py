@@ -235,6 +235,19 @@ def test_a_first_worker_that_dies_before_it_is_ready_does_not_hold_the_others_ba
     assert result.status == "completed" and [e["worker"] for e in events(result, "died")] == [0]
 
 
+@pytest.mark.parametrize("shares_cache", [True, False])
+def test_by_default_the_first_worker_starts_alone_where_the_transports_workers_share_the_cache(
+        shares_cache, monkeypatch):
+    """A joined Ray cluster's actors do not inherit this process's cache (``shares_cache`` False):
+    there the workers start together."""
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/cache")
+    monkeypatch.delenv("ASYNCCORR_JAX_CACHE", raising=False)
+    fake = transport("async", [BOTH_READY])
+    fake.shares_cache = shares_cache
+    supervise(fake.role, fake)
+    assert (fake.log.index("spawn 1#0") > fake.log.index("ready 0")) is shares_cache
+
+
 @pytest.mark.parametrize(("environ", "expected"), [
     ({"JAX_COMPILATION_CACHE_DIR": "/cache"}, True),
     ({"JAX_COMPILATION_CACHE_DIR": "/cache", "ASYNCCORR_JAX_CACHE": "off"}, False),
