@@ -79,6 +79,7 @@ def compile_once(environ: Mapping[str, str]) -> bool:
     sets it in the environment they inherit), so that one worker's compile serves the others."""
     return bool(environ.get("JAX_COMPILATION_CACHE_DIR")) and environ.get("ASYNCCORR_JAX_CACHE") != "off"
 
+
 OnEvent = Callable[[dict[str, Any]], None]
 
 
