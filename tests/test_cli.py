@@ -83,7 +83,8 @@ def test_an_existing_run_is_never_overwritten_without_the_flag(capsys, tmp_path,
 def test_a_repeated_run_loads_its_programs_and_gives_the_bits_of_a_run_without_any_cache(tmp_path, tiny_config):
     """The persistent cache goes to $ASYNCCORR_JAX_CACHE, whole programs to its programs/ folder. A run
     with another seed and length than the run that kept them compiles nothing new and writes the same
-    files as the same run with ``--no-jax-cache`` (which writes nothing there). Every run records when its
+    files as the same run with ``--no-jax-cache`` (which writes nothing there); it loads them ahead, in the
+order the first run called them, and leaves that manifest as it was. Every run records when its
     first evaluation point was reached (the start-up benchmark's signal)."""
     cache = tmp_path / "cache"
     env = {**os.environ, "ASYNCCORR_JAX_CACHE": str(cache)}
@@ -105,6 +106,7 @@ def test_a_repeated_run_loads_its_programs_and_gives_the_bits_of_a_run_without_a
     train(tmp_path / "first", "--iterations", "2")
     kept = {p.name: p.stat().st_ino for p in (cache / "programs").iterdir()}  # a rewrite is a new inode
     assert any(name.startswith("server.update") for name in kept)
+    assert sum(name.endswith(".scope") for name in kept) == 1  # what the next run of this scope loads ahead
     again = train(tmp_path / "again", "--seed", "1", "--iterations", "3")
     assert {p.name: p.stat().st_ino for p in (cache / "programs").iterdir()} == kept
     for name in ("metrics.csv", "eval.csv", "params.npy", "trajectory.csv"):

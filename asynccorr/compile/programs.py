@@ -24,6 +24,13 @@ calls), or with no folder (``enable`` not called, or ``ASYNCCORR_JAX_CACHE=off``
 ``jax.jit``. A file that cannot be read back is compiled again and replaced. The folder is kept under
 ``$ASYNCCORR_PROGRAMS_MAX_MB`` (default 2 GB; a study of many configs keeps a few MB per run scope),
 least recently used first out. The files are pickles: the cache folder is the user's own, as JAX's is.
+
+Loading a kept executable is most of a warm run's start-up after the imports (about 0.1 s each, six
+for a run of the default experiment). So a scope also records which files its run loaded, in order
+(``<key digest>.scope``), and the next scope with that key starts loading them on two background
+threads as it is entered (``Prefetch``), while the run builds its learner and calls its first
+programs; a call then takes its executable from there (after the same key check) or, if that file
+was not prefetched or did not load, reads it as before.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import os
 import pickle
 import weakref
 from collections.abc import Callable, Hashable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
@@ -48,6 +56,8 @@ MAX_MB = 2048  # the folder's size limit (``ASYNCCORR_PROGRAMS_MAX_MB``): the le
 
 _FOLDER: list[Path | None] = [None]  # where executables are kept (None: nowhere)
 _SCOPE: ContextVar[str | None] = ContextVar("asynccorr_program_scope", default=None)
+_PREFETCH: ContextVar[Prefetch | None] = ContextVar("asynccorr_program_prefetch", default=None)
+PREFETCH_THREADS = 2  # background threads loading a scope's executables (deserialising releases the GIL)
 _PROGRAMS: weakref.WeakSet[Program] = weakref.WeakSet()  # every live Program (``forget``)
 
 
@@ -72,12 +82,89 @@ def scope_key(config: Any, scheme: str) -> str:
 
 @contextlib.contextmanager
 def scope(config: Any, scheme: str) -> Iterator[None]:
-    """The programs jitted inside are those of one run of ``scheme`` on ``config``: kept and reused."""
-    token = _SCOPE.set(scope_key(config, scheme))
+    """The programs jitted inside are those of one run of ``scheme`` on ``config``: kept and reused; the
+    ones the last scope with this key loaded start loading in the background as it is entered."""
+    key = scope_key(config, scheme)
+    token = _SCOPE.set(key)
+    prefetch = None if _FOLDER[0] is None else Prefetch(_FOLDER[0], key)
+    prefetch_token = _PREFETCH.set(prefetch)
     try:
         yield
     finally:
+        _PREFETCH.reset(prefetch_token)
         _SCOPE.reset(token)
+        if prefetch is not None:
+            prefetch.close()
+
+
+class _Loaded:
+    """A kept file read and loaded ahead of its first call: the key it was stored under, its parts and
+    the loaded executable."""
+
+    def __init__(self, key: str, parts: tuple, executable: Callable) -> None:
+        self.key, self.parts, self.executable = key, parts, executable
+
+
+class Prefetch:
+    """One scope's executables loaded on background threads, in the order its last run first called
+    them (its ``.scope`` manifest), and the order this run calls them in (written back at ``close``)."""
+
+    def __init__(self, folder: Path, scope_id: str) -> None:
+        self.manifest = manifest_path(folder, scope_id)
+        self.expected = _read_manifest(self.manifest)
+        self.used: list[str] = []  # the file names this run called, in order
+        self.futures: dict[str, Future[_Loaded | None]] = {}
+        self.pool = None
+        if self.expected:
+            self.pool = ThreadPoolExecutor(PREFETCH_THREADS, thread_name_prefix="asynccorr-programs")
+            self.futures = {name: self.pool.submit(_load, folder / name) for name in self.expected}
+
+    def take(self, path: Path, key: str) -> _Loaded | None:
+        """``path``'s executable if it was prefetched under ``key`` (once), else None; notes the call."""
+        if path.name not in self.used:
+            self.used.append(path.name)
+        future = self.futures.pop(path.name, None)
+        loaded = None if future is None else future.result()
+        return loaded if loaded is not None and loaded.key == key else None
+
+    def close(self) -> None:
+        """Drop what was not used, and record this run's order for the next scope with this key, unless it
+        called fewer programs than the manifest lists (a run that stopped early, or whose programs this
+        process already held)."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        self.futures.clear()
+        if len(self.used) >= len(self.expected) and self.used != self.expected:
+            with contextlib.suppress(*_UNWRITABLE):
+                _write(self.manifest, json.dumps(self.used).encode())
+
+
+def manifest_path(folder: Path, scope_id: str) -> Path:
+    """Where a scope's manifest (the kept files its last run called, in order) lives."""
+    return folder / f"{hashlib.sha256(scope_id.encode()).hexdigest()[:32]}.scope"
+
+
+def _read_manifest(path: Path) -> list[str]:
+    """The file names a ``.scope`` manifest lists ([] if there is none or it is unreadable)."""
+    try:
+        names = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    return [n for n in names if isinstance(n, str) and n.endswith(".bin") and "/" not in n] \
+        if isinstance(names, list) else []
+
+
+def _load(path: Path) -> _Loaded | None:
+    """A kept file's key, parts and loaded executable (a background thread's work), or None."""
+    from jax.experimental import serialize_executable
+
+    try:
+        stored_key, *parts = pickle.loads(path.read_bytes())
+        if len(parts) != 3:
+            return None
+        return _Loaded(stored_key, tuple(parts), serialize_executable.deserialize_and_load(*parts))
+    except _UNREADABLE:
+        return None
 
 
 @functools.lru_cache(maxsize=1)
@@ -167,6 +254,14 @@ class Program:
         from jax.experimental import serialize_executable
 
         key, path = self._key(scope_id, signature)
+        prefetch = _PREFETCH.get()
+        prefetched = None if prefetch is None else prefetch.take(path, key)
+        if prefetched is not None:
+            with contextlib.suppress(RuntimeError, *_UNREADABLE):
+                out = prefetched.executable(*dynamic)
+                with contextlib.suppress(OSError):
+                    os.utime(path)  # used now: evicted last
+                return _Entry(prefetched.executable, prefetched.parts, scope_id), out
         parts = _read(path, key)
         if parts is not None:
             with contextlib.suppress(RuntimeError, *_UNREADABLE):  # e.g. NOT_FOUND: a kernel the file lacks

@@ -3,6 +3,7 @@ that loads them is the run that compiled them, bit for bit."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import jax
@@ -221,3 +222,58 @@ def test_the_cli_process_keeps_programs_and_reads_no_compilation_cache_unless_pr
         programs.enable(None)
         for name, value in saved.items():
             jax.config.update(name, value)
+
+
+def manifests(folder):
+    return sorted(folder.glob("*.scope")) if folder.exists() else []
+
+
+def test_the_next_scope_with_a_key_loads_the_files_its_last_run_called_ahead_in_that_order(kept):
+    """A scope records which kept files its run called first, in order; the next scope with the same key
+    starts loading them on background threads as it is entered, and each call takes its executable from
+    there: no trace, the same bits."""
+    x = jnp.linspace(-1.0, 1.0, 7)
+    with programs.scope(small_config(), "async"):
+        second, _ = counting_program(7.0, name="second")
+        first, _ = counting_program(8.0, name="first")
+        y = (second(x), first(x))
+    [manifest] = manifests(kept)
+    assert [name.split("-")[0] for name in json.loads(manifest.read_text())] == ["second", "first"]
+    programs.forget()
+    with programs.scope(small_config(), "async"):
+        prefetch = programs._PREFETCH.get()
+        assert [n.split("-")[0] for n in prefetch.expected] == ["second", "first"]
+        assert set(prefetch.futures) == set(prefetch.expected)
+        second, traces_second = counting_program(7.0, name="second")
+        first, traces_first = counting_program(8.0, name="first")
+        z = (second(x), first(x))
+        assert prefetch.futures == {}  # both taken
+    assert traces_second == traces_first == []
+    assert same_bits(y, z)
+    assert manifests(kept) == [manifest]
+
+
+def test_a_prefetched_file_of_another_key_is_not_used_and_the_call_compiles_and_keeps_its_own(kept):
+    """The manifest only says what to load ahead: a call uses a loaded file only under its own key."""
+    x = jnp.arange(3.0)
+    with programs.scope(small_config(), "async"):
+        counting_program(9.0)[0](x)
+    [manifest] = manifests(kept)
+    other = with_overrides(small_config(), learner={"horizon": 6})
+    # the other scope's manifest names the first scope's file (as a stale or copied one would)
+    programs.manifest_path(kept, programs.scope_key(other, "async")).write_text(manifest.read_text())
+    programs.forget()
+    with programs.scope(other, "async"):
+        assert programs._PREFETCH.get().expected == json.loads(manifest.read_text())
+        program, traces = counting_program(10.0)
+        np.testing.assert_array_equal(program(x), 2 * x + 10.0)
+    assert traces == [1] and len(files(kept)) == 2
+
+
+@pytest.mark.parametrize("text", ["not json", '{"a": 1}', '["../outside.bin", "x.txt", 3]'])
+def test_an_unreadable_or_foreign_manifest_loads_nothing_ahead(kept, text):
+    kept.mkdir(parents=True)
+    programs.manifest_path(kept, programs.scope_key(small_config(), "async")).write_text(text)
+    assert programs.Prefetch(kept, programs.scope_key(small_config(), "async")).futures == {}
+    with programs.scope(small_config(), "async"):
+        np.testing.assert_array_equal(counting_program(11.0)[0](jnp.ones(2)), [13.0, 13.0])
