@@ -277,3 +277,18 @@ def test_an_unreadable_or_foreign_manifest_loads_nothing_ahead(kept, text):
     assert programs.Prefetch(kept, programs.scope_key(small_config(), "async")).futures == {}
     with programs.scope(small_config(), "async"):
         np.testing.assert_array_equal(counting_program(11.0)[0](jnp.ones(2)), [13.0, 13.0])
+
+
+def test_a_run_that_calls_fewer_programs_leaves_the_manifest_and_drops_what_it_did_not_take(kept):
+    x = jnp.ones(3)
+    with programs.scope(small_config(), "async"):
+        counting_program(12.0, name="kept")[0](x)
+        counting_program(13.0, name="unused")[0](x)
+    [manifest] = manifests(kept)
+    listed = manifest.read_text()
+    programs.forget()
+    with programs.scope(small_config(), "async"):
+        prefetch = programs._PREFETCH.get()
+        counting_program(12.0, name="kept")[0](x)  # a run that stops before its second program
+    assert prefetch.futures == {}  # the one not taken was dropped at the end of the scope
+    assert manifest.read_text() == listed
