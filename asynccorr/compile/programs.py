@@ -158,13 +158,12 @@ def _load(path: Path) -> _Loaded | None:
     """A kept file's key, parts and loaded executable (a background thread's work), or None."""
     from jax.experimental import serialize_executable
 
-    try:
-        stored_key, *parts = pickle.loads(path.read_bytes())
-        if len(parts) != 3:
-            return None
-        return _Loaded(stored_key, tuple(parts), serialize_executable.deserialize_and_load(*parts))
-    except _UNREADABLE:
+    stored = _read(path)
+    if stored is None:
         return None
+    with contextlib.suppress(*_UNREADABLE):
+        return _Loaded(stored[0], stored[1], serialize_executable.deserialize_and_load(*stored[1]))
+    return None
 
 
 @functools.lru_cache(maxsize=1)
@@ -255,21 +254,15 @@ class Program:
 
         key, path = self._key(scope_id, signature)
         prefetch = _PREFETCH.get()
-        prefetched = None if prefetch is None else prefetch.take(path, key)
-        if prefetched is not None:
-            with contextlib.suppress(RuntimeError, *_UNREADABLE):
-                out = prefetched.executable(*dynamic)
-                with contextlib.suppress(OSError):
-                    os.utime(path)  # used now: evicted last
-                return _Entry(prefetched.executable, prefetched.parts, scope_id), out
-        parts = _read(path, key)
-        if parts is not None:
+        kept = None if prefetch is None else prefetch.take(path, key)
+        if kept is None:
+            kept = _load(path)
+        if kept is not None and kept.key == key:
             with contextlib.suppress(RuntimeError, *_UNREADABLE):  # e.g. NOT_FOUND: a kernel the file lacks
-                loaded = serialize_executable.deserialize_and_load(*parts)
-                out = loaded(*dynamic)
+                out = kept.executable(*dynamic)
                 with contextlib.suppress(OSError):
                     os.utime(path)  # used now: evicted last
-                return _Entry(loaded, parts, scope_id), out
+                return _Entry(kept.executable, kept.parts, scope_id), out
         # A fresh compile, not JAX's compilation cache: an executable that came out of that cache
         # serialises without its kernels (jax 0.10, CPU). One this process already holds for the same
         # computation may still be reused; the read-back check below keeps such a one off the disk.
@@ -303,13 +296,14 @@ _UNREADABLE = (OSError, EOFError, ValueError, TypeError, AttributeError, ImportE
 _UNWRITABLE = (OSError, TypeError, ValueError, RuntimeError, pickle.PicklingError, pickle.UnpicklingError)
 
 
-def _read(path: Path, key: str) -> tuple | None:
-    """The serialised executable kept at ``path`` for ``key`` (payload, in tree, out tree), or None."""
+def _read(path: Path) -> tuple[str, tuple] | None:
+    """The key a kept file was stored under and its serialised executable (payload, in tree, out tree),
+    or None."""
     try:
         stored_key, *parts = pickle.loads(path.read_bytes())
-        return tuple(parts) if stored_key == key and len(parts) == 3 else None
     except _UNREADABLE:
         return None
+    return (stored_key, tuple(parts)) if len(parts) == 3 else None
 
 
 def _keep(path: Path, key: str, parts: tuple) -> None:
